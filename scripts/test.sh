@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every check and test of the project: the README's test command, and what .ci/run calls.
+#
+# Assumes the tools .ci/run installs (rustfmt, clippy, the musl target and musl-tools, shellcheck,
+# file); run .ci/run once on a fresh machine, or scripts/test.sh when they are already there.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "shellcheck scripts/"
+shellcheck scripts/*.sh .ci/run
+
+step "static musl build"
+binary="$(scripts/build-static.sh)"
+description="$(file -b "$binary")"
+echo "$description"
+case "$description" in
+  *"statically linked"* | *"static-pie linked"*) ;;
+  *) echo "error: $binary is not statically linked: $description" >&2; exit 1 ;;
+esac
+if ldd "$binary" >/dev/null 2>&1; then
+  echo "error: ldd resolves shared libraries for $binary" >&2
+  exit 1
+fi
+
+step "cargo test (unit and integration tests, against the stand-in GitHub API on loopback)"
+cargo test --workspace --locked

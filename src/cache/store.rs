@@ -1,0 +1,745 @@
+//! The cache store itself: see the module docs of [`crate::cache`] for the layout.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{CacheKey, now_ms};
+use crate::error::UserError;
+
+/// The index record of one cached response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The canonical cache key (method, normalized URL, representation headers).
+    pub key: String,
+    /// The URL the response came from.
+    pub url: String,
+    /// The HTTP status (always 2xx: nothing else is stored).
+    pub status: u16,
+    /// `Content-Type` as sent.
+    pub content_type: Option<String>,
+    /// `Link` as sent (pagination).
+    pub link: Option<String>,
+    /// `Last-Modified` as sent, for `If-Modified-Since`.
+    pub last_modified: Option<String>,
+    /// `ETag` as sent; useful only under the token it came with.
+    pub etag: Option<String>,
+    /// A hash of the token the ETag came with (see [`token_tag`]).
+    pub etag_token: Option<String>,
+    /// Lowercase hex SHA-256 of the body.
+    pub digest: String,
+    /// Body size in bytes.
+    pub size: u64,
+    /// When the body was fetched or last revalidated, in ms since the epoch.
+    pub fetched_at_ms: u64,
+    /// The TTL the fetching request asked for, in seconds (informative: readers judge freshness
+    /// by their own TTL).
+    pub ttl_secs: u64,
+}
+
+impl Entry {
+    /// Milliseconds since the entry was fetched or revalidated.
+    pub fn age_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.fetched_at_ms)
+    }
+
+    /// Whether the entry is fresh for a requester whose TTL is `ttl`.
+    pub fn is_fresh(&self, ttl: Duration, now_ms: u64) -> bool {
+        (self.age_ms(now_ms) as u128) < ttl.as_millis()
+    }
+}
+
+/// What a fetched response contributes to its entry, besides the body.
+#[derive(Debug, Clone, Default)]
+pub struct ResponseMeta {
+    /// HTTP status.
+    pub status: u16,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// `Link`.
+    pub link: Option<String>,
+    /// `Last-Modified`.
+    pub last_modified: Option<String>,
+    /// `ETag`.
+    pub etag: Option<String>,
+    /// [`token_tag`] of the token the request was made with.
+    pub etag_token: Option<String>,
+}
+
+/// The outcome of a cache read.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The entry and its verified body.
+    Hit { entry: Entry, body: Vec<u8> },
+    /// Nothing stored under the key.
+    Miss,
+    /// Something was stored but failed verification; it has been removed and counted.
+    Discarded { reason: String },
+}
+
+/// Entries and bytes in the cache.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    /// Number of index entries.
+    pub entries: u64,
+    /// Bytes of distinct bodies referenced by entries.
+    pub bytes: u64,
+}
+
+/// Events counted across every process that uses the cache dir.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Counters {
+    /// Bodies or index records that failed verification and were discarded.
+    pub integrity_failures: u64,
+    /// Entries removed by LRU eviction.
+    pub evictions: u64,
+}
+
+/// A held fetch stripe: while it lives, no other process fetches keys of this stripe upstream.
+pub struct KeyLock {
+    _file: File,
+}
+
+/// A handle on one cache dir.
+#[derive(Debug, Clone)]
+pub struct Cache {
+    dir: PathBuf,
+    max_size: u64,
+}
+
+/// Eviction brings usage down to this share of the bound, so it does not run on every store.
+const EVICT_TARGET_PERCENT: u64 = 90;
+
+impl Cache {
+    /// Opens (creating when needed) the cache dir and checks that it is writable.
+    pub fn open(dir: &Path, max_size: u64) -> anyhow::Result<Cache> {
+        let unusable = |e: io::Error| -> anyhow::Error {
+            UserError::usage(format!(
+                "cache dir {} is not usable ({e}); set PEERCACHE_CACHE_DIR or --cache-dir to a writable directory",
+                dir.display()
+            ))
+            .into()
+        };
+        for sub in ["objects", "entries", "locks"] {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join(sub))
+                .map_err(unusable)?;
+        }
+        // O_TMPFILE: proves we may create files here without leaving one behind.
+        tempfile::tempfile_in(dir).map_err(unusable)?;
+        Ok(Cache {
+            dir: dir.to_path_buf(),
+            max_size,
+        })
+    }
+
+    /// The cache dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn entry_path(&self, key_id: &str) -> PathBuf {
+        self.dir
+            .join("entries")
+            .join(&key_id[..2])
+            .join(format!("{key_id}.json"))
+    }
+
+    fn object_path(&self, digest: &str) -> PathBuf {
+        self.dir
+            .join("objects")
+            .join(&digest[..2])
+            .join(&digest[2..])
+    }
+
+    /// Reads the entry and body stored under `key`, verifying the body's digest and size.
+    pub fn get(&self, key: &CacheKey) -> Lookup {
+        self.get_by_id(key.id(), Some(key.canonical()))
+    }
+
+    /// Like [`Cache::get`], by key id; `canonical` (when known) guards against a mismatched record.
+    pub fn get_by_id(&self, key_id: &str, canonical: Option<&str>) -> Lookup {
+        if !is_hex_id(key_id) {
+            return Lookup::Miss;
+        }
+        let path = self.entry_path(key_id);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(_) => return Lookup::Miss,
+        };
+        let mut text = Vec::new();
+        if let Err(e) = file.read_to_end(&mut text) {
+            return Lookup::Discarded {
+                reason: format!("cannot read index record: {e}"),
+            };
+        }
+        let entry: Entry = match serde_json::from_slice(&text) {
+            Ok(entry) => entry,
+            Err(e) => {
+                return self.discard(
+                    &path,
+                    None,
+                    format!("index record {} is corrupt: {e}", path.display()),
+                );
+            }
+        };
+        if canonical.is_some_and(|c| c != entry.key) || !is_hex_id(&entry.digest) {
+            return self.discard(
+                &path,
+                None,
+                format!("index record {} does not match its key", path.display()),
+            );
+        }
+        let object = self.object_path(&entry.digest);
+        let body = match fs::read(&object) {
+            Ok(body) => body,
+            Err(e) => {
+                return self.discard(
+                    &path,
+                    None,
+                    format!("body {} is missing: {e}", entry.digest),
+                );
+            }
+        };
+        if body.len() as u64 != entry.size || hex::encode(Sha256::digest(&body)) != entry.digest {
+            let reason = format!(
+                "body {} failed verification ({} bytes on disk, {} expected, or its SHA-256 differs)",
+                entry.digest,
+                body.len(),
+                entry.size
+            );
+            return self.discard(&path, Some(&object), reason);
+        }
+        // LRU: the index record's mtime is the entry's last use.
+        let _ = file.set_modified(SystemTime::now());
+        Lookup::Hit { entry, body }
+    }
+
+    /// Removes a record (and a bad object), counts the failure and reports it.
+    fn discard(&self, entry_path: &Path, object: Option<&Path>, reason: String) -> Lookup {
+        let _ = fs::remove_file(entry_path);
+        if let Some(object) = object {
+            let _ = fs::remove_file(object);
+        }
+        self.bump(|c| c.integrity_failures += 1);
+        tracing::warn!("discarded a cache entry: {reason}; it will be fetched again");
+        Lookup::Discarded { reason }
+    }
+
+    /// Stores a 2xx response under `key`, replacing what was there.
+    pub fn put(
+        &self,
+        key: &CacheKey,
+        url: &str,
+        meta: &ResponseMeta,
+        body: &[u8],
+        ttl: Duration,
+    ) -> anyhow::Result<Entry> {
+        let entry = Entry {
+            key: key.canonical().to_string(),
+            url: url.to_string(),
+            status: meta.status,
+            content_type: meta.content_type.clone(),
+            link: meta.link.clone(),
+            last_modified: meta.last_modified.clone(),
+            etag: meta.etag.clone(),
+            etag_token: meta.etag_token.clone(),
+            digest: hex::encode(Sha256::digest(body)),
+            size: body.len() as u64,
+            fetched_at_ms: now_ms(),
+            ttl_secs: ttl.as_secs(),
+        };
+        let added = {
+            let _shared = self.writer_lock()?;
+            let added = self.write_object(&entry.digest, body)?;
+            self.write_entry(key.id(), &entry)?;
+            added
+        };
+        self.account(added)?;
+        Ok(entry)
+    }
+
+    /// Stores an entry received whole (for example from a peer) after checking the body matches it.
+    pub fn put_entry(&self, key_id: &str, entry: &Entry, body: &[u8]) -> anyhow::Result<()> {
+        anyhow::ensure!(is_hex_id(key_id), "invalid key id");
+        anyhow::ensure!(
+            body.len() as u64 == entry.size && hex::encode(Sha256::digest(body)) == entry.digest,
+            "body does not match its digest"
+        );
+        let added = {
+            let _shared = self.writer_lock()?;
+            let added = self.write_object(&entry.digest, body)?;
+            self.write_entry(key_id, entry)?;
+            added
+        };
+        self.account(added)
+    }
+
+    /// Marks an entry as revalidated now (after a 304), keeping its body.
+    pub fn renew(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        etag: Option<String>,
+        etag_token: Option<String>,
+    ) -> anyhow::Result<Entry> {
+        let mut renewed = entry.clone();
+        renewed.fetched_at_ms = now_ms();
+        if etag.is_some() {
+            renewed.etag = etag;
+            renewed.etag_token = etag_token;
+        }
+        let _shared = self.writer_lock()?;
+        self.write_entry(key.id(), &renewed)?;
+        Ok(renewed)
+    }
+
+    /// Takes the fetch stripe of `key`, blocking until other processes release it.
+    pub fn lock_key(&self, key: &CacheKey) -> anyhow::Result<KeyLock> {
+        let path = self
+            .dir
+            .join("locks")
+            .join(format!("{}.lock", &key.id()[..2]));
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok(KeyLock { _file: file })
+    }
+
+    /// Writers hold `cache.lock` shared so that eviction (exclusive) never sees half a store.
+    fn writer_lock(&self) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("cache.lock"))?;
+        file.lock_shared()?;
+        Ok(file)
+    }
+
+    /// Writes a body unless an intact copy exists; returns the bytes added.
+    fn write_object(&self, digest: &str, body: &[u8]) -> io::Result<u64> {
+        let path = self.object_path(digest);
+        if let Ok(existing) = fs::read(&path) {
+            if hex::encode(Sha256::digest(&existing)) == digest {
+                return Ok(0);
+            }
+        }
+        write_atomic(&path, body)?;
+        Ok(body.len() as u64)
+    }
+
+    fn write_entry(&self, key_id: &str, entry: &Entry) -> io::Result<()> {
+        let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
+        write_atomic(&self.entry_path(key_id), &json)
+    }
+
+    /// Adds to the usage bound and evicts when it passes the limit.
+    fn account(&self, added: u64) -> anyhow::Result<()> {
+        if added == 0 {
+            return Ok(());
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(self.dir.join("usage"))?;
+        file.lock()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text)?;
+        let bound = text
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            .saturating_add(added);
+        rewrite(&mut file, bound.to_string().as_bytes())?;
+        drop(file);
+        if bound > self.max_size {
+            self.evict()?;
+        }
+        Ok(())
+    }
+
+    /// Removes least-recently-used entries until the bodies fit under the bound, deletes bodies
+    /// no entry references and temporary files left by crashed writers, and resets `usage`.
+    pub fn evict(&self) -> anyhow::Result<Usage> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("cache.lock"))?;
+        lock.lock()?;
+        let mut records = self.scan_entries();
+        let mut refs: std::collections::HashMap<String, (u64, usize)> =
+            std::collections::HashMap::new();
+        for r in &records {
+            let slot = refs
+                .entry(r.entry.digest.clone())
+                .or_insert((r.entry.size, 0));
+            slot.1 += 1;
+        }
+        let mut bytes: u64 = refs.values().map(|(size, _)| size).sum();
+        let target = self.max_size / 100 * EVICT_TARGET_PERCENT;
+        records.sort_by_key(|r| r.last_used);
+        let mut evicted = 0;
+        let mut kept = records.len();
+        for r in &records {
+            if bytes <= target {
+                break;
+            }
+            let _ = fs::remove_file(&r.path);
+            kept -= 1;
+            evicted += 1;
+            if let Some(slot) = refs.get_mut(&r.entry.digest) {
+                slot.1 -= 1;
+                if slot.1 == 0 {
+                    bytes = bytes.saturating_sub(slot.0);
+                }
+            }
+        }
+        self.remove_unreferenced_objects(&refs);
+        let usage = Usage {
+            entries: kept as u64,
+            bytes,
+        };
+        fs::write(self.dir.join("usage"), bytes.to_string())?;
+        if evicted > 0 {
+            self.bump(|c| c.evictions += evicted);
+            tracing::info!(
+                "evicted {evicted} least-recently-used cache entries to stay under {} bytes",
+                self.max_size
+            );
+        }
+        Ok(usage)
+    }
+
+    fn remove_unreferenced_objects(&self, refs: &std::collections::HashMap<String, (u64, usize)>) {
+        let Ok(shards) = fs::read_dir(self.dir.join("objects")) else {
+            return;
+        };
+        for shard in shards.flatten() {
+            let Ok(files) = fs::read_dir(shard.path()) else {
+                continue;
+            };
+            let prefix = shard.file_name().to_string_lossy().into_owned();
+            for file in files.flatten() {
+                let digest = format!("{prefix}{}", file.file_name().to_string_lossy());
+                let live = refs.get(&digest).is_some_and(|(_, count)| *count > 0);
+                if !live {
+                    let _ = fs::remove_file(file.path());
+                }
+            }
+        }
+        // Temporary files of crashed writers in the entries tree (no writer runs during eviction).
+        if let Ok(shards) = fs::read_dir(self.dir.join("entries")) {
+            for shard in shards.flatten() {
+                for file in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                    if file.file_name().to_string_lossy().starts_with(".tmp") {
+                        let _ = fs::remove_file(file.path());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every readable index record with its path and last use.
+    fn scan_entries(&self) -> Vec<ScannedEntry> {
+        let mut out = Vec::new();
+        let Ok(shards) = fs::read_dir(self.dir.join("entries")) else {
+            return out;
+        };
+        for shard in shards.flatten() {
+            for file in fs::read_dir(shard.path()).into_iter().flatten().flatten() {
+                let path = file.path();
+                if path.extension().is_none_or(|e| e != "json") {
+                    continue;
+                }
+                let Ok(bytes) = fs::read(&path) else { continue };
+                let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) else {
+                    continue;
+                };
+                let last_used = file
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                out.push(ScannedEntry {
+                    path,
+                    entry,
+                    last_used,
+                });
+            }
+        }
+        out
+    }
+
+    /// Entries and distinct body bytes, by scanning the index.
+    pub fn usage(&self) -> Usage {
+        let records = self.scan_entries();
+        let mut seen = std::collections::HashSet::new();
+        let bytes = records
+            .iter()
+            .filter(|r| seen.insert(r.entry.digest.clone()))
+            .map(|r| r.entry.size)
+            .sum();
+        Usage {
+            entries: records.len() as u64,
+            bytes,
+        }
+    }
+
+    /// Every entry in the index with its key id (for the swarm and for tests).
+    pub fn entries(&self) -> Vec<(String, Entry)> {
+        self.scan_entries()
+            .into_iter()
+            .filter_map(|r| {
+                let id = r.path.file_stem()?.to_string_lossy().into_owned();
+                Some((id, r.entry))
+            })
+            .collect()
+    }
+
+    /// The counters shared by every process using this cache dir.
+    pub fn counters(&self) -> Counters {
+        fs::read(self.dir.join("counters.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn bump(&self, change: impl FnOnce(&mut Counters)) {
+        let result = (|| -> io::Result<()> {
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .read(true)
+                .write(true)
+                .open(self.dir.join("counters.json"))?;
+            file.lock()?;
+            let mut text = Vec::new();
+            file.read_to_end(&mut text)?;
+            let mut counters: Counters = serde_json::from_slice(&text).unwrap_or_default();
+            change(&mut counters);
+            rewrite(
+                &mut file,
+                &serde_json::to_vec(&counters).map_err(io::Error::other)?,
+            )
+        })();
+        if let Err(e) = result {
+            tracing::debug!("could not update cache counters: {e}");
+        }
+    }
+}
+
+struct ScannedEntry {
+    path: PathBuf,
+    entry: Entry,
+    last_used: SystemTime,
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let parent = path.parent().expect("cache paths have a parent");
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(parent)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp")
+        .tempfile_in(parent)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+/// Replaces a locked file's contents in place.
+fn rewrite(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(bytes)
+}
+
+fn is_hex_id(id: &str) -> bool {
+    id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A short, non-reversible tag of a token, stored beside an ETag to know which token it is for.
+pub fn token_tag(token: Option<&str>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"peercache etag token v1\0");
+    hasher.update(token.unwrap_or("").as_bytes());
+    hex::encode(&hasher.finalize()[..16])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{DEFAULT_ACCEPT, DEFAULT_API_VERSION};
+
+    fn key(path: &str) -> CacheKey {
+        let url = url::Url::parse(&format!("https://api.github.com/{path}")).unwrap();
+        CacheKey::new(&url, DEFAULT_ACCEPT, DEFAULT_API_VERSION)
+    }
+
+    fn meta() -> ResponseMeta {
+        ResponseMeta {
+            status: 200,
+            content_type: Some("application/json".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn round_trip_and_dedup() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        cache
+            .put(
+                &key("a"),
+                "u",
+                &meta(),
+                b"same body",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        cache
+            .put(
+                &key("b"),
+                "u",
+                &meta(),
+                b"same body",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        match cache.get(&key("a")) {
+            Lookup::Hit { body, entry } => {
+                assert_eq!(body, b"same body");
+                assert!(entry.is_fresh(Duration::from_secs(60), now_ms()));
+                assert!(!entry.is_fresh(Duration::ZERO, now_ms()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            cache.usage(),
+            Usage {
+                entries: 2,
+                bytes: 9
+            }
+        );
+        assert!(matches!(cache.get(&key("c")), Lookup::Miss));
+    }
+
+    #[test]
+    fn flipped_or_truncated_bodies_are_discarded_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        let entry = cache
+            .put(
+                &key("a"),
+                "u",
+                &meta(),
+                b"0123456789",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        let object = cache.object_path(&entry.digest);
+        let mut bytes = fs::read(&object).unwrap();
+        bytes[3] ^= 0x01;
+        fs::write(&object, &bytes).unwrap();
+        assert!(matches!(cache.get(&key("a")), Lookup::Discarded { .. }));
+        assert!(matches!(cache.get(&key("a")), Lookup::Miss));
+        assert!(!object.exists());
+
+        let entry = cache
+            .put(
+                &key("b"),
+                "u",
+                &meta(),
+                b"abcdefghij",
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        fs::write(cache.object_path(&entry.digest), b"abcde").unwrap();
+        assert!(matches!(cache.get(&key("b")), Lookup::Discarded { .. }));
+        assert_eq!(cache.counters().integrity_failures, 2);
+    }
+
+    #[test]
+    fn corrupt_index_record_is_discarded() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 1 << 20).unwrap();
+        cache
+            .put(&key("a"), "u", &meta(), b"x", Duration::from_secs(60))
+            .unwrap();
+        fs::write(cache.entry_path(key("a").id()), b"{ not json").unwrap();
+        assert!(matches!(cache.get(&key("a")), Lookup::Discarded { .. }));
+    }
+
+    #[test]
+    fn lru_eviction_keeps_recently_used_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path(), 10_000).unwrap();
+        let body = |i: u8| vec![i; 1000];
+        for i in 0..9u8 {
+            cache
+                .put(
+                    &key(&format!("k{i}")),
+                    "u",
+                    &meta(),
+                    &body(i),
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+            // Distinct mtimes, oldest first.
+            let past = SystemTime::now() - Duration::from_secs(100 - i as u64);
+            File::open(cache.entry_path(key(&format!("k{i}")).id()))
+                .unwrap()
+                .set_modified(past)
+                .unwrap();
+        }
+        // Use k0, the oldest, so that it becomes the most recent.
+        assert!(matches!(cache.get(&key("k0")), Lookup::Hit { .. }));
+        for i in 9..12u8 {
+            cache
+                .put(
+                    &key(&format!("k{i}")),
+                    "u",
+                    &meta(),
+                    &body(i),
+                    Duration::from_secs(60),
+                )
+                .unwrap();
+        }
+        let usage = cache.usage();
+        assert!(usage.bytes <= 10_000, "{usage:?}");
+        assert!(
+            matches!(cache.get(&key("k0")), Lookup::Hit { .. }),
+            "recently used entry was evicted"
+        );
+        assert!(
+            matches!(cache.get(&key("k1")), Lookup::Miss),
+            "least recently used entry survived"
+        );
+        assert!(matches!(cache.get(&key("k11")), Lookup::Hit { .. }));
+        assert!(cache.counters().evictions >= 2);
+        // Evicted bodies are gone from disk too.
+        let objects: usize = fs::read_dir(dir.path().join("objects"))
+            .unwrap()
+            .map(|d| fs::read_dir(d.unwrap().path()).unwrap().count())
+            .sum();
+        assert_eq!(objects as u64, cache.usage().entries);
+    }
+}

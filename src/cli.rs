@@ -1,0 +1,127 @@
+//! The command line: clap definitions, settings, logging, and the mapping of errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd;
+use crate::config::{Flags, Settings};
+use crate::error::{Exit, UserError};
+
+/// Share cached GitHub API responses between CI runners.
+#[derive(Debug, Parser)]
+#[command(name = "peercache", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings flags every subcommand accepts.
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// State dir (identity, pid, logs, peercache.yml) [env: PEERCACHE_HOME]
+    #[arg(long, global = true, value_name = "DIR")]
+    home: Option<String>,
+    /// Cache dir [env: PEERCACHE_CACHE_DIR]
+    #[arg(long, global = true, value_name = "DIR")]
+    cache_dir: Option<String>,
+    /// Upstream API base, e.g. https://HOST/api/v3 for GitHub Enterprise Server [env: PEERCACHE_API_URL]
+    #[arg(long, global = true, value_name = "URL")]
+    api_url: Option<String>,
+    /// Log filter, e.g. info or peercache=debug [env: PEERCACHE_LOG]
+    #[arg(long, global = true, value_name = "FILTER")]
+    log: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// GET an API endpoint through the cache, like `gh api`
+    Fetch(cmd::fetch::FetchArgs),
+}
+
+/// Parses the command line, runs the subcommand and returns its exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_error(err),
+    };
+    match run(cli) {
+        Ok(exit) => ExitCode::from(exit as u8),
+        Err(err) => report(&err),
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<Exit> {
+    let mut flags = Flags {
+        home: cli.global.home,
+        cache_dir: cli.global.cache_dir,
+        api_url: cli.global.api_url,
+        log: cli.global.log,
+        ..Flags::default()
+    };
+    match cli.command {
+        Command::Fetch(args) => {
+            flags.ttl = args.ttl.clone();
+            let settings = Settings::load(&flags)?;
+            init_logging(&settings.log);
+            cmd::fetch::run(&settings, args)
+        }
+    }
+}
+
+/// Logs go to stderr; stdout belongs to the command's output.
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Prints an error as one line and picks its exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    if let Some(user) = err.downcast_ref::<UserError>() {
+        eprintln!("peercache: {}", user.message);
+        return ExitCode::from(user.exit as u8);
+    }
+    let text = format!("{err:#}").replace('\n', " ");
+    eprintln!("peercache: error: {text}");
+    ExitCode::from(Exit::Http as u8)
+}
+
+/// clap's errors are several lines; the contract wants one line that names the problem and fix.
+fn clap_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = err.print();
+        return ExitCode::from(
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                2
+            } else {
+                0
+            },
+        );
+    }
+    let rendered = err.render().to_string();
+    let mut lines = rendered.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_string();
+    let tip = lines
+        .find(|l| l.starts_with("tip:"))
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+    eprintln!("peercache: {first}{tip}; see 'peercache --help'");
+    ExitCode::from(Exit::Usage as u8)
+}

@@ -1,0 +1,428 @@
+//! Settings: every value of the contract's settings table, resolved with its precedence
+//! (flag > `PEERCACHE_*` variable > legacy alias > `$PEERCACHE_HOME/peercache.yml` > default).
+//!
+//! Each resolved value remembers where it came from ([`Origin`]) so that a bad value is reported
+//! with the name the user actually typed: `--ttl`, `PEERCACHE_TTL`, `CACHE_DEFAULT_TTL` or the
+//! `ttl` key of the file.
+
+mod file;
+mod parse;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use url::Url;
+
+use crate::error::UserError;
+use crate::secret::Secret;
+
+pub use file::{FILE_NAME, FileSettings};
+pub use parse::{parse_bool, parse_port, parse_size, parse_ttl};
+
+/// The public GitHub API; GitHub Enterprise Server is `https://HOST/api/v3`.
+pub const DEFAULT_API_URL: &str = "https://api.github.com";
+/// Freshness TTL when nothing else is set, in seconds.
+pub const DEFAULT_TTL_SECS: u64 = 300;
+/// Cache size bound when nothing else is set.
+pub const DEFAULT_MAX_SIZE: u64 = 512 * 1024 * 1024;
+
+/// Where a setting's value came from; its `Display` is the name to show the user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// A command-line flag such as `--ttl`.
+    Flag(&'static str),
+    /// An environment variable, current or legacy.
+    Env(&'static str),
+    /// A key of `peercache.yml`.
+    File { path: PathBuf, key: &'static str },
+    /// The built-in default.
+    Default,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Flag(name) => write!(f, "{name}"),
+            Origin::Env(name) => write!(f, "{name}"),
+            Origin::File { path, key } => write!(f, "'{key}' in {}", path.display()),
+            Origin::Default => write!(f, "the default"),
+        }
+    }
+}
+
+/// A setting's raw text and where it came from.
+#[derive(Debug, Clone)]
+pub struct Raw {
+    /// The value as given.
+    pub value: String,
+    /// Where it was given.
+    pub origin: Origin,
+}
+
+/// The p2p port: a fixed number, or `auto` (a per-workflow block chosen by `init`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// Pick a port from the workflow's block.
+    Auto,
+    /// This port.
+    Fixed(u16),
+}
+
+/// Why peer sharing is on or off, as `serve` and `status` report it.
+#[derive(Debug, Clone)]
+pub enum SwarmSecret {
+    /// Sharing is possible: the secret and the variable it came from.
+    Set { secret: Secret, origin: Origin },
+    /// Sharing is off, with the reason to show.
+    Missing { reason: String },
+}
+
+/// The flags that map onto settings; `None` when the flag was not given.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    /// `--home`
+    pub home: Option<String>,
+    /// `--cache-dir`
+    pub cache_dir: Option<String>,
+    /// `--api-url`
+    pub api_url: Option<String>,
+    /// `--port`
+    pub port: Option<String>,
+    /// `--bootstrap`
+    pub bootstrap: Option<String>,
+    /// `--ttl`
+    pub ttl: Option<String>,
+    /// `--registry`
+    pub registry: Option<String>,
+    /// `--mdns`
+    pub mdns: Option<String>,
+    /// `--log`
+    pub log: Option<String>,
+}
+
+/// Every setting, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// State dir: identity, pid, logs, `peercache.yml`.
+    pub home: PathBuf,
+    /// Cache dir: objects and entries.
+    pub cache_dir: PathBuf,
+    /// Upstream API base URL, without a trailing slash.
+    pub api_url: Url,
+    /// Upstream token, if any.
+    pub token: Option<Secret>,
+    /// The swarm secret, or why there is none.
+    pub secret: SwarmSecret,
+    /// The p2p port.
+    pub port: Port,
+    /// Bootstrap multiaddrs as given (parsed by the p2p layer).
+    pub bootstrap_peers: Vec<Raw>,
+    /// Freshness TTL.
+    pub ttl: Duration,
+    /// Registry specs as given (parsed by the registry layer).
+    pub registries: Vec<Raw>,
+    /// Whether mDNS discovery is on.
+    pub mdns: bool,
+    /// Whether peer sharing is on.
+    pub p2p: bool,
+    /// The tracing filter directive.
+    pub log: String,
+    /// Cache size bound in bytes.
+    pub max_size: u64,
+}
+
+/// Reads one environment variable; empty values count as unset (Actions passes empty inputs so).
+pub trait Environment {
+    /// The variable's value, `None` when unset or empty.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl<F: Fn(&str) -> Option<String>> Environment for F {
+    fn var(&self, name: &str) -> Option<String> {
+        self(name).filter(|v| !v.is_empty())
+    }
+}
+
+/// The layers below the flags: the environment and the settings file.
+struct Layers<'a> {
+    env: &'a dyn Environment,
+    file: FileSettings,
+    file_path: PathBuf,
+}
+
+impl Layers<'_> {
+    /// The first of: the flag, each variable in order, the file key.
+    fn pick(
+        &self,
+        flag: (&'static str, &Option<String>),
+        vars: &[&'static str],
+        file_key: &'static str,
+    ) -> Option<Raw> {
+        if let Some(value) = flag.1.as_ref().filter(|v| !v.is_empty()) {
+            return Some(Raw {
+                value: value.clone(),
+                origin: Origin::Flag(flag.0),
+            });
+        }
+        self.pick_env(vars).or_else(|| self.from_file(file_key))
+    }
+
+    fn pick_env(&self, vars: &[&'static str]) -> Option<Raw> {
+        vars.iter().find_map(|name| {
+            self.env.var(name).map(|value| Raw {
+                value,
+                origin: Origin::Env(name),
+            })
+        })
+    }
+
+    fn from_file(&self, key: &'static str) -> Option<Raw> {
+        self.file.get(key).map(|value| Raw {
+            value,
+            origin: Origin::File {
+                path: self.file_path.clone(),
+                key,
+            },
+        })
+    }
+}
+
+impl Settings {
+    /// Resolves every setting from the process environment.
+    pub fn load(flags: &Flags) -> anyhow::Result<Settings> {
+        Self::load_from(flags, &ProcessEnv)
+    }
+
+    /// Resolves every setting from the given environment (tests pass their own).
+    pub fn load_from(flags: &Flags, env: &dyn Environment) -> anyhow::Result<Settings> {
+        let home = resolve_home(flags, env)?;
+        let file_path = home.join(FILE_NAME);
+        let file = FileSettings::read(&file_path)?;
+        let r = Layers {
+            env,
+            file,
+            file_path,
+        };
+
+        let cache_dir = match r.pick(
+            ("--cache-dir", &flags.cache_dir),
+            CACHE_DIR_VARS,
+            "cache_dir",
+        ) {
+            Some(raw) => parse::absolute_dir(&raw)?,
+            None => xdg_dir(env, "XDG_CACHE_HOME", ".cache")?.join("peercache"),
+        };
+
+        let api_url = match r.pick(
+            ("--api-url", &flags.api_url),
+            &["PEERCACHE_API_URL", "GITHUB_API_URL"],
+            "api_url",
+        ) {
+            Some(raw) => parse::api_url(&raw)?,
+            None => Url::parse(DEFAULT_API_URL).expect("the default API URL parses"),
+        };
+
+        let token = r
+            .pick_env(&["PEERCACHE_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"])
+            .map(|raw| Secret::new(raw.value.trim()));
+        let secret = resolve_secret(env);
+
+        let port = match r.pick(
+            ("--port", &flags.port),
+            &["PEERCACHE_PORT", "CACHE_LISTEN_PORT", "P2P_LISTEN_PORT"],
+            "port",
+        ) {
+            Some(raw) => parse_port(&raw)?,
+            None => Port::Auto,
+        };
+
+        let bootstrap_peers = r
+            .pick(
+                ("--bootstrap", &flags.bootstrap),
+                &[
+                    "PEERCACHE_BOOTSTRAP_PEERS",
+                    "CACHE_BOOTSTRAP_PEERS",
+                    "P2P_BOOTSTRAP_PEERS",
+                ],
+                "bootstrap_peers",
+            )
+            .map(|raw| split_list(&raw))
+            .unwrap_or_default();
+
+        let ttl = match r.pick(
+            ("--ttl", &flags.ttl),
+            &["PEERCACHE_TTL", "CACHE_DEFAULT_TTL"],
+            "ttl",
+        ) {
+            Some(raw) => parse_ttl(&raw)?,
+            None => Duration::from_secs(DEFAULT_TTL_SECS),
+        };
+
+        let registries = match r.pick(
+            ("--registry", &flags.registry),
+            &["PEERCACHE_REGISTRY"],
+            "registry",
+        ) {
+            Some(raw) => split_list(&raw),
+            None => {
+                // Without XDG_CACHE_HOME or HOME, the peers dir sits in the cache dir.
+                let dir = xdg_dir(env, "XDG_CACHE_HOME", ".cache")
+                    .map(|base| base.join("peercache").join("peers"))
+                    .unwrap_or_else(|_| cache_dir.join("peers"));
+                vec![Raw {
+                    value: format!("dir:{}", dir.display()),
+                    origin: Origin::Default,
+                }]
+            }
+        };
+
+        let mdns = match r.pick(("--mdns", &flags.mdns), &["PEERCACHE_MDNS"], "mdns") {
+            Some(raw) => parse_bool(&raw)?,
+            None => true,
+        };
+        let p2p = match r.pick(("", &None), &["PEERCACHE_P2P", "CACHE_ENABLE_P2P"], "p2p") {
+            Some(raw) => parse_bool(&raw)?,
+            None => true,
+        };
+
+        let log = match r.pick(("--log", &flags.log), &["PEERCACHE_LOG", "RUST_LOG"], "log") {
+            Some(raw) => parse::log_filter(&raw)?,
+            None => "info".to_string(),
+        };
+
+        let max_size = match r.pick(("", &None), &["PEERCACHE_MAX_SIZE"], "max_size") {
+            Some(raw) => parse_size(&raw)?,
+            None => DEFAULT_MAX_SIZE,
+        };
+
+        Ok(Settings {
+            home,
+            cache_dir,
+            api_url,
+            token,
+            secret,
+            port,
+            bootstrap_peers,
+            ttl,
+            registries,
+            mdns,
+            p2p,
+            log,
+            max_size,
+        })
+    }
+
+    /// The repository `OWNER/REPO` of this job, from `GITHUB_REPOSITORY`.
+    pub fn repository(env: &dyn Environment) -> Option<String> {
+        env.var("GITHUB_REPOSITORY")
+    }
+}
+
+const CACHE_DIR_VARS: &[&str] = &[
+    "PEERCACHE_CACHE_DIR",
+    "CACHE_DIR",
+    "IPFS_ACCELERATE_CACHE_DIR",
+];
+
+/// The state dir: `--home`, `PEERCACHE_HOME`, `$RUNNER_TEMP/peercache` in Actions, else XDG state.
+fn resolve_home(flags: &Flags, env: &dyn Environment) -> anyhow::Result<PathBuf> {
+    if let Some(value) = flags.home.as_ref().filter(|v| !v.is_empty()) {
+        return parse::absolute_dir(&Raw {
+            value: value.clone(),
+            origin: Origin::Flag("--home"),
+        });
+    }
+    if let Some(value) = env.var("PEERCACHE_HOME") {
+        return parse::absolute_dir(&Raw {
+            value,
+            origin: Origin::Env("PEERCACHE_HOME"),
+        });
+    }
+    if env.var("GITHUB_ACTIONS").as_deref() == Some("true") {
+        if let Some(temp) = env.var("RUNNER_TEMP") {
+            return Ok(PathBuf::from(temp).join("peercache"));
+        }
+    }
+    Ok(xdg_dir(env, "XDG_STATE_HOME", ".local/state")?.join("peercache"))
+}
+
+/// `$VAR` when set and absolute (as the XDG spec demands), else `$HOME/fallback`.
+fn xdg_dir(env: &dyn Environment, var: &str, fallback: &str) -> anyhow::Result<PathBuf> {
+    if let Some(dir) = env.var(var).map(PathBuf::from).filter(|p| p.is_absolute()) {
+        return Ok(dir);
+    }
+    match env.var("HOME") {
+        Some(home) => Ok(Path::new(&home).join(fallback)),
+        None => Err(UserError::usage(format!(
+            "cannot place peercache's directories: neither {var} nor HOME is set; set PEERCACHE_HOME and PEERCACHE_CACHE_DIR"
+        ))
+        .into()),
+    }
+}
+
+/// The swarm secret: `PEERCACHE_SECRET`, `CACHE_P2P_SHARED_SECRET`, or a long-lived token.
+///
+/// A job token (`ghs_`) differs in every job, so two jobs could never share with it: it is
+/// never used, and the reason says so.
+fn resolve_secret(env: &dyn Environment) -> SwarmSecret {
+    for name in ["PEERCACHE_SECRET", "CACHE_P2P_SHARED_SECRET"] {
+        if let Some(value) = env.var(name) {
+            return SwarmSecret::Set {
+                secret: Secret::new(value),
+                origin: Origin::Env(name),
+            };
+        }
+    }
+    let mut job_token = None;
+    for name in ["GH_TOKEN", "GITHUB_TOKEN"] {
+        if let Some(token) = env.var(name) {
+            let token = token.trim().to_string();
+            if ["ghp_", "github_pat_", "gho_"]
+                .iter()
+                .any(|p| token.starts_with(p))
+            {
+                return SwarmSecret::Set {
+                    secret: Secret::new(token),
+                    origin: Origin::Env(name),
+                };
+            }
+            if token.starts_with("ghs_") {
+                job_token.get_or_insert(name);
+            }
+        }
+    }
+    let reason = match job_token {
+        Some(name) => format!(
+            "no PEERCACHE_SECRET is set, and {name} is a job token (ghs_) that differs in every job, so it cannot be shared; set PEERCACHE_SECRET to the same value on every runner of the swarm"
+        ),
+        None => "no PEERCACHE_SECRET is set; set it to the same value on every runner of the swarm"
+            .to_string(),
+    };
+    SwarmSecret::Missing { reason }
+}
+
+/// Splits a comma-separated setting into its non-empty, trimmed items, keeping the origin.
+fn split_list(raw: &Raw) -> Vec<Raw> {
+    raw.value
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| Raw {
+            value: item.to_string(),
+            origin: raw.origin.clone(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests;

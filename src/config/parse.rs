@@ -1,0 +1,151 @@
+//! Parsers for setting values; every error names the setting and says how to fix it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use url::Url;
+
+use super::{Port, Raw};
+use crate::error::UserError;
+
+fn invalid(raw: &Raw, expected: &str) -> anyhow::Error {
+    UserError::usage(format!(
+        "invalid {} {:?}: {expected}",
+        raw.origin, raw.value
+    ))
+    .into()
+}
+
+/// A TTL in whole seconds.
+pub fn parse_ttl(raw: &Raw) -> anyhow::Result<Duration> {
+    raw.value
+        .trim()
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| invalid(raw, "expected a whole number of seconds, e.g. 300"))
+}
+
+/// `auto` or a port number from 1 to 65535.
+pub fn parse_port(raw: &Raw) -> anyhow::Result<Port> {
+    let value = raw.value.trim();
+    if value.eq_ignore_ascii_case("auto") {
+        return Ok(Port::Auto);
+    }
+    match value.parse::<u32>() {
+        Ok(port @ 1..=65535) => Ok(Port::Fixed(port as u16)),
+        _ => Err(invalid(
+            raw,
+            "expected 'auto' or a port number from 1 to 65535",
+        )),
+    }
+}
+
+/// `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn parse_bool(raw: &Raw) -> anyhow::Result<bool> {
+    match raw.value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(invalid(raw, "expected true or false")),
+    }
+}
+
+/// A size in bytes, with an optional unit: `536870912`, `512M`, `512MiB`, `1G`, `64KB`.
+///
+/// Units are binary (1K = 1024) because the cache bound is about disk blocks, not marketing.
+pub fn parse_size(raw: &Raw) -> anyhow::Result<u64> {
+    let text = raw.value.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => {
+            return Err(invalid(
+                raw,
+                "expected a size such as 536870912, 512MiB or 2G",
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .filter(|n| *n > 0)
+        .ok_or_else(|| {
+            invalid(
+                raw,
+                "expected a size greater than zero such as 512MiB or 2G",
+            )
+        })
+}
+
+/// An absolute directory path; `~/` is expanded because users write it in YAML.
+pub fn absolute_dir(raw: &Raw) -> anyhow::Result<PathBuf> {
+    let value = raw.value.trim();
+    let path = match value.strip_prefix("~/") {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(home) => PathBuf::from(home).join(rest),
+            None => {
+                return Err(invalid(
+                    raw,
+                    "'~' needs HOME to be set; give an absolute path",
+                ));
+            }
+        },
+        None => PathBuf::from(value),
+    };
+    if path.as_os_str().is_empty() {
+        return Err(invalid(raw, "expected a directory path"));
+    }
+    if path.is_absolute() {
+        Ok(path)
+    } else {
+        std::env::current_dir()
+            .map(|cwd| cwd.join(path))
+            .map_err(|e| {
+                invalid(
+                    raw,
+                    &format!(
+                        "a relative path needs a current directory ({e}); give an absolute path"
+                    ),
+                )
+            })
+    }
+}
+
+/// The upstream API base: an http(s) URL with a host and no query, trailing slash removed.
+pub fn api_url(raw: &Raw) -> anyhow::Result<Url> {
+    const EXPECTED: &str =
+        "expected an http(s) URL such as https://api.github.com or https://HOST/api/v3";
+    let mut url = Url::parse(raw.value.trim()).map_err(|_| invalid(raw, EXPECTED))?;
+    let usable = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some_and(|h| !h.is_empty())
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !usable {
+        return Err(invalid(raw, EXPECTED));
+    }
+    let trimmed = url.path().trim_end_matches('/').to_string();
+    url.set_path(&trimmed);
+    Ok(url)
+}
+
+/// A tracing filter directive such as `info` or `peercache=debug,libp2p=warn`.
+pub fn log_filter(raw: &Raw) -> anyhow::Result<String> {
+    let value = raw.value.trim();
+    tracing_subscriber::EnvFilter::try_new(value)
+        .map(|_| value.to_string())
+        .map_err(|_| {
+            invalid(
+                raw,
+                "expected a log filter such as info, debug or peercache=debug",
+            )
+        })
+}

@@ -1,0 +1,191 @@
+//! The GitHub REST API client: reqwest over rustls (no OpenSSL), GitHub's recommended headers,
+//! conditional requests, and pagination links.
+
+mod endpoint;
+pub mod ratelimit;
+
+use std::time::Duration;
+
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    USER_AGENT,
+};
+use url::Url;
+
+use crate::secret::Secret;
+
+pub use endpoint::{endpoint_url, on_api_host};
+
+/// The `User-Agent` GitHub requires on every request.
+pub const USER_AGENT_VALUE: &str = concat!("peercache/", env!("CARGO_PKG_VERSION"));
+
+/// One GET to send upstream.
+#[derive(Debug, Clone)]
+pub struct ApiRequest {
+    /// The full URL (on the API host).
+    pub url: Url,
+    /// `Accept`.
+    pub accept: String,
+    /// `X-GitHub-Api-Version`.
+    pub api_version: String,
+    /// The token for `Authorization`, if any.
+    pub token: Option<Secret>,
+    /// Other headers the caller asked for (`-H`), sent as given.
+    pub extra_headers: Vec<(HeaderName, HeaderValue)>,
+    /// `If-Modified-Since`, when revalidating.
+    pub if_modified_since: Option<String>,
+    /// `If-None-Match`, when revalidating under the token the ETag came with.
+    pub if_none_match: Option<String>,
+}
+
+/// An upstream answer, body as received.
+#[derive(Debug, Clone)]
+pub struct ApiResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Response headers.
+    pub headers: HeaderMap,
+    /// The body, byte for byte.
+    pub body: Vec<u8>,
+}
+
+impl ApiResponse {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// A client for one API base URL.
+#[derive(Debug, Clone)]
+pub struct GitHub {
+    http: reqwest::Client,
+}
+
+impl GitHub {
+    /// Builds the HTTP client (rustls, HTTP/2, timeouts).
+    pub fn new() -> anyhow::Result<GitHub> {
+        let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT_VALUE)
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(GitHub { http })
+    }
+
+    /// Sends one GET; `Err` only when no HTTP answer came back (network, TLS, timeout).
+    pub async fn get(&self, request: &ApiRequest) -> Result<ApiResponse, String> {
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+        for (name, value) in &request.extra_headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        headers.insert(ACCEPT, header_value(&request.accept)?);
+        headers.insert("x-github-api-version", header_value(&request.api_version)?);
+        if let Some(token) = &request.token {
+            let mut value = header_value(&authorization_value(token.expose()))?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        if let Some(since) = &request.if_modified_since {
+            headers.insert(IF_MODIFIED_SINCE, header_value(since)?);
+        }
+        if let Some(etag) = &request.if_none_match {
+            headers.insert(IF_NONE_MATCH, header_value(etag)?);
+        }
+        let response = self
+            .http
+            .get(request.url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(|e| describe(&e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await.map_err(|e| describe(&e))?.to_vec();
+        Ok(ApiResponse {
+            status,
+            headers,
+            body,
+        })
+    }
+}
+
+/// `Authorization` for a token: `token X` for bare tokens, as given when it names a scheme.
+pub fn authorization_value(token: &str) -> String {
+    let token = token.trim();
+    if token.contains(' ') {
+        token.to_string()
+    } else {
+        format!("Bearer {token}")
+    }
+}
+
+fn header_value(text: &str) -> Result<HeaderValue, String> {
+    HeaderValue::from_str(text)
+        .map_err(|_| "a header value contains characters HTTP does not allow".to_string())
+}
+
+/// The error without the URL's query or any header (reqwest never includes headers).
+fn describe(error: &reqwest::Error) -> String {
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "could not connect"
+    } else if error.is_body() || error.is_decode() {
+        "the answer was cut off"
+    } else {
+        "request failed"
+    };
+    let mut cause = String::new();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        cause = s.to_string();
+        source = s.source();
+    }
+    if cause.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {cause}")
+    }
+}
+
+/// The `rel="next"` target of a `Link` header.
+pub fn next_link(link: &str) -> Option<String> {
+    link.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params.split(';').any(|p| {
+            let p = p.trim();
+            p == "rel=\"next\"" || p == "rel=next"
+        });
+        let target = target.trim();
+        (is_next && target.starts_with('<') && target.ends_with('>'))
+            .then(|| target[1..target.len() - 1].to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links() {
+        let link = r#"<https://api.github.com/x?page=2>; rel="next", <https://api.github.com/x?page=5>; rel="last""#;
+        assert_eq!(
+            next_link(link).as_deref(),
+            Some("https://api.github.com/x?page=2")
+        );
+        let last = r#"<https://api.github.com/x?page=1>; rel="prev", <https://api.github.com/x?page=1>; rel="first""#;
+        assert_eq!(next_link(last), None);
+        assert_eq!(next_link("garbage"), None);
+    }
+
+    #[test]
+    fn authorization_forms() {
+        assert_eq!(authorization_value("abc"), "Bearer abc");
+        assert_eq!(authorization_value("token abc"), "token abc");
+    }
+}

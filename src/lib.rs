@@ -1,0 +1,14 @@
+//! peercache: share cached GitHub API responses between CI runners.
+//!
+//! The crate is organised by concern: [`config`] resolves settings, [`cache`] stores responses
+//! content-addressed on disk, [`github`] talks to the REST API, [`resolver`] walks the tiers
+//! (local cache, upstream) for one request, and [`cmd`] holds one module per subcommand.
+
+pub mod cache;
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod github;
+pub mod resolver;
+pub mod secret;
