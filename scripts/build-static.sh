@@ -4,26 +4,18 @@
 #   scripts/build-static.sh            # x86_64-unknown-linux-musl
 #   TARGET=aarch64-unknown-linux-musl scripts/build-static.sh   (needs a cross linker)
 #
-# Installs what is missing: the rustup target, and Debian's musl-tools (ring and aws-lc compile C).
+# Installs what is missing through scripts/ensure-tools.sh.
 set -euo pipefail
 
 target="${TARGET:-x86_64-unknown-linux-musl}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
-  echo "adding the rust target $target" >&2
+if [[ "$target" == x86_64-unknown-linux-musl ]]; then
+  # The target, and Debian's musl-tools: ring and aws-lc compile C with musl-gcc.
+  scripts/ensure-tools.sh
+elif ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
   rustup target add "$target" >&2
-fi
-
-if [[ "$target" == x86_64-*-musl ]] && ! command -v musl-gcc >/dev/null 2>&1; then
-  echo "installing musl-tools (musl-gcc)" >&2
-  sudo_cmd=()
-  if [[ "$(id -u)" -ne 0 ]]; then
-    sudo_cmd=(sudo)
-  fi
-  "${sudo_cmd[@]}" apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq musl-tools >&2
 fi
 
 # Removes the ~25 ms jitter-entropy seeding from the first TLS handshake of each process.

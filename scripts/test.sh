@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every check and test of the project: the README's test command, and what .ci/run calls.
 #
-# Assumes the tools .ci/run installs (rustfmt, clippy, the musl target and musl-tools, shellcheck,
-# file); run .ci/run once on a fresh machine, or scripts/test.sh when they are already there.
+# On a fresh machine it first installs what it needs (scripts/ensure-tools.sh).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+scripts/ensure-tools.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -10,5 +10,6 @@ pub mod cmd;
 pub mod config;
 pub mod error;
 pub mod github;
+pub mod p2p;
 pub mod resolver;
 pub mod secret;

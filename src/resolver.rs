@@ -1,8 +1,9 @@
-//! Resolving one GET through the tiers: the local cache, then GitHub.
+//! Resolving one GET through the tiers: the local cache, the swarm, then GitHub.
 //!
 //! ```text
 //! fresh local entry ──────────────────────────────► local
 //! miss or expired ─► take the key's fetch stripe ─► (another process filled it?) local
+//!                  ─► a peer has it fresh, or the swarm's claimant fetched it ─► peer
 //!                  ─► rate-limited right now? ────► stale entry, or "unreachable"
 //!                  ─► GET upstream (conditional when an entry exists)
 //!                        304 ─► renew ────────────► revalidated
@@ -14,6 +15,8 @@
 //! Freshness is always judged by the requester's TTL, so a stale entry is never served as fresh.
 
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use reqwest::header::{HeaderName, HeaderValue};
@@ -22,6 +25,7 @@ use url::Url;
 use crate::cache::{Cache, CacheKey, Entry, Lookup, ResponseMeta, now_ms, token_tag};
 use crate::github::ratelimit::{RateLimits, Verdict};
 use crate::github::{ApiRequest, ApiResponse, GitHub};
+use crate::p2p;
 use crate::secret::Secret;
 
 /// Where an answer came from; sent as `x-peercache-source`.
@@ -175,12 +179,53 @@ pub enum ResolveError {
     Local(#[from] anyhow::Error),
 }
 
-/// Resolves requests against one cache dir and one API base.
-#[derive(Debug, Clone)]
+/// Request figures since start: every request counted once, by how it was answered.
+#[derive(Debug, Default)]
+struct Counters {
+    requests: AtomicU64,
+    local_hits: AtomicU64,
+    peer_hits: AtomicU64,
+    revalidated: AtomicU64,
+    stale_served: AtomicU64,
+    upstream_calls: AtomicU64,
+    requests_with_upstream_call: AtomicU64,
+}
+
+/// A copy of the request figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CountersSnapshot {
+    /// Requests resolved (errors included).
+    pub requests: u64,
+    /// Answered from a fresh local entry.
+    pub local_hits: u64,
+    /// Answered from an entry received from a peer.
+    pub peer_hits: u64,
+    /// Answered after a 304 renewed the local entry.
+    pub revalidated: u64,
+    /// Answered with an expired entry because GitHub could not be used.
+    pub stale_served: u64,
+    /// HTTP requests sent to GitHub.
+    pub upstream_calls: u64,
+    /// Requests that needed at least one call to GitHub.
+    pub requests_with_upstream_call: u64,
+    /// Requests not answered from the local cache or a peer.
+    pub misses: u64,
+}
+
+/// Resolves requests against one cache dir and one API base (and, in the daemon, the swarm).
+#[derive(Clone)]
 pub struct Resolver {
     cache: Cache,
     github: GitHub,
     api_base: String,
+    peers: Option<p2p::Handle>,
+    counters: Arc<Counters>,
+}
+
+impl fmt::Debug for Resolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Resolver").field("api_base", &self.api_base).field("swarm", &self.peers.is_some()).finish()
+    }
 }
 
 impl Resolver {
@@ -190,6 +235,37 @@ impl Resolver {
             cache,
             github,
             api_base: api_base.as_str().trim_end_matches('/').to_string(),
+            peers: None,
+            counters: Arc::default(),
+        }
+    }
+
+    /// Adds the swarm as a tier between the local cache and GitHub.
+    pub fn with_peers(mut self, peers: p2p::Handle) -> Resolver {
+        self.peers = Some(peers);
+        self
+    }
+
+    /// The swarm, when this resolver uses one.
+    pub fn peers(&self) -> Option<&p2p::Handle> {
+        self.peers.as_ref()
+    }
+
+    /// The request figures since start.
+    pub fn counters(&self) -> CountersSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let requests = get(&c.requests);
+        let (local_hits, peer_hits) = (get(&c.local_hits), get(&c.peer_hits));
+        CountersSnapshot {
+            requests,
+            local_hits,
+            peer_hits,
+            revalidated: get(&c.revalidated),
+            stale_served: get(&c.stale_served),
+            upstream_calls: get(&c.upstream_calls),
+            requests_with_upstream_call: get(&c.requests_with_upstream_call),
+            misses: requests.saturating_sub(local_hits + peer_hits),
         }
     }
 
@@ -204,7 +280,31 @@ impl Resolver {
 
     /// Answers a request from the freshest tier that can.
     pub async fn resolve(&self, request: &Request) -> Result<Resolved, ResolveError> {
+        let calls_before = self.counters.upstream_calls.load(Ordering::Relaxed);
+        let result = self.resolve_uncounted(request).await;
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        if c.upstream_calls.load(Ordering::Relaxed) != calls_before {
+            c.requests_with_upstream_call.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(resolved) = &result {
+            let counter = match resolved.source {
+                Source::Local => Some(&c.local_hits),
+                Source::Peer => Some(&c.peer_hits),
+                Source::Revalidated => Some(&c.revalidated),
+                Source::Stale => Some(&c.stale_served),
+                Source::Upstream => None,
+            };
+            if let Some(counter) = counter {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        result
+    }
+
+    async fn resolve_uncounted(&self, request: &Request) -> Result<Resolved, ResolveError> {
         let key = request.key();
+
         if let Lookup::Hit { entry, body } = self.lookup(&key).await? {
             if entry.is_fresh(request.ttl, now_ms()) {
                 return Ok(Resolved::from_entry(Source::Local, entry, body));
@@ -224,7 +324,20 @@ impl Resolver {
             Lookup::Hit { entry, body } => Some((entry, body)),
             Lookup::Miss | Lookup::Discarded { .. } => None,
         };
-        self.upstream(request, &key, cached).await
+        let Some(peers) = &self.peers else {
+            return self.upstream(request, &key, cached).await;
+        };
+        if let Some((entry, body)) = peers.obtain(&key, request.ttl).await {
+            return Ok(Resolved::from_entry(Source::Peer, entry, body));
+        }
+        let result = self.upstream(request, &key, cached).await;
+        // Tell the swarm: announce what is now fresh here, or release the claim.
+        let fresh = match &result {
+            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => r.entry.as_ref(),
+            _ => None,
+        };
+        peers.finished(&key, fresh);
+        result
     }
 
     async fn lookup(&self, key: &CacheKey) -> Result<Lookup, ResolveError> {
@@ -276,6 +389,7 @@ impl Resolver {
             if_none_match,
         };
 
+        self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
         let response = match self.github.get(&api_request).await {
             Ok(response) => response,
             Err(error) => {

@@ -306,7 +306,7 @@ impl Cache {
         let path = self
             .dir
             .join("locks")
-            .join(format!("{}.lock", &key.id()[..2]));
+            .join(format!("{}.lock", &key.id()[..3]));
         let file = OpenOptions::new()
             .create(true)
             .truncate(false)

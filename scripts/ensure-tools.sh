@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs, when missing, what the tests and the static build need: from Debian musl-tools,
+# ShellCheck and file; from rustup rustfmt, clippy and the x86_64 musl target. Idempotent.
+set -euo pipefail
+
+sudo_cmd=()
+if [[ "$(id -u)" -ne 0 ]]; then
+  sudo_cmd=(sudo)
+fi
+
+missing=()
+command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v file >/dev/null 2>&1 || missing+=(file)
+if [[ ${#missing[@]} -gt 0 ]]; then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  "${sudo_cmd[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >&2
+fi
+
+installed_components="$(rustup component list --installed 2>/dev/null || true)"
+for component in rustfmt clippy; do
+  if ! grep -q "^$component" <<<"$installed_components"; then
+    rustup component add "$component" >&2
+  fi
+done
+if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl >&2
+fi

@@ -1,0 +1,125 @@
+//! The swarm: a libp2p node that shares cache entries with the runners holding the same secret.
+//!
+//! - [`crypto`]: keys derived from the secret (membership proofs, key ids, seals, topic).
+//! - [`protocol`]: the wire messages (`docs/protocol.md` describes the protocol).
+//! - [`node`]: the libp2p swarm and its event loop; [`Handle`] is how the rest of the daemon
+//!   talks to it.
+//! - [`identity`]: the persistent ed25519 identity.
+
+pub mod crypto;
+pub mod identity;
+mod node;
+pub mod protocol;
+
+use std::time::Duration;
+
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+
+use crate::config::{Port, Raw};
+use crate::error::UserError;
+
+pub use node::{Handle, Node, NodeConfig, P2pStats, PeerInfo};
+
+/// Fault injection for the swarm's own tests. Never set it in production: it makes the node
+/// misbehave on purpose (`PEERCACHE_TEST_ONLY_FAULT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestFault {
+    /// `tamper-bodies`: flip a byte of every body it sends to peers (the seal stays valid, the
+    /// digest does not), to show that receivers reject it.
+    TamperBodies,
+    /// `slow-responses:MS`: wait MS milliseconds before answering a pull, so that a test can
+    /// kill the node in the middle of a transfer.
+    SlowResponses(Duration),
+}
+
+/// The variable that turns a [`TestFault`] on.
+pub const TEST_FAULT_VAR: &str = "PEERCACHE_TEST_ONLY_FAULT";
+
+/// Reads [`TEST_FAULT_VAR`].
+pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
+    let Ok(value) = std::env::var(TEST_FAULT_VAR) else { return Ok(None) };
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(None);
+    }
+    if value == "tamper-bodies" {
+        return Ok(Some(TestFault::TamperBodies));
+    }
+    if let Some(ms) = value.strip_prefix("slow-responses:").and_then(|ms| ms.parse::<u64>().ok()) {
+        return Ok(Some(TestFault::SlowResponses(Duration::from_millis(ms))));
+    }
+    Err(UserError::usage(format!(
+        "invalid {TEST_FAULT_VAR} {value:?}: expected tamper-bodies or slow-responses:MS (test-only; unset it in production)"
+    ))
+    .into())
+}
+
+/// The addresses to listen on: the `--listen` values, else TCP and QUIC on every interface at
+/// the port (`auto` without `init` lets the system pick).
+pub fn listen_addrs(port: Port, listen_flags: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    if !listen_flags.is_empty() {
+        return listen_flags
+            .iter()
+            .map(|text| {
+                text.trim().parse::<Multiaddr>().map_err(|e| {
+                    UserError::usage(format!("invalid --listen {text:?} ({e}): expected a multiaddr such as /ip4/0.0.0.0/tcp/9000")).into()
+                })
+            })
+            .collect();
+    }
+    let port = match port {
+        Port::Auto => 0,
+        Port::Fixed(port) => port,
+    };
+    Ok(vec![
+        format!("/ip4/0.0.0.0/tcp/{port}").parse()?,
+        format!("/ip4/0.0.0.0/udp/{port}/quic-v1").parse()?,
+    ])
+}
+
+/// The bootstrap multiaddrs; malformed ones (or ones without `/p2p/<peer id>`) are skipped
+/// with a warning that names the setting, so one bad entry does not take the node down.
+pub fn bootstrap_addrs(raw: &[Raw]) -> anyhow::Result<Vec<Multiaddr>> {
+    let mut out = Vec::new();
+    for item in raw {
+        match parse_peer_addr(&item.value) {
+            Ok((_, addr)) => out.push(addr),
+            Err(why) => tracing::warn!("skipping {} entry {:?}: {why}", item.origin, item.value),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses a dialable peer address: a multiaddr that ends in `/p2p/<peer id>`.
+pub fn parse_peer_addr(text: &str) -> Result<(PeerId, Multiaddr), String> {
+    let addr: Multiaddr = text.trim().parse().map_err(|e| format!("not a multiaddr ({e})"))?;
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer)) if addr.iter().count() > 1 => Ok((peer, addr)),
+        _ => Err("expected a multiaddr ending in /p2p/<peer id>, e.g. /ip4/10.0.0.5/tcp/9000/p2p/12D3KooW…".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Origin;
+
+    #[test]
+    fn bootstrap_skips_malformed_entries() {
+        let peer = PeerId::random();
+        let raw = |v: &str| Raw { value: v.to_string(), origin: Origin::Env("PEERCACHE_BOOTSTRAP_PEERS") };
+        let good = format!("/ip4/127.0.0.1/tcp/9000/p2p/{peer}");
+        let addrs = bootstrap_addrs(&[raw("garbage"), raw("/ip4/127.0.0.1/tcp/9000"), raw(&good), raw(&format!("/p2p/{peer}"))]).unwrap();
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(addrs[0].to_string(), good);
+    }
+
+    #[test]
+    fn default_listen_addrs_use_the_port() {
+        let addrs = listen_addrs(Port::Fixed(9010), &[]).unwrap();
+        assert_eq!(addrs[0].to_string(), "/ip4/0.0.0.0/tcp/9010");
+        assert_eq!(addrs[1].to_string(), "/ip4/0.0.0.0/udp/9010/quic-v1");
+        assert!(listen_addrs(Port::Auto, &["nope".into()]).is_err());
+    }
+}

@@ -1,0 +1,917 @@
+//! The libp2p node: one swarm driven by one `tokio::select!` loop, and a [`Handle`] through which
+//! request handlers ask the swarm for entries.
+//!
+//! The loop owns the [`Swarm`]; everything else talks to it through [`Command`]s. What the loop
+//! learns (which peers are verified, who holds which key, who claimed which key) is kept in a
+//! small shared [`State`] so that handlers can read it without a round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, noise, ping, tcp, yamux};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::TestFault;
+use super::crypto::{KeyId, SwarmKeys};
+use super::protocol::{
+    EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, HELLO_AAD, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, PeerMeta, Request,
+    Response, open_entry, seal_entry,
+};
+use crate::cache::{Cache, CacheKey, Entry, Lookup, now_ms};
+use crate::secret::Secret;
+
+/// How long a pull may take before the requester tries elsewhere.
+const PULL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long "have you got it?" may take when asking peers that announced nothing.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Peers asked at once when nobody announced the key.
+const ASK_FANOUT: usize = 8;
+/// Holders tried, newest first, before asking the others.
+const MAX_HOLDERS_TRIED: usize = 3;
+/// After publishing a claim, how long to listen for competing claims before deciding.
+const CLAIM_WINDOW: Duration = Duration::from_millis(100);
+/// How long a claim stays valid.
+const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// How long to wait for a claimant's announcement before going upstream ourselves.
+const CLAIM_WAIT: Duration = Duration::from_secs(20);
+/// Verification failures after which a peer is disconnected and banned.
+const MAX_FAILURES: u32 = 3;
+/// How long a banned peer stays banned.
+const BAN_TIME: Duration = Duration::from_secs(600);
+/// Longest wait between two dials of a lost bootstrap peer.
+const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(60);
+/// Keys tracked in the holder table before old ones are dropped.
+const MAX_TRACKED_KEYS: usize = 200_000;
+
+/// What the node needs to start.
+pub struct NodeConfig {
+    /// The persistent identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and re-dial when lost (each ends in `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// The swarm secret.
+    pub secret: Secret,
+    /// The local cache, to serve and store entries.
+    pub cache: Cache,
+    /// `RUNNER_NAME`, told to verified peers.
+    pub runner_name: Option<String>,
+    /// Test-only misbehaviour.
+    pub test_fault: Option<TestFault>,
+}
+
+/// A verified swarm member, as `/api/peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its `RUNNER_NAME`.
+    pub runner_name: Option<String>,
+    /// Its p2p port.
+    pub listen_port: Option<u16>,
+    /// Last sign of life, epoch seconds.
+    pub last_seen: u64,
+    /// The addresses it listens on (from identify).
+    pub multiaddrs: Vec<String>,
+}
+
+/// Swarm figures since start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct P2pStats {
+    /// Entries received from peers that passed every check and were stored.
+    pub entries_received: u64,
+    /// Entries received from peers that failed a check (seal, key, digest, size, freshness).
+    pub entries_rejected: u64,
+    /// Entries sent to peers.
+    pub entries_served: u64,
+    /// Peers that could not prove they hold the secret.
+    pub auth_failures: u64,
+    /// Announcements received.
+    pub announcements_received: u64,
+    /// Claims this node won (it then called upstream).
+    pub claims_won: u64,
+    /// Times this node waited for another node's claim.
+    pub claims_waited: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    entries_received: AtomicU64,
+    entries_rejected: AtomicU64,
+    entries_served: AtomicU64,
+    auth_failures: AtomicU64,
+    announcements_received: AtomicU64,
+    claims_won: AtomicU64,
+    claims_waited: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+#[derive(Debug, Clone)]
+struct Holder {
+    peer: PeerId,
+    fetched_at_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct PeerState {
+    verified: bool,
+    meta: PeerMeta,
+    addrs: Vec<Multiaddr>,
+    last_seen_ms: u64,
+    failures: u32,
+}
+
+/// What the loop has learnt, readable by handlers.
+#[derive(Default)]
+struct State {
+    listen_addrs: Vec<Multiaddr>,
+    peers: HashMap<PeerId, PeerState>,
+    banned: HashMap<PeerId, Instant>,
+    holders: HashMap<KeyId, Vec<Holder>>,
+    claims: HashMap<KeyId, Vec<(PeerId, u64)>>,
+    waiters: HashMap<KeyId, Vec<oneshot::Sender<()>>>,
+    /// Wire key id → local cache key id, for every entry this node can serve.
+    served: HashMap<KeyId, String>,
+}
+
+impl State {
+    fn wake(&mut self, key_id: &KeyId) {
+        for waiter in self.waiters.remove(key_id).unwrap_or_default() {
+            let _ = waiter.send(());
+        }
+    }
+
+    fn verified(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.verified)
+    }
+
+    /// Verified holders whose copy is fresh for `ttl`, newest first.
+    fn fresh_holders(&self, key_id: &KeyId, ttl: Duration, now: u64) -> Vec<PeerId> {
+        let mut holders: Vec<&Holder> = self
+            .holders
+            .get(key_id)
+            .map(|h| h.iter().filter(|h| self.verified(&h.peer) && (now.saturating_sub(h.fetched_at_ms) as u128) < ttl.as_millis()).collect())
+            .unwrap_or_default();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.fetched_at_ms));
+        holders.into_iter().map(|h| h.peer).collect()
+    }
+
+    /// Live claims on a key, by any node.
+    fn live_claims(&self, key_id: &KeyId, now: u64) -> Vec<PeerId> {
+        self.claims.get(key_id).map(|c| c.iter().filter(|(_, until)| *until > now).map(|(p, _)| *p).collect()).unwrap_or_default()
+    }
+}
+
+enum Command {
+    Pull { peer: PeerId, key_id: KeyId, reply: oneshot::Sender<Result<Response, String>> },
+    Respond { channel: ResponseChannel<Response>, response: Response },
+    Publish(Gossip),
+    Dial(Multiaddr),
+    Punish(PeerId),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Inner {
+    peer_id: PeerId,
+    keys: SwarmKeys,
+    cache: Cache,
+    commands: mpsc::UnboundedSender<Command>,
+    state: Mutex<State>,
+    counters: Counters,
+    fault: Option<TestFault>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the swarm down with a poisoned lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+}
+
+/// A cheap, clonable way to use the swarm from request handlers.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+/// A running node: its handle and the task that drives it.
+pub struct Node {
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    limits: connection_limits::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    gossipsub: gossipsub::Behaviour,
+    exchange: request_response::cbor::Behaviour<Request, Response>,
+}
+
+impl Node {
+    /// Builds the swarm, listens, dials the bootstrap peers and starts the loop; returns once
+    /// every listener has an address.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let keys = SwarmKeys::derive(&config.secret);
+        let peer_id = config.keypair.public().to_peer_id();
+        let mut swarm = build_swarm(&config.keypair)?;
+        let topic = gossipsub::IdentTopic::new(keys.topic());
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}; pick another --port or --listen"))?;
+        }
+        let listen_addrs = wait_for_listeners(&mut swarm, config.listen.len()).await?;
+
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            peer_id,
+            keys,
+            cache: config.cache.clone(),
+            commands,
+            state: Mutex::new(State { listen_addrs, ..State::default() }),
+            counters: Counters::default(),
+            fault: config.test_fault,
+        });
+        index_cache(&inner).await;
+
+        let mut bootstrap = Vec::new();
+        for addr in config.bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
+                if peer != peer_id {
+                    bootstrap.push(Redial { peer, addr, next_attempt: Instant::now(), backoff: Duration::from_secs(1) });
+                }
+            }
+        }
+        let meta = PeerMeta { runner_name: config.runner_name, listen_port: first_port(&inner.state().listen_addrs) };
+        let event_loop = EventLoop {
+            swarm,
+            inner: inner.clone(),
+            commands: receiver,
+            pending_pulls: HashMap::new(),
+            pending_hellos: HashSet::new(),
+            bootstrap,
+            topic,
+            meta,
+        };
+        let task = tokio::spawn(event_loop.run());
+        Ok(Node { handle: Handle { inner }, task })
+    }
+
+    /// The handle to the node.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops the loop and closes every connection.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        self.handle.inner.send(Command::Shutdown(tx));
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+fn build_swarm(keypair: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            let gossip_config = gossipsub::ConfigBuilder::default()
+                .heartbeat_interval(Duration::from_millis(700))
+                .validation_mode(gossipsub::ValidationMode::Strict)
+                .max_transmit_size(64 * 1024)
+                .message_id_fn(|message: &gossipsub::Message| gossipsub::MessageId::from(Sha256::digest(&message.data)[..20].to_vec()))
+                .build()?;
+            let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+            let codec = request_response::cbor::codec::Codec::<Request, Response>::default()
+                .set_request_size_maximum(MAX_REQUEST_BYTES)
+                .set_response_size_maximum(MAX_RESPONSE_BYTES);
+            let exchange = request_response::Behaviour::with_codec(
+                codec,
+                [(StreamProtocol::new(EXCHANGE_PROTOCOL), ProtocolSupport::Full)],
+                request_response::Config::default().with_request_timeout(PULL_TIMEOUT).with_max_concurrent_streams(512),
+            );
+            let limits = connection_limits::ConnectionLimits::default()
+                .with_max_established_per_peer(Some(4))
+                .with_max_established(Some(1024))
+                .with_max_pending_incoming(Some(128));
+            Ok(Behaviour {
+                limits: connection_limits::Behaviour::new(limits),
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_agent_version(crate::github::USER_AGENT_VALUE.into()),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new()),
+                gossipsub,
+                exchange,
+            })
+        })?
+        // Connections between runners are few and long-lived; keep them while the job runs.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+    Ok(swarm)
+}
+
+/// Drives the swarm until every listener reported an address (or failed).
+async fn wait_for_listeners(swarm: &mut Swarm<Behaviour>, listeners: usize) -> anyhow::Result<Vec<Multiaddr>> {
+    let mut addrs = Vec::new();
+    let mut ready = HashSet::new();
+    let deadline = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(deadline);
+    while ready.len() < listeners {
+        tokio::select! {
+            event = swarm.select_next_some() => match event {
+                SwarmEvent::NewListenAddr { listener_id, address } => {
+                    ready.insert(listener_id);
+                    addrs.push(address);
+                }
+                SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                    anyhow::bail!("a listener on {addresses:?} closed: {reason:?}");
+                }
+                SwarmEvent::ListenerError { error, .. } => anyhow::bail!("a listener failed: {error}"),
+                _ => {}
+            },
+            _ = &mut deadline => anyhow::bail!("the p2p listeners did not start within 10 s"),
+        }
+    }
+    Ok(addrs)
+}
+
+/// Maps the key ids of entries already on disk, so that they can be served after a restart.
+async fn index_cache(inner: &Arc<Inner>) {
+    let cache = inner.cache.clone();
+    let entries = tokio::task::spawn_blocking(move || cache.entries()).await.unwrap_or_default();
+    let mut state = inner.state();
+    for (id, entry) in entries {
+        let key_id = inner.keys.key_id(&entry.key);
+        state.served.insert(key_id, id);
+    }
+}
+
+fn first_port(addrs: &[Multiaddr]) -> Option<u16> {
+    addrs.iter().find_map(|a| {
+        a.iter().find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+    })
+}
+
+struct Redial {
+    peer: PeerId,
+    addr: Multiaddr,
+    next_attempt: Instant,
+    backoff: Duration,
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    inner: Arc<Inner>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    pending_pulls: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    pending_hellos: HashSet<OutboundRequestId>,
+    bootstrap: Vec<Redial>,
+    topic: gossipsub::IdentTopic,
+    meta: PeerMeta,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("p2p loop stopped");
+    }
+
+    fn hello(&self, to: &PeerId) -> (Vec<u8>, Vec<u8>) {
+        let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
+        (self.inner.keys.proof(&self.inner.peer_id, to), self.inner.keys.seal(HELLO_AAD, &meta))
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Pull { peer, key_id, reply } => {
+                let id = self.swarm.behaviour_mut().exchange.send_request(&peer, Request::Pull { key_id: key_id.to_vec() });
+                self.pending_pulls.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+            }
+            Command::Publish(gossip) => {
+                let json = serde_json::to_vec(&gossip).expect("gossip serializes");
+                let sealed = self.inner.keys.seal(GOSSIP_AAD, &json);
+                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), sealed) {
+                    tracing::debug!("gossip not published: {e}");
+                }
+            }
+            Command::Dial(addr) => {
+                if let Err(e) = self.swarm.dial(addr.clone()) {
+                    tracing::debug!("cannot dial {addr}: {e}");
+                }
+            }
+            Command::Punish(peer) => self.punish(peer),
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Disconnects a peer and refuses it for a while.
+    fn punish(&mut self, peer: PeerId) {
+        {
+            let mut state = self.inner.state();
+            state.banned.insert(peer, Instant::now());
+            state.peers.remove(&peer);
+            for holders in state.holders.values_mut() {
+                holders.retain(|h| h.peer != peer);
+            }
+        }
+        self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
+        let _ = self.swarm.disconnect_peer_id(peer);
+        tracing::warn!("disconnected peer {peer}: it failed verification");
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let banned: HashSet<PeerId> = {
+            let mut state = self.inner.state();
+            state.banned.retain(|_, at| at.elapsed() < BAN_TIME);
+            let now_ms = now_ms();
+            state.claims.retain(|_, claims| {
+                claims.retain(|(_, until)| *until > now_ms);
+                !claims.is_empty()
+            });
+            state.banned.keys().copied().collect()
+        };
+        for redial in &mut self.bootstrap {
+            if connected.contains(&redial.peer) || redial.next_attempt > now || banned.contains(&redial.peer) {
+                continue;
+            }
+            redial.next_attempt = now + redial.backoff;
+            redial.backoff = (redial.backoff * 2).min(MAX_REDIAL_BACKOFF);
+            if let Err(e) = self.swarm.dial(redial.addr.clone()) {
+                tracing::debug!("cannot dial {}: {e}", redial.addr);
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!("listening on {address}");
+                self.inner.state().listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => self.inner.state().listen_addrs.retain(|a| a != &address),
+            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                if self.inner.state().banned.contains_key(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                self.inner.state().peers.entry(peer_id).or_default().last_seen_ms = now_ms();
+                if let Some(redial) = self.bootstrap.iter_mut().find(|r| r.peer == peer_id) {
+                    redial.backoff = Duration::from_secs(1);
+                }
+                if num_established.get() == 1 {
+                    let (proof, meta) = self.hello(&peer_id);
+                    let id = self.swarm.behaviour_mut().exchange.send_request(&peer_id, Request::Hello { proof, meta });
+                    self.pending_hellos.insert(id);
+                }
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                let mut state = self.inner.state();
+                if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
+                    tracing::info!("peer {peer_id} left");
+                }
+                for holders in state.holders.values_mut() {
+                    holders.retain(|h| h.peer != peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if let Some(peer) = self.inner.state().peers.get_mut(&peer_id) {
+                    peer.addrs = info.listen_addrs;
+                    peer.last_seen_ms = now_ms();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(_), .. })) => {
+                if let Some(peer) = self.inner.state().peers.get_mut(&peer) {
+                    peer.last_seen_ms = now_ms();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Exchange(event)) => self.on_exchange(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+                if let Some(source) = message.source {
+                    self.on_gossip(source, &message.data);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_exchange(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => match request {
+                Request::Hello { proof, meta } => {
+                    if self.accept_hello(&peer, &proof, &meta) {
+                        let (proof, meta) = self.hello(&peer);
+                        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Hello { proof, meta });
+                    } else {
+                        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Denied);
+                        bump(&self.inner.counters.auth_failures);
+                        self.punish(peer);
+                    }
+                }
+                Request::Pull { key_id } => {
+                    let verified = self.inner.state().verified(&peer);
+                    match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if verified => serve_pull(self.inner.clone(), key_id, channel),
+                        _ => {
+                            let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Denied);
+                        }
+                    }
+                }
+            },
+            Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
+                if self.pending_hellos.remove(&request_id) {
+                    let accepted = match &response {
+                        Response::Hello { proof, meta } => self.accept_hello(&peer, proof, meta),
+                        _ => false,
+                    };
+                    if !accepted {
+                        bump(&self.inner.counters.auth_failures);
+                        self.punish(peer);
+                    }
+                } else if let Some(reply) = self.pending_pulls.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { request_id, peer, error, .. } => {
+                if let Some(reply) = self.pending_pulls.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                } else if self.pending_hellos.remove(&request_id) {
+                    tracing::debug!("hello to {peer} failed: {error}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks a peer's proof; on success marks it verified with what it told about itself.
+    fn accept_hello(&mut self, peer: &PeerId, proof: &[u8], meta: &[u8]) -> bool {
+        if !self.inner.keys.verify_proof(peer, &self.inner.peer_id, proof) {
+            return false;
+        }
+        let meta = self.inner.keys.open(HELLO_AAD, meta).and_then(|m| serde_json::from_slice::<PeerMeta>(&m).ok()).unwrap_or_default();
+        let mut state = self.inner.state();
+        let entry = state.peers.entry(*peer).or_default();
+        if !entry.verified {
+            tracing::info!("peer {peer} joined the swarm ({})", meta.runner_name.as_deref().unwrap_or("unnamed runner"));
+        }
+        entry.verified = true;
+        entry.meta = meta;
+        entry.last_seen_ms = now_ms();
+        true
+    }
+
+    fn on_gossip(&mut self, source: PeerId, data: &[u8]) {
+        let Some(gossip) = self.inner.keys.open(GOSSIP_AAD, data).and_then(|plain| serde_json::from_slice::<Gossip>(&plain).ok()) else {
+            tracing::debug!("ignored a gossip message that is not sealed with the swarm secret");
+            return;
+        };
+        let mut state = self.inner.state();
+        match gossip {
+            Gossip::Announce { key_id, fetched_at_ms, .. } => {
+                let Some(key_id) = parse_key_id(&key_id) else { return };
+                bump(&self.inner.counters.announcements_received);
+                if state.holders.len() >= MAX_TRACKED_KEYS {
+                    let horizon = now_ms().saturating_sub(3_600_000);
+                    state.holders.retain(|_, h| h.iter().any(|h| h.fetched_at_ms > horizon));
+                }
+                let holders = state.holders.entry(key_id).or_default();
+                holders.retain(|h| h.peer != source);
+                holders.push(Holder { peer: source, fetched_at_ms: fetched_at_ms.min(now_ms()) });
+                if let Some(claims) = state.claims.get_mut(&key_id) {
+                    claims.retain(|(p, _)| *p != source);
+                }
+                state.wake(&key_id);
+            }
+            Gossip::Claim { key_id, until_ms } => {
+                let Some(key_id) = parse_key_id(&key_id) else { return };
+                let until_ms = until_ms.min(now_ms() + CLAIM_TTL.as_millis() as u64);
+                let claims = state.claims.entry(key_id).or_default();
+                claims.retain(|(p, _)| *p != source);
+                claims.push((source, until_ms));
+            }
+            Gossip::Release { key_id } => {
+                let Some(key_id) = parse_key_id(&key_id) else { return };
+                if let Some(claims) = state.claims.get_mut(&key_id) {
+                    claims.retain(|(p, _)| *p != source);
+                }
+                state.wake(&key_id);
+            }
+        }
+    }
+}
+
+/// Reads, seals and sends an entry to a verified peer, off the loop (disk reads, test delays).
+fn serve_pull(inner: Arc<Inner>, key_id: KeyId, channel: ResponseChannel<Response>) {
+    tokio::spawn(async move {
+        let local_id = inner.state().served.get(&key_id).cloned();
+        let response = match local_id {
+            None => Response::NotFound,
+            Some(local_id) => {
+                let cache = inner.cache.clone();
+                match tokio::task::spawn_blocking(move || cache.get_by_id(&local_id, None)).await {
+                    Ok(Lookup::Hit { entry, mut body }) => {
+                        if inner.fault == Some(TestFault::TamperBodies) && !body.is_empty() {
+                            let middle = body.len() / 2;
+                            body[middle] ^= 0x01;
+                        }
+                        bump(&inner.counters.entries_served);
+                        Response::Entry { sealed: seal_entry(&inner.keys, &key_id, &entry, &body) }
+                    }
+                    _ => Response::NotFound,
+                }
+            }
+        };
+        if let Some(TestFault::SlowResponses(delay)) = inner.fault {
+            tokio::time::sleep(delay).await;
+        }
+        inner.send(Command::Respond { channel, response });
+    });
+}
+
+fn parse_key_id(hex_id: &str) -> Option<KeyId> {
+    hex::decode(hex_id).ok()?.try_into().ok()
+}
+
+/// The order in which claimants of a key win: deterministic, and different for every key so
+/// that no one node fetches everything.
+fn claim_rank(key_id: &KeyId, peer: &PeerId) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(key_id);
+    hasher.update(peer.to_bytes());
+    hasher.finalize().into()
+}
+
+impl Handle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The addresses the node listens on.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.inner.state().listen_addrs.clone()
+    }
+
+    /// The verified swarm members.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let state = self.inner.state();
+        let mut peers: Vec<PeerInfo> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verified)
+            .map(|(id, p)| PeerInfo {
+                peer_id: id.to_string(),
+                runner_name: p.meta.runner_name.clone(),
+                listen_port: p.meta.listen_port,
+                last_seen: p.last_seen_ms / 1000,
+                multiaddrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers
+    }
+
+    /// Figures since start.
+    pub fn stats(&self) -> P2pStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        P2pStats {
+            entries_received: get(&c.entries_received),
+            entries_rejected: get(&c.entries_rejected),
+            entries_served: get(&c.entries_served),
+            auth_failures: get(&c.auth_failures),
+            announcements_received: get(&c.announcements_received),
+            claims_won: get(&c.claims_won),
+            claims_waited: get(&c.claims_waited),
+        }
+    }
+
+    /// Asks the node to dial an address (for `discover --connect`).
+    pub fn dial(&self, addr: Multiaddr) {
+        self.inner.send(Command::Dial(addr));
+    }
+
+    /// The peer tier: an entry fresh for `ttl` from the swarm, or `None` when this node should
+    /// call upstream itself (and then call [`Handle::finished`]).
+    ///
+    /// Holders that announced the key are asked first, then up to eight other members; when
+    /// nobody has it, the key is claimed so that one node of the swarm calls GitHub while the
+    /// others wait for its announcement.
+    pub async fn obtain(&self, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
+        let key_id = self.inner.keys.key_id(key.canonical());
+        let holders = self.inner.state().fresh_holders(&key_id, ttl, now_ms());
+        for peer in holders.iter().take(MAX_HOLDERS_TRIED) {
+            if let Some(hit) = self.pull(*peer, &key_id, key, ttl, PULL_TIMEOUT).await {
+                return Some(hit);
+            }
+        }
+
+        let others: Vec<PeerId> = {
+            let state = self.inner.state();
+            let mut others: Vec<PeerId> =
+                state.peers.iter().filter(|(id, p)| p.verified && !holders.contains(id)).map(|(id, _)| *id).collect();
+            others.sort_by_key(|p| claim_rank(&key_id, p));
+            others.truncate(ASK_FANOUT);
+            others
+        };
+        if others.is_empty() && holders.is_empty() {
+            return None;
+        }
+        if let Some(hit) = self.ask_all(&others, &key_id, key, ttl).await {
+            return Some(hit);
+        }
+
+        // Nobody has it: singleflight across the swarm through claims.
+        let now = now_ms();
+        let live = self.inner.state().live_claims(&key_id, now);
+        if live.iter().any(|p| *p != self.inner.peer_id) {
+            return self.wait_for_claimant(&key_id, key, ttl).await;
+        }
+        let until_ms = now + CLAIM_TTL.as_millis() as u64;
+        self.inner.state().claims.entry(key_id).or_default().push((self.inner.peer_id, until_ms));
+        self.inner.send(Command::Publish(Gossip::Claim { key_id: hex::encode(key_id), until_ms }));
+        tokio::time::sleep(CLAIM_WINDOW).await;
+        let claimants = self.inner.state().live_claims(&key_id, now_ms());
+        let winner = claimants.iter().min_by_key(|p| claim_rank(&key_id, p)).copied().unwrap_or(self.inner.peer_id);
+        if winner == self.inner.peer_id {
+            bump(&self.inner.counters.claims_won);
+            return None;
+        }
+        self.drop_own_claim(&key_id);
+        self.wait_for_claimant(&key_id, key, ttl).await
+    }
+
+    /// After this node called upstream: announce the stored entry, or release the claim.
+    pub fn finished(&self, key: &CacheKey, entry: Option<&Entry>) {
+        let key_id = self.inner.keys.key_id(key.canonical());
+        let had_claim = self.drop_own_claim(&key_id);
+        match entry {
+            Some(entry) => {
+                self.inner.state().served.insert(key_id, key.id().to_string());
+                self.inner.send(Command::Publish(Gossip::Announce {
+                    key_id: hex::encode(key_id),
+                    digest: entry.digest.clone(),
+                    size: entry.size,
+                    fetched_at_ms: entry.fetched_at_ms,
+                    ttl_secs: entry.ttl_secs,
+                }));
+            }
+            None if had_claim => self.inner.send(Command::Publish(Gossip::Release { key_id: hex::encode(key_id) })),
+            None => {}
+        }
+    }
+
+    fn drop_own_claim(&self, key_id: &KeyId) -> bool {
+        let mut state = self.inner.state();
+        let me = self.inner.peer_id;
+        match state.claims.get_mut(key_id) {
+            Some(claims) => {
+                let before = claims.len();
+                claims.retain(|(p, _)| *p != me);
+                before != claims.len()
+            }
+            None => false,
+        }
+    }
+
+    /// Waits (bounded) for a claimant's announcement, then pulls from the holders.
+    async fn wait_for_claimant(&self, key_id: &KeyId, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
+        bump(&self.inner.counters.claims_waited);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.inner.state();
+            // The announcement may have arrived already.
+            if state.fresh_holders(key_id, ttl, now_ms()).is_empty() {
+                state.waiters.entry(*key_id).or_default().push(tx);
+            } else {
+                let _ = tx.send(());
+            }
+        }
+        if tokio::time::timeout(CLAIM_WAIT, rx).await.is_err() {
+            tracing::info!("no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream");
+            return None;
+        }
+        let holders = self.inner.state().fresh_holders(key_id, ttl, now_ms());
+        for peer in holders.iter().take(MAX_HOLDERS_TRIED) {
+            if let Some(hit) = self.pull(*peer, key_id, key, ttl, PULL_TIMEOUT).await {
+                return Some(hit);
+            }
+        }
+        None
+    }
+
+    /// Asks several peers at once; the first fresh, verified entry wins.
+    async fn ask_all(&self, peers: &[PeerId], key_id: &KeyId, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
+        let mut asks: futures::stream::FuturesUnordered<_> = peers.iter().map(|peer| self.pull(*peer, key_id, key, ttl, ASK_TIMEOUT)).collect();
+        while let Some(result) = asks.next().await {
+            if result.is_some() {
+                return result;
+            }
+        }
+        None
+    }
+
+    /// Pulls one entry from one peer and verifies it: seal, key, digest, size, freshness.
+    async fn pull(&self, peer: PeerId, key_id: &KeyId, key: &CacheKey, ttl: Duration, limit: Duration) -> Option<(Entry, Vec<u8>)> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.send(Command::Pull { peer, key_id: *key_id, reply: tx });
+        let response = match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(Ok(response))) => response,
+            Ok(Ok(Err(error))) => {
+                tracing::debug!("pull from {peer} failed: {error}");
+                return None;
+            }
+            _ => return None,
+        };
+        let Response::Entry { sealed } = response else { return None };
+        let (entry, body) = match open_entry(&self.inner.keys, key_id, &sealed) {
+            Ok(opened) => opened,
+            Err(why) => return self.reject(peer, why),
+        };
+        if entry.key != key.canonical() {
+            return self.reject(peer, "the entry is for another key".into());
+        }
+        if body.len() as u64 != entry.size || hex::encode(Sha256::digest(&body)) != entry.digest {
+            return self.reject(peer, "the body does not match its SHA-256".into());
+        }
+        let now = now_ms();
+        if entry.fetched_at_ms > now + 60_000 {
+            return self.reject(peer, "the entry claims to be fetched in the future".into());
+        }
+        if !entry.is_fresh(ttl, now) {
+            tracing::debug!("{peer} sent an entry that is not fresh for our TTL");
+            return None;
+        }
+        let cache = self.inner.cache.clone();
+        let (local_id, stored_entry, stored_body) = (key.id().to_string(), entry.clone(), body.clone());
+        match tokio::task::spawn_blocking(move || cache.put_entry(&local_id, &stored_entry, &stored_body)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("could not store an entry received from {peer}: {e:#}"),
+            Err(e) => tracing::warn!("could not store an entry received from {peer}: {e}"),
+        }
+        self.inner.state().served.insert(*key_id, key.id().to_string());
+        bump(&self.inner.counters.entries_received);
+        Some((entry, body))
+    }
+
+    /// Counts a bad entry; a peer that keeps sending them is disconnected.
+    fn reject(&self, peer: PeerId, why: String) -> Option<(Entry, Vec<u8>)> {
+        bump(&self.inner.counters.entries_rejected);
+        tracing::warn!("rejected an entry from peer {peer}: {why}");
+        let failures = {
+            let mut state = self.inner.state();
+            let p = state.peers.entry(peer).or_default();
+            p.failures += 1;
+            p.failures
+        };
+        if failures >= MAX_FAILURES {
+            self.inner.send(Command::Punish(peer));
+        }
+        None
+    }
+}

@@ -1,0 +1,126 @@
+//! Wire messages; `docs/protocol.md` describes the protocol around them.
+
+use serde::{Deserialize, Serialize};
+
+use super::crypto::{KeyId, SwarmKeys};
+use crate::cache::Entry;
+
+/// The request-response protocol name.
+pub const EXCHANGE_PROTOCOL: &str = "/peercache/exchange/1";
+/// Identify's protocol version string.
+pub const IDENTIFY_PROTOCOL: &str = "/peercache/id/1";
+/// The largest request accepted (requests are tiny).
+pub const MAX_REQUEST_BYTES: u64 = 16 * 1024;
+/// The largest response accepted: a sealed entry of up to 32 MiB.
+pub const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024 + 64 * 1024;
+
+/// AAD of sealed gossip messages.
+pub const GOSSIP_AAD: &[u8] = b"peercache/v1/gossip";
+/// AAD of the sealed peer description in a hello.
+pub const HELLO_AAD: &[u8] = b"peercache/v1/hello-meta";
+
+/// A request over the exchange protocol (CBOR).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Request {
+    /// "I hold the secret": HMAC proof over (sender, receiver), and the sealed [`PeerMeta`].
+    Hello {
+        /// [`SwarmKeys::proof`] from the sender to the receiver.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+        /// Sealed JSON of [`PeerMeta`].
+        #[serde(with = "serde_bytes")]
+        meta: Vec<u8>,
+    },
+    /// "Send me the entry with this key id."
+    Pull {
+        /// The key id (HMAC of the cache key).
+        #[serde(with = "serde_bytes")]
+        key_id: Vec<u8>,
+    },
+}
+
+/// A response over the exchange protocol (CBOR).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Response {
+    /// The receiver's own proof and sealed meta: both sides are now verified.
+    Hello {
+        /// [`SwarmKeys::proof`] from the responder to the requester.
+        #[serde(with = "serde_bytes")]
+        proof: Vec<u8>,
+        /// Sealed JSON of [`PeerMeta`].
+        #[serde(with = "serde_bytes")]
+        meta: Vec<u8>,
+    },
+    /// The entry, sealed with the key id as associated data (see [`seal_entry`]).
+    Entry {
+        /// Nonce, then AES-256-GCM ciphertext and tag.
+        #[serde(with = "serde_bytes")]
+        sealed: Vec<u8>,
+    },
+    /// Not held (or not fresh enough to be worth sending).
+    NotFound,
+    /// The requester has not proven it holds the secret.
+    Denied,
+}
+
+/// What a peer tells verified members about itself.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PeerMeta {
+    /// `RUNNER_NAME`, when known.
+    pub runner_name: Option<String>,
+    /// The p2p port it listens on.
+    pub listen_port: Option<u16>,
+}
+
+/// A gossipsub message, sealed with [`GOSSIP_AAD`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Gossip {
+    /// "I hold a fresh entry for this key id."
+    Announce {
+        /// Hex key id.
+        key_id: String,
+        /// Hex SHA-256 of the body.
+        digest: String,
+        /// Body size.
+        size: u64,
+        /// When the holder fetched or revalidated it (ms since the epoch).
+        fetched_at_ms: u64,
+        /// The holder's TTL, in seconds (requesters judge freshness by their own).
+        ttl_secs: u64,
+    },
+    /// "I am about to fetch this key from GitHub; wait for my announcement."
+    Claim {
+        /// Hex key id.
+        key_id: String,
+        /// The claim is void after this time (ms since the epoch).
+        until_ms: u64,
+    },
+    /// "My claim is over without an entry (GitHub answered an error)."
+    Release {
+        /// Hex key id.
+        key_id: String,
+    },
+}
+
+/// Seals an entry and its body for the wire: `u32 BE length ‖ entry JSON ‖ body`, key id as AAD.
+pub fn seal_entry(keys: &SwarmKeys, key_id: &KeyId, entry: &Entry, body: &[u8]) -> Vec<u8> {
+    let json = serde_json::to_vec(entry).expect("an entry serializes");
+    let mut plain = Vec::with_capacity(4 + json.len() + body.len());
+    plain.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    plain.extend_from_slice(&json);
+    plain.extend_from_slice(body);
+    keys.seal(key_id, &plain)
+}
+
+/// Opens a sealed entry; `Err` says why it must be rejected.
+pub fn open_entry(keys: &SwarmKeys, key_id: &KeyId, sealed: &[u8]) -> Result<(Entry, Vec<u8>), String> {
+    let plain = keys.open(key_id, sealed).ok_or("the seal does not verify")?;
+    if plain.len() < 4 {
+        return Err("the sealed entry is too short".into());
+    }
+    let len = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
+    let json = plain.get(4..4 + len).ok_or("the entry header is cut off")?;
+    let entry: Entry = serde_json::from_slice(json).map_err(|e| format!("the entry header is not valid: {e}"))?;
+    Ok((entry, plain[4 + len..].to_vec()))
+}
