@@ -39,6 +39,10 @@ struct GlobalArgs {
 enum Command {
     /// GET an API endpoint through the cache, like `gh api`
     Fetch(cmd::fetch::FetchArgs),
+    /// Run the p2p node and the local API (foreground, or detached with --daemon)
+    Serve(cmd::serve::ServeArgs),
+    /// Stop the daemon named in $PEERCACHE_HOME/serve.json and wait for it to exit
+    Stop,
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -65,21 +69,39 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         Command::Fetch(args) => {
             flags.ttl = args.ttl.clone();
             let settings = Settings::load(&flags)?;
-            init_logging(&settings.log);
+            init_logging(&settings.log, false);
             cmd::fetch::run(&settings, args)
+        }
+        Command::Serve(args) => {
+            flags.port = args.port.clone();
+            flags.bootstrap = args.bootstrap.clone();
+            flags.ttl = args.ttl.clone();
+            let settings = Settings::load(&flags)?;
+            // A daemon's log is read later: every line carries its time.
+            init_logging(&settings.log, !args.daemon);
+            cmd::serve::run(&settings, args)
+        }
+        Command::Stop => {
+            let settings = Settings::load(&flags)?;
+            init_logging(&settings.log, false);
+            cmd::stop::run(&settings)
         }
     }
 }
 
-/// Logs go to stderr; stdout belongs to the command's output.
-fn init_logging(filter: &str) {
+/// Logs go to stderr; stdout belongs to the command's output. `with_time` for the daemon.
+fn init_logging(filter: &str, with_time: bool) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .without_time()
-        .with_target(false)
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_target(false);
+    let _ = if with_time {
+        builder.try_init()
+    } else {
+        builder.without_time().try_init()
+    };
 }
 
 /// Prints an error as one line and picks its exit code.

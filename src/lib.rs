@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod daemon;
 pub mod error;
 pub mod github;
 pub mod p2p;

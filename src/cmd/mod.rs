@@ -1,3 +1,5 @@
 //! One module per subcommand.
 
 pub mod fetch;
+pub mod serve;
+pub mod stop;
