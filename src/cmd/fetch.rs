@@ -8,6 +8,8 @@ use serde_json::value::RawValue;
 
 use crate::cache::{Cache, DEFAULT_ACCEPT, DEFAULT_API_VERSION};
 use crate::config::{Origin, ProcessEnv, Raw, Settings, parse_ttl};
+use crate::daemon::client::ClientError;
+use crate::daemon::remote::Remote;
 use crate::error::{Exit, UserError, usage};
 use crate::github::{GitHub, endpoint_url, next_link, on_api_host};
 use crate::resolver::{Request, ResolveError, Resolved, Resolver, Source};
@@ -39,20 +41,17 @@ pub struct FetchArgs {
 /// Runs `fetch` and returns the exit code of the contract.
 pub fn run(settings: &Settings, args: FetchArgs) -> anyhow::Result<Exit> {
     let mut request = build_request(settings, &args)?;
-    let cache = Cache::open(&settings.cache_dir, settings.max_size)?;
-    let resolver = Resolver::new(cache, GitHub::new()?, &settings.api_url);
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-
     if args.paginate && !request.url.query_pairs().any(|(k, _)| k == "per_page") {
         // As `gh api --paginate` does: fewer pages, fewer calls.
         request.url.query_pairs_mut().append_pair("per_page", "100");
     }
+    // The daemon forwards only Accept, X-GitHub-Api-Version and Authorization.
+    let use_daemon = !args.no_daemon && request.extra_headers.is_empty();
+    let mut tiers = Tiers::new(settings, use_daemon);
 
     let mut pages: Vec<Resolved> = Vec::new();
     loop {
-        let resolved = match runtime.block_on(resolver.resolve(&request)) {
+        let resolved = match tiers.resolve(&request)? {
             Ok(resolved) => resolved,
             Err(ResolveError::Unreachable(message)) => {
                 return Err(UserError::unreachable(message).into());
@@ -90,6 +89,61 @@ pub fn run(settings: &Settings, args: FetchArgs) -> anyhow::Result<Exit> {
         }
     }
     print_pages(&pages, args.include)
+}
+
+/// Where requests go: a running daemon when there is one, else this process's own resolver
+/// (built only when needed: the daemon path needs no runtime, TLS or cache dir of its own).
+struct Tiers<'a> {
+    settings: &'a Settings,
+    daemon: Option<Remote>,
+    direct: Option<(Resolver, tokio::runtime::Runtime)>,
+}
+
+impl<'a> Tiers<'a> {
+    fn new(settings: &'a Settings, use_daemon: bool) -> Tiers<'a> {
+        let daemon = if use_daemon {
+            Remote::find(settings)
+        } else {
+            None
+        };
+        Tiers {
+            settings,
+            daemon,
+            direct: None,
+        }
+    }
+
+    /// The request's outcome; the outer error is a local failure.
+    fn resolve(&mut self, request: &Request) -> anyhow::Result<Result<Resolved, ResolveError>> {
+        if let Some(daemon) = &self.daemon {
+            match daemon.resolve(request) {
+                Ok(outcome) => return Ok(outcome),
+                Err(e @ ClientError::Connect { .. }) => {
+                    tracing::debug!(
+                        "the daemon (pid {}) is not reachable ({e}); using the cache directly",
+                        daemon.pid()
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        "the daemon (pid {}) gave no usable answer ({e}); using the cache directly",
+                        daemon.pid()
+                    );
+                }
+            }
+            self.daemon = None;
+        }
+        if self.direct.is_none() {
+            let cache = Cache::open(&self.settings.cache_dir, self.settings.max_size)?;
+            let resolver = Resolver::new(cache, GitHub::new()?, &self.settings.api_url);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            self.direct = Some((resolver, runtime));
+        }
+        let (resolver, runtime) = self.direct.as_ref().expect("built above");
+        Ok(runtime.block_on(resolver.resolve(request)))
+    }
 }
 
 /// The request for the endpoint with the user's headers and the settings' token and TTL.
