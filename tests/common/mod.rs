@@ -185,3 +185,200 @@ pub fn json_body(seed: usize, size: usize) -> Vec<u8> {
     let pad = "x".repeat(size.saturating_sub(40));
     format!("{{\"id\":{seed},\"name\":\"resource-{seed}\",\"pad\":\"{pad}\"}}").into_bytes()
 }
+
+// ---------------------------------------------------------------------------------------------
+// The daemon: `serve --daemon`, its serve.json, and a plain HTTP client for its local API.
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+pub fn pid_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Sends a signal (`libc::SIGTERM`, `libc::SIGKILL`, …) to `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid as libc::pid_t, signal) };
+}
+
+/// A daemon started by a test; killed on drop if the test did not stop it.
+pub struct Daemon {
+    /// The base URL printed as `PEERCACHE_API=…`.
+    pub api: String,
+    /// Its process id (from serve.json).
+    pub pid: u32,
+}
+
+impl Daemon {
+    /// `GET <api><path>` with these headers.
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http_get(&format!("{}{path}", self.api), headers)
+    }
+
+    /// `GET <api><path>` as JSON, asserting 200.
+    pub fn json(&self, path: &str) -> serde_json::Value {
+        let response = self.get(path, &[]);
+        assert_eq!(response.status, 200, "{path}: {}", response.text());
+        serde_json::from_slice(&response.body).expect("JSON")
+    }
+
+    /// The port of the local API.
+    pub fn port(&self) -> u16 {
+        let rest = self
+            .api
+            .strip_prefix("http://127.0.0.1:")
+            .expect("loopback");
+        rest.split('/').next().unwrap().parse().unwrap()
+    }
+
+    /// The capability (the base URL's path).
+    pub fn capability(&self) -> String {
+        self.api.rsplit('/').next().unwrap().to_string()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if pid_alive(self.pid) {
+            send_signal(self.pid, libc::SIGKILL);
+        }
+    }
+}
+
+impl Sandbox {
+    /// `$PEERCACHE_HOME/serve.json`, parsed.
+    pub fn serve_json(&self) -> Option<serde_json::Value> {
+        let bytes = std::fs::read(self.home().join("serve.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// `peercache serve --daemon EXTRA…` with these variables; asserts it printed the API line
+    /// and exited 0.
+    pub fn start_daemon(&self, env: &[(&str, &str)], extra: &[&str]) -> Daemon {
+        let mut args = vec!["serve", "--daemon"];
+        args.extend_from_slice(extra);
+        let mut cmd = self.command(&args);
+        cmd.envs(env.iter().copied());
+        let run = Run::from(cmd.output().expect("run peercache serve --daemon"));
+        assert_eq!(
+            run.code,
+            0,
+            "serve --daemon failed: {}\nserve.log: {}",
+            run.stderr,
+            std::fs::read_to_string(self.home().join("serve.log")).unwrap_or_default()
+        );
+        let stdout = String::from_utf8(run.stdout).expect("UTF-8 stdout");
+        let api = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PEERCACHE_API="))
+            .unwrap_or_else(|| panic!("no PEERCACHE_API line in {stdout:?}"))
+            .to_string();
+        let pid = self
+            .serve_json()
+            .and_then(|v| v["pid"].as_u64())
+            .expect("serve.json names the daemon's pid") as u32;
+        Daemon { api, pid }
+    }
+}
+
+/// An answer of [`http_get`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// HTTP status.
+    pub status: u16,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A minimal HTTP/1.1 request over a plain socket (independent of peercache's own client).
+pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("http URL");
+    let (authority, path) = match rest.find('/') {
+        Some(at) => (&rest[..at], &rest[at..]),
+        None => (rest, "/"),
+    };
+    let mut stream = std::net::TcpStream::connect(authority).expect("connect to the daemon");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let end = find(&raw, b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').unwrap();
+            (k.trim().to_ascii_lowercase(), v.trim().to_string())
+        })
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
+        let len: usize = len.parse().unwrap();
+        assert!(body.len() >= len, "body cut off");
+        body.truncate(len);
+    }
+    HttpResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// `GET url` with these headers.
+pub fn http_get(url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    http_request("GET", url, headers)
+}
