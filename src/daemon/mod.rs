@@ -199,7 +199,12 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         upstream_url: Some(settings.api_url.as_str().trim_end_matches('/').to_string()),
     };
     state::write(&settings.home, &info)?;
-    println!("PEERCACHE_API={api_url}");
+    // For people running it by hand; a closed stdout must not stop the daemon.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "PEERCACHE_API={api_url}").and_then(|()| out.flush());
+    }
     tracing::info!("ready (pid {pid})");
 
     // Serve until a signal, or until the server fails on its own.
