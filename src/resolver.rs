@@ -224,7 +224,10 @@ pub struct Resolver {
 
 impl fmt::Debug for Resolver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Resolver").field("api_base", &self.api_base).field("swarm", &self.peers.is_some()).finish()
+        f.debug_struct("Resolver")
+            .field("api_base", &self.api_base)
+            .field("swarm", &self.peers.is_some())
+            .finish()
     }
 }
 
@@ -285,7 +288,8 @@ impl Resolver {
         let c = &self.counters;
         c.requests.fetch_add(1, Ordering::Relaxed);
         if c.upstream_calls.load(Ordering::Relaxed) != calls_before {
-            c.requests_with_upstream_call.fetch_add(1, Ordering::Relaxed);
+            c.requests_with_upstream_call
+                .fetch_add(1, Ordering::Relaxed);
         }
         if let Ok(resolved) = &result {
             let counter = match resolved.source {
@@ -305,10 +309,10 @@ impl Resolver {
     async fn resolve_uncounted(&self, request: &Request) -> Result<Resolved, ResolveError> {
         let key = request.key();
 
-        if let Lookup::Hit { entry, body } = self.lookup(&key).await? {
-            if entry.is_fresh(request.ttl, now_ms()) {
-                return Ok(Resolved::from_entry(Source::Local, entry, body));
-            }
+        if let Lookup::Hit { entry, body } = self.lookup(&key).await?
+            && entry.is_fresh(request.ttl, now_ms())
+        {
+            return Ok(Resolved::from_entry(Source::Local, entry, body));
         }
 
         // One process at a time fetches a key: the others wait, then find it in the cache.
@@ -414,17 +418,17 @@ impl Resolver {
             _ => {}
         }
 
-        if response.status == 304 {
-            if let Some((entry, body)) = cached {
-                let etag = response.header("etag");
-                let cache = self.cache.clone();
-                let key = key.clone();
-                let renewed =
-                    tokio::task::spawn_blocking(move || cache.renew(&key, &entry, etag, Some(tag)))
-                        .await
-                        .map_err(anyhow::Error::from)??;
-                return Ok(Resolved::from_entry(Source::Revalidated, renewed, body));
-            }
+        if response.status == 304
+            && let Some((entry, body)) = cached
+        {
+            let etag = response.header("etag");
+            let cache = self.cache.clone();
+            let key = key.clone();
+            let renewed =
+                tokio::task::spawn_blocking(move || cache.renew(&key, &entry, etag, Some(tag)))
+                    .await
+                    .map_err(anyhow::Error::from)??;
+            return Ok(Resolved::from_entry(Source::Revalidated, renewed, body));
         }
 
         if (200..300).contains(&response.status) {

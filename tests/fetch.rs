@@ -371,7 +371,9 @@ fn bad_input_exits_2_with_one_line_and_loses_nothing() {
     sb.fetch(None, "repos/octo/hello", &[]).ok();
     let before = snapshot(&sb.cache_dir());
 
-    let cases: Vec<(Vec<&str>, Vec<(&str, String)>, &str)> = vec![
+    // (arguments, extra variables, what the one-line message must name)
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, String)>, &'a str);
+    let cases: Vec<Case> = vec![
         (vec!["fetch", "repos/octo/bad endpoint"], vec![], "endpoint"),
         (
             vec!["fetch", "https://evil.example/repos/x"],

@@ -72,6 +72,8 @@ pub struct ResponseMeta {
 }
 
 /// The outcome of a cache read.
+// A lookup lives for one request; boxing the hit would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Lookup {
     /// The entry and its verified body.
@@ -330,10 +332,10 @@ impl Cache {
     /// Writes a body unless an intact copy exists; returns the bytes added.
     fn write_object(&self, digest: &str, body: &[u8]) -> io::Result<u64> {
         let path = self.object_path(digest);
-        if let Ok(existing) = fs::read(&path) {
-            if hex::encode(Sha256::digest(&existing)) == digest {
-                return Ok(0);
-            }
+        if let Ok(existing) = fs::read(&path)
+            && hex::encode(Sha256::digest(&existing)) == digest
+        {
+            return Ok(0);
         }
         write_atomic(&path, body)?;
         Ok(body.len() as u64)

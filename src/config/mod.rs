@@ -174,7 +174,7 @@ impl Layers<'_> {
                 origin: Origin::Flag(flag.0),
             });
         }
-        self.pick_env(vars).or_else(|| self.from_file(file_key))
+        self.pick_env(vars).or_else(|| self.file_value(file_key))
     }
 
     fn pick_env(&self, vars: &[&'static str]) -> Option<Raw> {
@@ -186,7 +186,7 @@ impl Layers<'_> {
         })
     }
 
-    fn from_file(&self, key: &'static str) -> Option<Raw> {
+    fn file_value(&self, key: &'static str) -> Option<Raw> {
         self.file.get(key).map(|value| Raw {
             value,
             origin: Origin::File {
@@ -348,10 +348,10 @@ fn resolve_home(flags: &Flags, env: &dyn Environment) -> anyhow::Result<PathBuf>
             origin: Origin::Env("PEERCACHE_HOME"),
         });
     }
-    if env.var("GITHUB_ACTIONS").as_deref() == Some("true") {
-        if let Some(temp) = env.var("RUNNER_TEMP") {
-            return Ok(PathBuf::from(temp).join("peercache"));
-        }
+    if env.var("GITHUB_ACTIONS").as_deref() == Some("true")
+        && let Some(temp) = env.var("RUNNER_TEMP")
+    {
+        return Ok(PathBuf::from(temp).join("peercache"));
     }
     Ok(xdg_dir(env, "XDG_STATE_HOME", ".local/state")?.join("peercache"))
 }

@@ -105,6 +105,7 @@ async fn dispatch(
         Some(r) if r.starts_with("gh/") => Route::GitHub(&r[3..]),
         Some("api/peers") => Route::Peers,
         Some("api/cache/stats") => Route::Stats,
+        Some("api/swarm") => Route::Swarm,
         Some("metrics") => Route::Metrics,
         Some(_) => return not_found(),
     };
@@ -120,6 +121,7 @@ async fn dispatch(
         Route::GitHub(endpoint) => github(&api, endpoint, uri.query(), &headers).await,
         Route::Peers => axum::Json(peers(&api)).into_response(),
         Route::Stats => axum::Json(stats(&api).await).into_response(),
+        Route::Swarm => axum::Json(swarm(&api)).into_response(),
         Route::Metrics => metrics(&api).await,
         Route::Status => status_page(&api).await,
     }
@@ -129,8 +131,25 @@ enum Route<'a> {
     GitHub(&'a str),
     Peers,
     Stats,
+    Swarm,
     Metrics,
     Status,
+}
+
+/// `/api/swarm`: the swarm's own figures (entries received, rejected, served, auth failures,
+/// announcements, claims); all zero when sharing is off.
+fn swarm(api: &Api) -> serde_json::Value {
+    let stats = api.peers.as_ref().map(|h| h.stats()).unwrap_or_default();
+    json!({
+        "enabled": api.peers.is_some(),
+        "entries_received": stats.entries_received,
+        "entries_rejected": stats.entries_rejected,
+        "entries_served": stats.entries_served,
+        "auth_failures": stats.auth_failures,
+        "announcements_received": stats.announcements_received,
+        "claims_won": stats.claims_won,
+        "claims_waited": stats.claims_waited,
+    })
 }
 
 fn not_found() -> Response {

@@ -42,7 +42,8 @@ impl SwarmKeys {
         let hk = Hkdf::<Sha256>::new(Some(b"peercache swarm v1"), secret.expose().as_bytes());
         let expand = |info: &[u8]| {
             let mut out = [0u8; 32];
-            hk.expand(info, &mut out).expect("32 bytes is a valid HKDF-SHA256 length");
+            hk.expand(info, &mut out)
+                .expect("32 bytes is a valid HKDF-SHA256 length");
             out
         };
         let seal_key = expand(b"peercache/v1/seal");
@@ -66,7 +67,8 @@ impl SwarmKeys {
     }
 
     fn proof_mac(&self, from: &PeerId, to: &PeerId) -> HmacSha256 {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.auth).expect("HMAC takes any key length");
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.auth).expect("HMAC takes any key length");
         mac.update(b"peercache/v1/hello\0");
         mac.update(&from.to_bytes());
         mac.update(b"\0");
@@ -76,7 +78,8 @@ impl SwarmKeys {
 
     /// The wire id of a canonical cache key.
     pub fn key_id(&self, canonical_key: &str) -> KeyId {
-        let mut mac = <HmacSha256 as Mac>::new_from_slice(&self.key_id).expect("HMAC takes any key length");
+        let mut mac =
+            <HmacSha256 as Mac>::new_from_slice(&self.key_id).expect("HMAC takes any key length");
         mac.update(canonical_key.as_bytes());
         mac.finalize().into_bytes().into()
     }
@@ -91,7 +94,13 @@ impl SwarmKeys {
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let ciphertext = self
             .seal
-            .encrypt(&nonce, Payload { msg: plaintext, aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .expect("AES-GCM encryption of an in-memory buffer cannot fail");
         let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         out.extend_from_slice(&nonce);
@@ -105,7 +114,15 @@ impl SwarmKeys {
             return None;
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        self.seal.decrypt(Nonce::from_slice(nonce), Payload { msg: ciphertext, aad }).ok()
+        self.seal
+            .decrypt(
+                Nonce::from_slice(nonce),
+                Payload {
+                    msg: ciphertext,
+                    aad,
+                },
+            )
+            .ok()
     }
 }
 
@@ -121,8 +138,14 @@ mod tests {
         let proof = keys.proof(&a, &b);
         assert!(keys.verify_proof(&a, &b, &proof));
         assert!(!keys.verify_proof(&b, &a, &proof), "direction matters");
-        assert!(!keys.verify_proof(&a, &c, &proof), "a proof for b is no proof for c");
-        assert!(!other.verify_proof(&a, &b, &proof), "another secret cannot verify it");
+        assert!(
+            !keys.verify_proof(&a, &c, &proof),
+            "a proof for b is no proof for c"
+        );
+        assert!(
+            !other.verify_proof(&a, &b, &proof),
+            "another secret cannot verify it"
+        );
         assert!(!keys.verify_proof(&a, &b, &other.proof(&a, &b)));
     }
 
@@ -132,11 +155,19 @@ mod tests {
         let sealed = keys.seal(b"id", b"body");
         assert_eq!(keys.open(b"id", &sealed).as_deref(), Some(&b"body"[..]));
         assert!(keys.open(b"other id", &sealed).is_none());
-        assert!(SwarmKeys::derive(&Secret::new("x")).open(b"id", &sealed).is_none());
+        assert!(
+            SwarmKeys::derive(&Secret::new("x"))
+                .open(b"id", &sealed)
+                .is_none()
+        );
         let mut tampered = sealed.clone();
         *tampered.last_mut().unwrap() ^= 1;
         assert!(keys.open(b"id", &tampered).is_none());
-        assert_ne!(keys.seal(b"id", b"body"), sealed, "a fresh nonce every time");
+        assert_ne!(
+            keys.seal(b"id", b"body"),
+            sealed,
+            "a fresh nonce every time"
+        );
     }
 
     #[test]

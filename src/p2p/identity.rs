@@ -40,13 +40,21 @@ fn create(home: &Path, path: &Path) -> anyhow::Result<Keypair> {
         ))
         .into()
     };
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(home).map_err(unusable)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(home)
+        .map_err(unusable)?;
     fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
     let keypair = Keypair::generate_ed25519();
     let bytes = keypair.to_protobuf_encoding()?;
     // Written under a temporary name and linked into place, so two processes starting at once
     // agree on one identity: the loser reads the winner's.
-    let mut tmp = tempfile::Builder::new().prefix(".identity").permissions(fs::Permissions::from_mode(0o600)).tempfile_in(home).map_err(unusable)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".identity")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(home)
+        .map_err(unusable)?;
     tmp.write_all(&bytes).map_err(unusable)?;
     match tmp.persist_noclobber(path) {
         Ok(_) => Ok(keypair),
@@ -58,13 +66,15 @@ fn create(home: &Path, path: &Path) -> anyhow::Result<Keypair> {
 /// Opens a file for writing with mode 0600 (for files that hold secrets or capabilities).
 pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp").permissions(fs::Permissions::from_mode(0o600)).tempfile_in(parent)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o600))
+        .tempfile_in(parent)?;
     tmp.write_all(bytes)?;
     tmp.persist(path).map_err(|e| e.error)?;
     // `persist` keeps the temp file's mode; state it for files replaced by a rename anyway.
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -38,7 +38,9 @@ pub const TEST_FAULT_VAR: &str = "PEERCACHE_TEST_ONLY_FAULT";
 
 /// Reads [`TEST_FAULT_VAR`].
 pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
-    let Ok(value) = std::env::var(TEST_FAULT_VAR) else { return Ok(None) };
+    let Ok(value) = std::env::var(TEST_FAULT_VAR) else {
+        return Ok(None);
+    };
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
@@ -46,7 +48,10 @@ pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
     if value == "tamper-bodies" {
         return Ok(Some(TestFault::TamperBodies));
     }
-    if let Some(ms) = value.strip_prefix("slow-responses:").and_then(|ms| ms.parse::<u64>().ok()) {
+    if let Some(ms) = value
+        .strip_prefix("slow-responses:")
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
         return Ok(Some(TestFault::SlowResponses(Duration::from_millis(ms))));
     }
     Err(UserError::usage(format!(
@@ -93,7 +98,10 @@ pub fn bootstrap_addrs(raw: &[Raw]) -> anyhow::Result<Vec<Multiaddr>> {
 
 /// Parses a dialable peer address: a multiaddr that ends in `/p2p/<peer id>`.
 pub fn parse_peer_addr(text: &str) -> Result<(PeerId, Multiaddr), String> {
-    let addr: Multiaddr = text.trim().parse().map_err(|e| format!("not a multiaddr ({e})"))?;
+    let addr: Multiaddr = text
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a multiaddr ({e})"))?;
     match addr.iter().last() {
         Some(Protocol::P2p(peer)) if addr.iter().count() > 1 => Ok((peer, addr)),
         _ => Err("expected a multiaddr ending in /p2p/<peer id>, e.g. /ip4/10.0.0.5/tcp/9000/p2p/12D3KooW…".into()),
@@ -108,9 +116,18 @@ mod tests {
     #[test]
     fn bootstrap_skips_malformed_entries() {
         let peer = PeerId::random();
-        let raw = |v: &str| Raw { value: v.to_string(), origin: Origin::Env("PEERCACHE_BOOTSTRAP_PEERS") };
+        let raw = |v: &str| Raw {
+            value: v.to_string(),
+            origin: Origin::Env("PEERCACHE_BOOTSTRAP_PEERS"),
+        };
         let good = format!("/ip4/127.0.0.1/tcp/9000/p2p/{peer}");
-        let addrs = bootstrap_addrs(&[raw("garbage"), raw("/ip4/127.0.0.1/tcp/9000"), raw(&good), raw(&format!("/p2p/{peer}"))]).unwrap();
+        let addrs = bootstrap_addrs(&[
+            raw("garbage"),
+            raw("/ip4/127.0.0.1/tcp/9000"),
+            raw(&good),
+            raw(&format!("/p2p/{peer}")),
+        ])
+        .unwrap();
         assert_eq!(addrs.len(), 1);
         assert_eq!(addrs[0].to_string(), good);
     }

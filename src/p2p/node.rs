@@ -15,7 +15,10 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, noise, ping, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, noise, ping,
+    tcp, yamux,
+};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
@@ -23,23 +26,21 @@ use tokio::sync::{mpsc, oneshot};
 use super::TestFault;
 use super::crypto::{KeyId, SwarmKeys};
 use super::protocol::{
-    EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, HELLO_AAD, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES, MAX_RESPONSE_BYTES, PeerMeta, Request,
-    Response, open_entry, seal_entry,
+    EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, HELLO_AAD, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES, PeerMeta, Request, Response, open_entry, seal_entry,
 };
 use crate::cache::{Cache, CacheKey, Entry, Lookup, now_ms};
 use crate::secret::Secret;
 
 /// How long a pull may take before the requester tries elsewhere.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long "have you got it?" may take when asking peers that announced nothing.
+/// How long "have you got it?" or a claim may take.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Peers asked at once when nobody announced the key.
 const ASK_FANOUT: usize = 8;
 /// Holders tried, newest first, before asking the others.
 const MAX_HOLDERS_TRIED: usize = 3;
-/// After publishing a claim, how long to listen for competing claims before deciding.
-const CLAIM_WINDOW: Duration = Duration::from_millis(100);
-/// How long a claim stays valid.
+/// How long a claim stays valid at its coordinator.
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How long to wait for a claimant's announcement before going upstream ourselves.
 const CLAIM_WAIT: Duration = Duration::from_secs(20);
@@ -134,6 +135,26 @@ struct PeerState {
     failures: u32,
 }
 
+/// An entry this node can serve.
+#[derive(Debug, Clone)]
+struct Held {
+    /// Its local cache key id.
+    local_id: String,
+    /// When it was fetched or revalidated.
+    fetched_at_ms: u64,
+}
+
+/// A coordinator's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Decision {
+    /// Fetch it from GitHub; others asking meanwhile are told to wait for you.
+    Granted,
+    /// This node is fetching it: wait for its announcement.
+    Wait(PeerId),
+    /// These nodes hold a fresh copy: pull it.
+    Holders(Vec<PeerId>),
+}
+
 /// What the loop has learnt, readable by handlers.
 #[derive(Default)]
 struct State {
@@ -141,10 +162,11 @@ struct State {
     peers: HashMap<PeerId, PeerState>,
     banned: HashMap<PeerId, Instant>,
     holders: HashMap<KeyId, Vec<Holder>>,
-    claims: HashMap<KeyId, Vec<(PeerId, u64)>>,
+    /// As coordinator: the one node fetching each key, and until when its claim holds.
+    claims: HashMap<KeyId, (PeerId, u64)>,
     waiters: HashMap<KeyId, Vec<oneshot::Sender<()>>>,
-    /// Wire key id → local cache key id, for every entry this node can serve.
-    served: HashMap<KeyId, String>,
+    /// Every entry this node can serve, by wire key id.
+    served: HashMap<KeyId, Held>,
 }
 
 impl State {
@@ -163,21 +185,80 @@ impl State {
         let mut holders: Vec<&Holder> = self
             .holders
             .get(key_id)
-            .map(|h| h.iter().filter(|h| self.verified(&h.peer) && (now.saturating_sub(h.fetched_at_ms) as u128) < ttl.as_millis()).collect())
+            .map(|h| {
+                h.iter()
+                    .filter(|h| self.verified(&h.peer) && is_fresh(h.fetched_at_ms, ttl, now))
+                    .collect()
+            })
             .unwrap_or_default();
         holders.sort_by_key(|h| std::cmp::Reverse(h.fetched_at_ms));
         holders.into_iter().map(|h| h.peer).collect()
     }
 
-    /// Live claims on a key, by any node.
-    fn live_claims(&self, key_id: &KeyId, now: u64) -> Vec<PeerId> {
-        self.claims.get(key_id).map(|c| c.iter().filter(|(_, until)| *until > now).map(|(p, _)| *p).collect()).unwrap_or_default()
+    /// The key's coordinator: the member (this node included) with the lowest claim rank.
+    fn coordinator(&self, key_id: &KeyId, me: PeerId) -> PeerId {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.verified)
+            .map(|(id, _)| *id)
+            .chain(Some(me))
+            .min_by_key(|p| claim_rank(key_id, p))
+            .unwrap_or(me)
+    }
+
+    /// As the key's coordinator, answers `requester`'s claim: holders first, then a live
+    /// claimant, else the claim is granted and recorded.
+    fn coordinate(
+        &mut self,
+        key_id: &KeyId,
+        requester: PeerId,
+        ttl: Duration,
+        me: PeerId,
+    ) -> Decision {
+        let now = now_ms();
+        let mut holders: Vec<PeerId> = self
+            .fresh_holders(key_id, ttl, now)
+            .into_iter()
+            .filter(|p| *p != requester)
+            .collect();
+        if requester != me
+            && self
+                .served
+                .get(key_id)
+                .is_some_and(|h| is_fresh(h.fetched_at_ms, ttl, now))
+        {
+            holders.insert(0, me);
+        }
+        if !holders.is_empty() {
+            return Decision::Holders(holders);
+        }
+        match self.claims.get(key_id) {
+            Some((claimant, until)) if *until > now && *claimant != requester => {
+                Decision::Wait(*claimant)
+            }
+            _ => {
+                let until = now + CLAIM_TTL.as_millis() as u64;
+                self.claims.insert(*key_id, (requester, until));
+                Decision::Granted
+            }
+        }
     }
 }
 
+fn is_fresh(fetched_at_ms: u64, ttl: Duration, now: u64) -> bool {
+    (now.saturating_sub(fetched_at_ms) as u128) < ttl.as_millis()
+}
+
 enum Command {
-    Pull { peer: PeerId, key_id: KeyId, reply: oneshot::Sender<Result<Response, String>> },
-    Respond { channel: ResponseChannel<Response>, response: Response },
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
     Publish(Gossip),
     Dial(Multiaddr),
     Punish(PeerId),
@@ -237,9 +318,9 @@ impl Node {
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
 
         for addr in &config.listen {
-            swarm
-                .listen_on(addr.clone())
-                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}; pick another --port or --listen"))?;
+            swarm.listen_on(addr.clone()).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr}: {e}; pick another --port or --listen")
+            })?;
         }
         let listen_addrs = wait_for_listeners(&mut swarm, config.listen.len()).await?;
 
@@ -249,7 +330,10 @@ impl Node {
             keys,
             cache: config.cache.clone(),
             commands,
-            state: Mutex::new(State { listen_addrs, ..State::default() }),
+            state: Mutex::new(State {
+                listen_addrs,
+                ..State::default()
+            }),
             counters: Counters::default(),
             fault: config.test_fault,
         });
@@ -257,25 +341,37 @@ impl Node {
 
         let mut bootstrap = Vec::new();
         for addr in config.bootstrap {
-            if let Some(Protocol::P2p(peer)) = addr.iter().last() {
-                if peer != peer_id {
-                    bootstrap.push(Redial { peer, addr, next_attempt: Instant::now(), backoff: Duration::from_secs(1) });
-                }
+            if let Some(Protocol::P2p(peer)) = addr.iter().last()
+                && peer != peer_id
+            {
+                bootstrap.push(Redial {
+                    peer,
+                    addr,
+                    next_attempt: Instant::now(),
+                    backoff: Duration::from_secs(1),
+                });
             }
         }
-        let meta = PeerMeta { runner_name: config.runner_name, listen_port: first_port(&inner.state().listen_addrs) };
+        let meta = PeerMeta {
+            runner_name: config.runner_name,
+            listen_port: first_port(&inner.state().listen_addrs),
+        };
         let event_loop = EventLoop {
             swarm,
             inner: inner.clone(),
             commands: receiver,
-            pending_pulls: HashMap::new(),
+            pending_requests: HashMap::new(),
             pending_hellos: HashSet::new(),
             bootstrap,
+            to_disconnect: Vec::new(),
             topic,
             meta,
         };
         let task = tokio::spawn(event_loop.run());
-        Ok(Node { handle: Handle { inner }, task })
+        Ok(Node {
+            handle: Handle { inner },
+            task,
+        })
     }
 
     /// The handle to the node.
@@ -295,38 +391,55 @@ impl Node {
 fn build_swarm(keypair: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
         .with_quic()
-        .with_behaviour(|key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
-            let gossip_config = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(700))
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .max_transmit_size(64 * 1024)
-                .message_id_fn(|message: &gossipsub::Message| gossipsub::MessageId::from(Sha256::digest(&message.data)[..20].to_vec()))
-                .build()?;
-            let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-            let codec = request_response::cbor::codec::Codec::<Request, Response>::default()
-                .set_request_size_maximum(MAX_REQUEST_BYTES)
-                .set_response_size_maximum(MAX_RESPONSE_BYTES);
-            let exchange = request_response::Behaviour::with_codec(
-                codec,
-                [(StreamProtocol::new(EXCHANGE_PROTOCOL), ProtocolSupport::Full)],
-                request_response::Config::default().with_request_timeout(PULL_TIMEOUT).with_max_concurrent_streams(512),
-            );
-            let limits = connection_limits::ConnectionLimits::default()
-                .with_max_established_per_peer(Some(4))
-                .with_max_established(Some(1024))
-                .with_max_pending_incoming(Some(128));
-            Ok(Behaviour {
-                limits: connection_limits::Behaviour::new(limits),
-                identify: identify::Behaviour::new(
-                    identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public()).with_agent_version(crate::github::USER_AGENT_VALUE.into()),
-                ),
-                ping: ping::Behaviour::new(ping::Config::new()),
-                gossipsub,
-                exchange,
-            })
-        })?
+        .with_behaviour(
+            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+                let gossip_config = gossipsub::ConfigBuilder::default()
+                    .heartbeat_interval(Duration::from_millis(700))
+                    .validation_mode(gossipsub::ValidationMode::Strict)
+                    .max_transmit_size(64 * 1024)
+                    .message_id_fn(|message: &gossipsub::Message| {
+                        gossipsub::MessageId::from(Sha256::digest(&message.data)[..20].to_vec())
+                    })
+                    .build()?;
+                let gossipsub = gossipsub::Behaviour::new(
+                    gossipsub::MessageAuthenticity::Signed(key.clone()),
+                    gossip_config,
+                )?;
+                let codec = request_response::cbor::codec::Codec::<Request, Response>::default()
+                    .set_request_size_maximum(MAX_REQUEST_BYTES)
+                    .set_response_size_maximum(MAX_RESPONSE_BYTES);
+                let exchange = request_response::Behaviour::with_codec(
+                    codec,
+                    [(
+                        StreamProtocol::new(EXCHANGE_PROTOCOL),
+                        ProtocolSupport::Full,
+                    )],
+                    request_response::Config::default()
+                        .with_request_timeout(PULL_TIMEOUT)
+                        .with_max_concurrent_streams(512),
+                );
+                let limits = connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(4))
+                    .with_max_established(Some(1024))
+                    .with_max_pending_incoming(Some(128));
+                Ok(Behaviour {
+                    limits: connection_limits::Behaviour::new(limits),
+                    identify: identify::Behaviour::new(
+                        identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
+                            .with_agent_version(crate::github::USER_AGENT_VALUE.into()),
+                    ),
+                    ping: ping::Behaviour::new(ping::Config::new()),
+                    gossipsub,
+                    exchange,
+                })
+            },
+        )?
         // Connections between runners are few and long-lived; keep them while the job runs.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
         .build();
@@ -334,7 +447,10 @@ fn build_swarm(keypair: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
 }
 
 /// Drives the swarm until every listener reported an address (or failed).
-async fn wait_for_listeners(swarm: &mut Swarm<Behaviour>, listeners: usize) -> anyhow::Result<Vec<Multiaddr>> {
+async fn wait_for_listeners(
+    swarm: &mut Swarm<Behaviour>,
+    listeners: usize,
+) -> anyhow::Result<Vec<Multiaddr>> {
     let mut addrs = Vec::new();
     let mut ready = HashSet::new();
     let deadline = tokio::time::sleep(Duration::from_secs(10));
@@ -361,11 +477,20 @@ async fn wait_for_listeners(swarm: &mut Swarm<Behaviour>, listeners: usize) -> a
 /// Maps the key ids of entries already on disk, so that they can be served after a restart.
 async fn index_cache(inner: &Arc<Inner>) {
     let cache = inner.cache.clone();
-    let entries = tokio::task::spawn_blocking(move || cache.entries()).await.unwrap_or_default();
+    let entries = tokio::task::spawn_blocking(move || cache.entries())
+        .await
+        .unwrap_or_default();
     let mut state = inner.state();
-    for (id, entry) in entries {
+    for (local_id, entry) in entries {
         let key_id = inner.keys.key_id(&entry.key);
-        state.served.insert(key_id, id);
+        let fetched_at_ms = entry.fetched_at_ms;
+        state.served.insert(
+            key_id,
+            Held {
+                local_id,
+                fetched_at_ms,
+            },
+        );
     }
 }
 
@@ -389,9 +514,12 @@ struct EventLoop {
     swarm: Swarm<Behaviour>,
     inner: Arc<Inner>,
     commands: mpsc::UnboundedReceiver<Command>,
-    pending_pulls: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     pending_hellos: HashSet<OutboundRequestId>,
     bootstrap: Vec<Redial>,
+    /// Banned peers still connected, disconnected at the next tick so that the `Denied` they
+    /// were sent (and the hello they sent us) can cross first: both sides then see the refusal.
+    to_disconnect: Vec<PeerId>,
     topic: gossipsub::IdentTopic,
     meta: PeerMeta,
 }
@@ -418,22 +546,42 @@ impl EventLoop {
 
     fn hello(&self, to: &PeerId) -> (Vec<u8>, Vec<u8>) {
         let meta = serde_json::to_vec(&self.meta).unwrap_or_default();
-        (self.inner.keys.proof(&self.inner.peer_id, to), self.inner.keys.seal(HELLO_AAD, &meta))
+        (
+            self.inner.keys.proof(&self.inner.peer_id, to),
+            self.inner.keys.seal(HELLO_AAD, &meta),
+        )
     }
 
     fn on_command(&mut self, command: Command) {
         match command {
-            Command::Pull { peer, key_id, reply } => {
-                let id = self.swarm.behaviour_mut().exchange.send_request(&peer, Request::Pull { key_id: key_id.to_vec() });
-                self.pending_pulls.insert(id, reply);
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
             }
             Command::Respond { channel, response } => {
-                let _ = self.swarm.behaviour_mut().exchange.send_response(channel, response);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_response(channel, response);
             }
             Command::Publish(gossip) => {
                 let json = serde_json::to_vec(&gossip).expect("gossip serializes");
                 let sealed = self.inner.keys.seal(GOSSIP_AAD, &json);
-                if let Err(e) = self.swarm.behaviour_mut().gossipsub.publish(self.topic.clone(), sealed) {
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), sealed)
+                {
                     tracing::debug!("gossip not published: {e}");
                 }
             }
@@ -458,25 +606,28 @@ impl EventLoop {
             }
         }
         self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
-        let _ = self.swarm.disconnect_peer_id(peer);
-        tracing::warn!("disconnected peer {peer}: it failed verification");
+        self.to_disconnect.push(peer);
+        tracing::warn!("disconnecting peer {peer}: it failed verification");
     }
 
     fn on_tick(&mut self) {
+        for peer in std::mem::take(&mut self.to_disconnect) {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
         let now = Instant::now();
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
         let banned: HashSet<PeerId> = {
             let mut state = self.inner.state();
             state.banned.retain(|_, at| at.elapsed() < BAN_TIME);
             let now_ms = now_ms();
-            state.claims.retain(|_, claims| {
-                claims.retain(|(_, until)| *until > now_ms);
-                !claims.is_empty()
-            });
+            state.claims.retain(|_, (_, until)| *until > now_ms);
             state.banned.keys().copied().collect()
         };
         for redial in &mut self.bootstrap {
-            if connected.contains(&redial.peer) || redial.next_attempt > now || banned.contains(&redial.peer) {
+            if connected.contains(&redial.peer)
+                || redial.next_attempt > now
+                || banned.contains(&redial.peer)
+            {
                 continue;
             }
             redial.next_attempt = now + redial.backoff;
@@ -493,23 +644,42 @@ impl EventLoop {
                 tracing::info!("listening on {address}");
                 self.inner.state().listen_addrs.push(address);
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => self.inner.state().listen_addrs.retain(|a| a != &address),
-            SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.inner.state().listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
                 if self.inner.state().banned.contains_key(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                self.inner.state().peers.entry(peer_id).or_default().last_seen_ms = now_ms();
+                self.inner
+                    .state()
+                    .peers
+                    .entry(peer_id)
+                    .or_default()
+                    .last_seen_ms = now_ms();
                 if let Some(redial) = self.bootstrap.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);
                 }
                 if num_established.get() == 1 {
                     let (proof, meta) = self.hello(&peer_id);
-                    let id = self.swarm.behaviour_mut().exchange.send_request(&peer_id, Request::Hello { proof, meta });
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_request(&peer_id, Request::Hello { proof, meta });
                     self.pending_hellos.insert(id);
                 }
             }
-            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
                 let mut state = self.inner.state();
                 if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
                     tracing::info!("peer {peer_id} left");
@@ -518,19 +688,30 @@ impl EventLoop {
                     holders.retain(|h| h.peer != peer_id);
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 if let Some(peer) = self.inner.state().peers.get_mut(&peer_id) {
                     peer.addrs = info.listen_addrs;
                     peer.last_seen_ms = now_ms();
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event { peer, result: Ok(_), .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            })) => {
                 if let Some(peer) = self.inner.state().peers.get_mut(&peer) {
                     peer.last_seen_ms = now_ms();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(event)) => self.on_exchange(event),
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
                 if let Some(source) = message.source {
                     self.on_gossip(source, &message.data);
                 }
@@ -542,28 +723,71 @@ impl EventLoop {
     fn on_exchange(&mut self, event: request_response::Event<Request, Response>) {
         use request_response::{Event, Message};
         match event {
-            Event::Message { peer, message: Message::Request { request, channel, .. }, .. } => match request {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match request {
                 Request::Hello { proof, meta } => {
                     if self.accept_hello(&peer, &proof, &meta) {
                         let (proof, meta) = self.hello(&peer);
-                        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Hello { proof, meta });
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_response(channel, Response::Hello { proof, meta });
                     } else {
-                        let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Denied);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_response(channel, Response::Denied);
                         bump(&self.inner.counters.auth_failures);
                         self.punish(peer);
                     }
+                }
+                Request::Claim { key_id, ttl_ms } => {
+                    let me = self.inner.peer_id;
+                    let response = match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if self.inner.state().verified(&peer) => {
+                            let ttl = Duration::from_millis(ttl_ms);
+                            let decision = self.inner.state().coordinate(&key_id, peer, ttl, me);
+                            decision_response(decision)
+                        }
+                        _ => Response::Denied,
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_response(channel, response);
                 }
                 Request::Pull { key_id } => {
                     let verified = self.inner.state().verified(&peer);
                     match <KeyId>::try_from(key_id.as_slice()) {
                         Ok(key_id) if verified => serve_pull(self.inner.clone(), key_id, channel),
                         _ => {
-                            let _ = self.swarm.behaviour_mut().exchange.send_response(channel, Response::Denied);
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .exchange
+                                .send_response(channel, Response::Denied);
                         }
                     }
                 }
             },
-            Event::Message { peer, message: Message::Response { request_id, response }, .. } => {
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
                 if self.pending_hellos.remove(&request_id) {
                     let accepted = match &response {
                         Response::Hello { proof, meta } => self.accept_hello(&peer, proof, meta),
@@ -573,12 +797,17 @@ impl EventLoop {
                         bump(&self.inner.counters.auth_failures);
                         self.punish(peer);
                     }
-                } else if let Some(reply) = self.pending_pulls.remove(&request_id) {
+                } else if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
             }
-            Event::OutboundFailure { request_id, peer, error, .. } => {
-                if let Some(reply) = self.pending_pulls.remove(&request_id) {
+            Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
                 } else if self.pending_hellos.remove(&request_id) {
                     tracing::debug!("hello to {peer} failed: {error}");
@@ -590,14 +819,26 @@ impl EventLoop {
 
     /// Checks a peer's proof; on success marks it verified with what it told about itself.
     fn accept_hello(&mut self, peer: &PeerId, proof: &[u8], meta: &[u8]) -> bool {
-        if !self.inner.keys.verify_proof(peer, &self.inner.peer_id, proof) {
+        if !self
+            .inner
+            .keys
+            .verify_proof(peer, &self.inner.peer_id, proof)
+        {
             return false;
         }
-        let meta = self.inner.keys.open(HELLO_AAD, meta).and_then(|m| serde_json::from_slice::<PeerMeta>(&m).ok()).unwrap_or_default();
+        let meta = self
+            .inner
+            .keys
+            .open(HELLO_AAD, meta)
+            .and_then(|m| serde_json::from_slice::<PeerMeta>(&m).ok())
+            .unwrap_or_default();
         let mut state = self.inner.state();
         let entry = state.peers.entry(*peer).or_default();
         if !entry.verified {
-            tracing::info!("peer {peer} joined the swarm ({})", meta.runner_name.as_deref().unwrap_or("unnamed runner"));
+            tracing::info!(
+                "peer {peer} joined the swarm ({})",
+                meta.runner_name.as_deref().unwrap_or("unnamed runner")
+            );
         }
         entry.verified = true;
         entry.meta = meta;
@@ -606,38 +847,48 @@ impl EventLoop {
     }
 
     fn on_gossip(&mut self, source: PeerId, data: &[u8]) {
-        let Some(gossip) = self.inner.keys.open(GOSSIP_AAD, data).and_then(|plain| serde_json::from_slice::<Gossip>(&plain).ok()) else {
+        let Some(gossip) = self
+            .inner
+            .keys
+            .open(GOSSIP_AAD, data)
+            .and_then(|plain| serde_json::from_slice::<Gossip>(&plain).ok())
+        else {
             tracing::debug!("ignored a gossip message that is not sealed with the swarm secret");
             return;
         };
         let mut state = self.inner.state();
         match gossip {
-            Gossip::Announce { key_id, fetched_at_ms, .. } => {
-                let Some(key_id) = parse_key_id(&key_id) else { return };
+            Gossip::Announce {
+                key_id,
+                fetched_at_ms,
+                ..
+            } => {
+                let Some(key_id) = parse_key_id(&key_id) else {
+                    return;
+                };
                 bump(&self.inner.counters.announcements_received);
                 if state.holders.len() >= MAX_TRACKED_KEYS {
                     let horizon = now_ms().saturating_sub(3_600_000);
-                    state.holders.retain(|_, h| h.iter().any(|h| h.fetched_at_ms > horizon));
+                    state
+                        .holders
+                        .retain(|_, h| h.iter().any(|h| h.fetched_at_ms > horizon));
                 }
                 let holders = state.holders.entry(key_id).or_default();
                 holders.retain(|h| h.peer != source);
-                holders.push(Holder { peer: source, fetched_at_ms: fetched_at_ms.min(now_ms()) });
-                if let Some(claims) = state.claims.get_mut(&key_id) {
-                    claims.retain(|(p, _)| *p != source);
-                }
+                holders.push(Holder {
+                    peer: source,
+                    fetched_at_ms: fetched_at_ms.min(now_ms()),
+                });
+                // The key is available now: its claim, if this node coordinates it, is over.
+                state.claims.remove(&key_id);
                 state.wake(&key_id);
             }
-            Gossip::Claim { key_id, until_ms } => {
-                let Some(key_id) = parse_key_id(&key_id) else { return };
-                let until_ms = until_ms.min(now_ms() + CLAIM_TTL.as_millis() as u64);
-                let claims = state.claims.entry(key_id).or_default();
-                claims.retain(|(p, _)| *p != source);
-                claims.push((source, until_ms));
-            }
             Gossip::Release { key_id } => {
-                let Some(key_id) = parse_key_id(&key_id) else { return };
-                if let Some(claims) = state.claims.get_mut(&key_id) {
-                    claims.retain(|(p, _)| *p != source);
+                let Some(key_id) = parse_key_id(&key_id) else {
+                    return;
+                };
+                if state.claims.get(&key_id).is_some_and(|(p, _)| *p == source) {
+                    state.claims.remove(&key_id);
                 }
                 state.wake(&key_id);
             }
@@ -648,7 +899,11 @@ impl EventLoop {
 /// Reads, seals and sends an entry to a verified peer, off the loop (disk reads, test delays).
 fn serve_pull(inner: Arc<Inner>, key_id: KeyId, channel: ResponseChannel<Response>) {
     tokio::spawn(async move {
-        let local_id = inner.state().served.get(&key_id).cloned();
+        let local_id = inner
+            .state()
+            .served
+            .get(&key_id)
+            .map(|h| h.local_id.clone());
         let response = match local_id {
             None => Response::NotFound,
             Some(local_id) => {
@@ -660,7 +915,9 @@ fn serve_pull(inner: Arc<Inner>, key_id: KeyId, channel: ResponseChannel<Respons
                             body[middle] ^= 0x01;
                         }
                         bump(&inner.counters.entries_served);
-                        Response::Entry { sealed: seal_entry(&inner.keys, &key_id, &entry, &body) }
+                        Response::Entry {
+                            sealed: seal_entry(&inner.keys, &key_id, &entry, &body),
+                        }
                     }
                     _ => Response::NotFound,
                 }
@@ -671,6 +928,28 @@ fn serve_pull(inner: Arc<Inner>, key_id: KeyId, channel: ResponseChannel<Respons
         }
         inner.send(Command::Respond { channel, response });
     });
+}
+
+/// A coordinator's decision as a wire answer.
+fn decision_response(decision: Decision) -> Response {
+    let id = |p: &PeerId| serde_bytes::ByteBuf::from(p.to_bytes());
+    match decision {
+        Decision::Granted => Response::Claim {
+            granted: true,
+            claimant: None,
+            holders: Vec::new(),
+        },
+        Decision::Wait(claimant) => Response::Claim {
+            granted: false,
+            claimant: Some(id(&claimant)),
+            holders: Vec::new(),
+        },
+        Decision::Holders(holders) => Response::Claim {
+            granted: false,
+            claimant: None,
+            holders: holders.iter().map(id).collect(),
+        },
+    }
 }
 
 fn parse_key_id(hex_id: &str) -> Option<KeyId> {
@@ -739,88 +1018,140 @@ impl Handle {
     /// The peer tier: an entry fresh for `ttl` from the swarm, or `None` when this node should
     /// call upstream itself (and then call [`Handle::finished`]).
     ///
-    /// Holders that announced the key are asked first, then up to eight other members; when
-    /// nobody has it, the key is claimed so that one node of the swarm calls GitHub while the
-    /// others wait for its announcement.
+    /// Holders that announced the key are asked first. Then the key's coordinator (the member
+    /// with the lowest claim rank for it) decides: pull from holders it knows of, wait for the
+    /// node already fetching it, or fetch it ourselves. One claim per key is granted at a time,
+    /// so the swarm calls GitHub once per key however many nodes want it at once.
     pub async fn obtain(&self, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
         let key_id = self.inner.keys.key_id(key.canonical());
-        let holders = self.inner.state().fresh_holders(&key_id, ttl, now_ms());
-        for peer in holders.iter().take(MAX_HOLDERS_TRIED) {
-            if let Some(hit) = self.pull(*peer, &key_id, key, ttl, PULL_TIMEOUT).await {
-                return Some(hit);
-            }
-        }
-
-        let others: Vec<PeerId> = {
+        let me = self.inner.peer_id;
+        let (holders, coordinator, members) = {
             let state = self.inner.state();
-            let mut others: Vec<PeerId> =
-                state.peers.iter().filter(|(id, p)| p.verified && !holders.contains(id)).map(|(id, _)| *id).collect();
-            others.sort_by_key(|p| claim_rank(&key_id, p));
-            others.truncate(ASK_FANOUT);
-            others
+            let members = state.peers.values().filter(|p| p.verified).count();
+            (
+                state.fresh_holders(&key_id, ttl, now_ms()),
+                state.coordinator(&key_id, me),
+                members,
+            )
         };
-        if others.is_empty() && holders.is_empty() {
+        if members == 0 {
             return None;
         }
-        if let Some(hit) = self.ask_all(&others, &key_id, key, ttl).await {
+        // A peer that failed once in this lookup is not asked again in it.
+        let mut tried = HashSet::new();
+        if let Some(hit) = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await {
             return Some(hit);
         }
 
-        // Nobody has it: singleflight across the swarm through claims.
-        let now = now_ms();
-        let live = self.inner.state().live_claims(&key_id, now);
-        if live.iter().any(|p| *p != self.inner.peer_id) {
-            return self.wait_for_claimant(&key_id, key, ttl).await;
+        let decision = if coordinator == me {
+            self.inner.state().coordinate(&key_id, me, ttl, me)
+        } else {
+            self.claim_at(coordinator, &key_id, ttl).await
+        };
+        match decision {
+            Decision::Holders(holders) => {
+                self.pull_any(&holders, &mut tried, &key_id, key, ttl).await
+            }
+            Decision::Wait(claimant) => {
+                tracing::debug!("{claimant} is fetching a key this node wants; waiting for it");
+                self.wait_for_claimant(&mut tried, &key_id, key, ttl).await
+            }
+            Decision::Granted => {
+                bump(&self.inner.counters.claims_won);
+                // Members that joined after an announcement: someone may hold it unannounced.
+                let others: Vec<PeerId> = {
+                    let state = self.inner.state();
+                    let mut others: Vec<PeerId> = state
+                        .peers
+                        .iter()
+                        .filter(|(id, p)| p.verified && !tried.contains(*id))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    others.sort_by_key(|p| claim_rank(&key_id, p));
+                    others.truncate(ASK_FANOUT);
+                    others
+                };
+                let hit = self.ask_all(&others, &key_id, key, ttl).await;
+                if let Some((entry, _)) = &hit {
+                    // Tell the coordinator and the waiters that the key is available.
+                    self.finished(key, Some(entry));
+                }
+                hit
+            }
         }
-        let until_ms = now + CLAIM_TTL.as_millis() as u64;
-        self.inner.state().claims.entry(key_id).or_default().push((self.inner.peer_id, until_ms));
-        self.inner.send(Command::Publish(Gossip::Claim { key_id: hex::encode(key_id), until_ms }));
-        tokio::time::sleep(CLAIM_WINDOW).await;
-        let claimants = self.inner.state().live_claims(&key_id, now_ms());
-        let winner = claimants.iter().min_by_key(|p| claim_rank(&key_id, p)).copied().unwrap_or(self.inner.peer_id);
-        if winner == self.inner.peer_id {
-            bump(&self.inner.counters.claims_won);
-            return None;
-        }
-        self.drop_own_claim(&key_id);
-        self.wait_for_claimant(&key_id, key, ttl).await
     }
 
     /// After this node called upstream: announce the stored entry, or release the claim.
     pub fn finished(&self, key: &CacheKey, entry: Option<&Entry>) {
         let key_id = self.inner.keys.key_id(key.canonical());
-        let had_claim = self.drop_own_claim(&key_id);
-        match entry {
-            Some(entry) => {
-                self.inner.state().served.insert(key_id, key.id().to_string());
-                self.inner.send(Command::Publish(Gossip::Announce {
-                    key_id: hex::encode(key_id),
-                    digest: entry.digest.clone(),
-                    size: entry.size,
-                    fetched_at_ms: entry.fetched_at_ms,
-                    ttl_secs: entry.ttl_secs,
-                }));
-            }
-            None if had_claim => self.inner.send(Command::Publish(Gossip::Release { key_id: hex::encode(key_id) })),
-            None => {}
-        }
-    }
-
-    fn drop_own_claim(&self, key_id: &KeyId) -> bool {
-        let mut state = self.inner.state();
         let me = self.inner.peer_id;
-        match state.claims.get_mut(key_id) {
-            Some(claims) => {
-                let before = claims.len();
-                claims.retain(|(p, _)| *p != me);
-                before != claims.len()
+        let gossip = {
+            let mut state = self.inner.state();
+            if state.claims.get(&key_id).is_some_and(|(p, _)| *p == me) {
+                state.claims.remove(&key_id);
             }
-            None => false,
+            match entry {
+                Some(entry) => {
+                    let held = Held {
+                        local_id: key.id().to_string(),
+                        fetched_at_ms: entry.fetched_at_ms,
+                    };
+                    state.served.insert(key_id, held);
+                    Gossip::Announce {
+                        key_id: hex::encode(key_id),
+                        digest: entry.digest.clone(),
+                        size: entry.size,
+                        fetched_at_ms: entry.fetched_at_ms,
+                        ttl_secs: entry.ttl_secs,
+                    }
+                }
+                None => Gossip::Release {
+                    key_id: hex::encode(key_id),
+                },
+            }
+        };
+        self.inner.send(Command::Publish(gossip));
+    }
+
+    /// Sends a claim to the key's coordinator. If it cannot answer, this node fetches the key
+    /// itself: a slow or lost coordinator costs an extra upstream call, never a failed fetch.
+    async fn claim_at(&self, coordinator: PeerId, key_id: &KeyId, ttl: Duration) -> Decision {
+        let request = Request::Claim {
+            key_id: key_id.to_vec(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        match self.request(coordinator, request, ASK_TIMEOUT).await {
+            Ok(Response::Claim { granted: true, .. }) => Decision::Granted,
+            Ok(Response::Claim {
+                claimant: Some(claimant),
+                ..
+            }) => match PeerId::from_bytes(&claimant) {
+                Ok(claimant) => Decision::Wait(claimant),
+                Err(_) => Decision::Granted,
+            },
+            Ok(Response::Claim { holders, .. }) => Decision::Holders(
+                holders
+                    .iter()
+                    .filter_map(|h| PeerId::from_bytes(h).ok())
+                    .collect(),
+            ),
+            Ok(_) | Err(_) => {
+                tracing::debug!(
+                    "the coordinator {coordinator} did not answer a claim; fetching upstream"
+                );
+                Decision::Granted
+            }
         }
     }
 
-    /// Waits (bounded) for a claimant's announcement, then pulls from the holders.
-    async fn wait_for_claimant(&self, key_id: &KeyId, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
+    /// Waits (bounded) for the claimant's announcement, then pulls from the holders.
+    async fn wait_for_claimant(
+        &self,
+        tried: &mut HashSet<PeerId>,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
         bump(&self.inner.counters.claims_waited);
         let (tx, rx) = oneshot::channel();
         {
@@ -833,12 +1164,32 @@ impl Handle {
             }
         }
         if tokio::time::timeout(CLAIM_WAIT, rx).await.is_err() {
-            tracing::info!("no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream");
+            tracing::info!(
+                "no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream"
+            );
             return None;
         }
         let holders = self.inner.state().fresh_holders(key_id, ttl, now_ms());
-        for peer in holders.iter().take(MAX_HOLDERS_TRIED) {
-            if let Some(hit) = self.pull(*peer, key_id, key, ttl, PULL_TIMEOUT).await {
+        self.pull_any(&holders, tried, key_id, key, ttl).await
+    }
+
+    /// Pulls from holders in order (at most three new ones) until one sends a valid entry.
+    async fn pull_any(
+        &self,
+        holders: &[PeerId],
+        tried: &mut HashSet<PeerId>,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
+        let untried: Vec<PeerId> = holders
+            .iter()
+            .filter(|p| !tried.contains(*p))
+            .copied()
+            .collect();
+        for peer in untried.into_iter().take(MAX_HOLDERS_TRIED) {
+            tried.insert(peer);
+            if let Some(hit) = self.pull(peer, key_id, key, ttl, PULL_TIMEOUT).await {
                 return Some(hit);
             }
         }
@@ -846,8 +1197,17 @@ impl Handle {
     }
 
     /// Asks several peers at once; the first fresh, verified entry wins.
-    async fn ask_all(&self, peers: &[PeerId], key_id: &KeyId, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
-        let mut asks: futures::stream::FuturesUnordered<_> = peers.iter().map(|peer| self.pull(*peer, key_id, key, ttl, ASK_TIMEOUT)).collect();
+    async fn ask_all(
+        &self,
+        peers: &[PeerId],
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
+        let mut asks: futures::stream::FuturesUnordered<_> = peers
+            .iter()
+            .map(|peer| self.pull(*peer, key_id, key, ttl, ASK_TIMEOUT))
+            .collect();
         while let Some(result) = asks.next().await {
             if result.is_some() {
                 return result;
@@ -856,19 +1216,54 @@ impl Handle {
         None
     }
 
-    /// Pulls one entry from one peer and verifies it: seal, key, digest, size, freshness.
-    async fn pull(&self, peer: PeerId, key_id: &KeyId, key: &CacheKey, ttl: Duration, limit: Duration) -> Option<(Entry, Vec<u8>)> {
+    /// Sends one request through the loop and waits (bounded) for its answer.
+    async fn request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, String> {
         let (tx, rx) = oneshot::channel();
-        self.inner.send(Command::Pull { peer, key_id: *key_id, reply: tx });
-        let response = match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(Ok(response))) => response,
-            Ok(Ok(Err(error))) => {
+        self.inner.send(Command::Request {
+            peer,
+            request,
+            reply: tx,
+        });
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the p2p loop stopped".into()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+
+    /// Pulls one entry from one peer and verifies it: seal, key, digest, size, freshness.
+    async fn pull(
+        &self,
+        peer: PeerId,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
+        let response = match self
+            .request(
+                peer,
+                Request::Pull {
+                    key_id: key_id.to_vec(),
+                },
+                limit,
+            )
+            .await
+        {
+            Ok(response) => response,
+            Err(error) => {
                 tracing::debug!("pull from {peer} failed: {error}");
                 return None;
             }
-            _ => return None,
         };
-        let Response::Entry { sealed } = response else { return None };
+        let Response::Entry { sealed } = response else {
+            return None;
+        };
         let (entry, body) = match open_entry(&self.inner.keys, key_id, &sealed) {
             Ok(opened) => opened,
             Err(why) => return self.reject(peer, why),
@@ -888,13 +1283,22 @@ impl Handle {
             return None;
         }
         let cache = self.inner.cache.clone();
-        let (local_id, stored_entry, stored_body) = (key.id().to_string(), entry.clone(), body.clone());
-        match tokio::task::spawn_blocking(move || cache.put_entry(&local_id, &stored_entry, &stored_body)).await {
+        let (local_id, stored_entry, stored_body) =
+            (key.id().to_string(), entry.clone(), body.clone());
+        match tokio::task::spawn_blocking(move || {
+            cache.put_entry(&local_id, &stored_entry, &stored_body)
+        })
+        .await
+        {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("could not store an entry received from {peer}: {e:#}"),
             Err(e) => tracing::warn!("could not store an entry received from {peer}: {e}"),
         }
-        self.inner.state().served.insert(*key_id, key.id().to_string());
+        let held = Held {
+            local_id: key.id().to_string(),
+            fetched_at_ms: entry.fetched_at_ms,
+        };
+        self.inner.state().served.insert(*key_id, held);
         bump(&self.inner.counters.entries_received);
         Some((entry, body))
     }

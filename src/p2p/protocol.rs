@@ -37,6 +37,14 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         key_id: Vec<u8>,
     },
+    /// To the key's coordinator: "nobody I know holds this key; may I fetch it from GitHub?"
+    Claim {
+        /// The key id.
+        #[serde(with = "serde_bytes")]
+        key_id: Vec<u8>,
+        /// The requester's TTL in ms: holders older than this are of no use to it.
+        ttl_ms: u64,
+    },
 }
 
 /// A response over the exchange protocol (CBOR).
@@ -59,6 +67,18 @@ pub enum Response {
     },
     /// Not held (or not fresh enough to be worth sending).
     NotFound,
+    /// The coordinator's answer to a claim: fetch it (`granted`), or wait for the live
+    /// `claimant`, or pull from these `holders` (peer ids as bytes).
+    Claim {
+        /// The requester may call GitHub; everyone else asking meanwhile is told to wait.
+        granted: bool,
+        /// The node that is fetching the key right now.
+        #[serde(default)]
+        claimant: Option<serde_bytes::ByteBuf>,
+        /// Nodes that announced a copy fresh enough for the requester.
+        #[serde(default)]
+        holders: Vec<serde_bytes::ByteBuf>,
+    },
     /// The requester has not proven it holds the secret.
     Denied,
 }
@@ -89,13 +109,6 @@ pub enum Gossip {
         /// The holder's TTL, in seconds (requesters judge freshness by their own).
         ttl_secs: u64,
     },
-    /// "I am about to fetch this key from GitHub; wait for my announcement."
-    Claim {
-        /// Hex key id.
-        key_id: String,
-        /// The claim is void after this time (ms since the epoch).
-        until_ms: u64,
-    },
     /// "My claim is over without an entry (GitHub answered an error)."
     Release {
         /// Hex key id.
@@ -114,13 +127,20 @@ pub fn seal_entry(keys: &SwarmKeys, key_id: &KeyId, entry: &Entry, body: &[u8]) 
 }
 
 /// Opens a sealed entry; `Err` says why it must be rejected.
-pub fn open_entry(keys: &SwarmKeys, key_id: &KeyId, sealed: &[u8]) -> Result<(Entry, Vec<u8>), String> {
-    let plain = keys.open(key_id, sealed).ok_or("the seal does not verify")?;
+pub fn open_entry(
+    keys: &SwarmKeys,
+    key_id: &KeyId,
+    sealed: &[u8],
+) -> Result<(Entry, Vec<u8>), String> {
+    let plain = keys
+        .open(key_id, sealed)
+        .ok_or("the seal does not verify")?;
     if plain.len() < 4 {
         return Err("the sealed entry is too short".into());
     }
     let len = u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
     let json = plain.get(4..4 + len).ok_or("the entry header is cut off")?;
-    let entry: Entry = serde_json::from_slice(json).map_err(|e| format!("the entry header is not valid: {e}"))?;
+    let entry: Entry =
+        serde_json::from_slice(json).map_err(|e| format!("the entry header is not valid: {e}"))?;
     Ok((entry, plain[4 + len..].to_vec()))
 }
