@@ -39,12 +39,22 @@
 //!   "fail_always": {"status": 500, "retry_after": null, "body": null, "path": null},
 //!   "reset_quota": true,
 //!   "exhaust_quota": {"authorization": "token abc", "reset_in_secs": 60},
-//!   "reset_stats": true
+//!   "reset_stats": true,
+//!   "add_repos": ["octo/hello"],
+//!   "forbid_writes": false
 //! }
 //! ```
 //!
 //! `clear_failures` is applied before new failure rules in the same body;
 //! `n` defaults to 1, `reset_in_secs` to 3600, the other inner fields to null.
+//!
+//! # Issues
+//!
+//! Repositories added with [`FakeHub::add_repo`] (or `add_repos`) have live issues and issue
+//! comments that requests create, edit and delete: see the `issues` module for the routes.
+//! Their author is [`login_for`] the request's `Authorization`; only the author may change or
+//! delete a comment (403 otherwise), and [`FakeHub::set_writes_forbidden`] (`forbid_writes`)
+//! makes every write a 403, like a token without `issues: write`.
 //!
 //! # Matching
 //!
@@ -54,6 +64,7 @@
 #![warn(missing_docs)]
 
 mod generate;
+mod issues;
 mod server;
 mod state;
 
@@ -420,6 +431,33 @@ impl FakeHub {
         self.shared.remaining(authorization)
     }
 
+    /// Gives `owner/repo` live issues and comments (see the crate docs); idempotent.
+    pub fn add_repo(&self, full_name: &str) {
+        self.shared.add_repo(full_name);
+    }
+
+    /// While `true`, every write to the issues API answers 403 ("Resource not accessible by
+    /// integration"), as for a token that may not write issues.
+    pub fn set_writes_forbidden(&self, forbidden: bool) {
+        self.shared.set_writes_forbidden(forbidden);
+    }
+
+    /// Every issue of a repository added with [`FakeHub::add_repo`], as the API shows it,
+    /// oldest first (not counted as requests).
+    pub fn issues(&self, repo: &str) -> Vec<serde_json::Value> {
+        self.shared.issues_json(repo)
+    }
+
+    /// Every comment of an issue, as the API shows it, oldest first (not counted).
+    pub fn comments(&self, repo: &str, number: u64) -> Vec<serde_json::Value> {
+        self.shared.comments_json(repo, number)
+    }
+
+    /// Opens or closes an issue; `false` when there is no such issue.
+    pub fn set_issue_open(&self, repo: &str, number: u64, open: bool) -> bool {
+        self.shared.set_issue_open(repo, number, open)
+    }
+
     /// Caps the request log (oldest records dropped first); `None` keeps everything.
     pub fn set_record_limit(&self, limit: Option<usize>) {
         self.shared.set_record_limit(limit);
@@ -461,6 +499,20 @@ impl std::fmt::Debug for FakeHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FakeHub").field("addr", &self.addr).finish()
     }
+}
+
+/// The `user.login` of whoever sends this `Authorization` value (or bare token): `user-` and 10
+/// hex digits of the token's SHA-256, so that each token is its own user.
+pub fn login_for(authorization: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let value = authorization.trim();
+    let token = ["Bearer ", "bearer ", "token ", "Token "]
+        .iter()
+        .find_map(|scheme| value.strip_prefix(scheme))
+        .unwrap_or(value)
+        .trim();
+    let digest = Sha256::digest(token.as_bytes());
+    format!("user-{}", &hex::encode(digest)[..10])
 }
 
 /// Content type GitHub sends on its JSON responses.

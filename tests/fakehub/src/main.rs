@@ -39,6 +39,9 @@ struct Args {
     /// Keep at most this many request records (oldest dropped); default: all.
     #[arg(long)]
     max_records: Option<usize>,
+    /// Give OWNER/REPO live issues and issue comments (repeatable).
+    #[arg(long = "repo", value_name = "OWNER/REPO")]
+    repos: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     })?;
     hub.set_record_limit(args.max_records);
     generate_resources(&hub, args.generate, args.size);
+    for repo in &args.repos {
+        hub.add_repo(repo);
+    }
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

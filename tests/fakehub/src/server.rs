@@ -72,10 +72,16 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, app: Router) {
 // ---------------------------------------------------------------------------
 
 /// What the request resolved to, before the rate limit is applied.
-enum Plan {
+pub(crate) enum Plan {
     Fail(Failure),
     MethodNotAllowed,
     NotFound,
+    /// An answer of the issues API other than a read: a write's result or its refusal
+    /// (`None`: no body, as for a 204).
+    Reply {
+        status: u16,
+        body: Option<Bytes>,
+    },
     Found {
         body: Bytes,
         content_type: String,
@@ -91,13 +97,14 @@ enum Plan {
 
 impl Plan {
     /// Status to send if the rate limit lets the request through, and what it costs.
-    fn status_and_cost(&self, authenticated: bool) -> (u16, Cost) {
+    pub(crate) fn status_and_cost(&self, authenticated: bool) -> (u16, Cost) {
         match self {
             // An injected failure stands in for GitHub never really handling
             // the request, so it neither checks nor spends quota.
             Plan::Fail(f) => (failure_status(f.status).as_u16(), Cost::Exempt),
             Plan::MethodNotAllowed => (405, Cost::Exempt),
             Plan::NotFound => (404, Cost::Spend),
+            Plan::Reply { status, .. } => (*status, Cost::Spend),
             Plan::Found { .. } => (200, Cost::Spend),
             // GitHub only waives the cost of a 304 for authenticated requests.
             Plan::NotModified { .. } if authenticated => (304, Cost::Free),
@@ -106,20 +113,34 @@ impl Plan {
     }
 }
 
+/// Largest request body the API reads (issue and comment bodies are small).
+const MAX_REQUEST_BODY: usize = 1 << 20;
+
 async fn api(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     let path = req.uri().path();
     if path == CONTROL_PREFIX || path.starts_with("/_fakehub/") {
         return text_response(StatusCode::NOT_FOUND, "unknown fakehub control endpoint\n");
     }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_REQUEST_BODY).await {
+        Ok(body) => body,
+        Err(_) => return text_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
+    };
     let latency = shared.latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    answer(&shared, req.method(), req.uri(), req.headers())
+    answer(&shared, &parts.method, &parts.uri, &parts.headers, &body)
 }
 
 /// Answers one API request; all the GitHub semantics live here.
-fn answer(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> Response {
+fn answer(
+    shared: &Shared,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let path = uri.path();
     let meta = RequestMeta {
         method: method.as_str().to_owned(),
@@ -135,6 +156,25 @@ fn answer(shared: &Shared, method: &Method, uri: &Uri, headers: &HeaderMap) -> R
     let authenticated = meta.authorization.is_some();
 
     let (failure, entry) = shared.begin(path);
+    let is_read = method == Method::GET || method == Method::HEAD;
+    // Live issues and comments, unless a stored resource answers the read.
+    if failure.is_none()
+        && !(is_read && entry.is_some())
+        && let Some(route) = crate::issues::Route::parse(path)
+    {
+        let host = request_host(headers, uri, shared);
+        let call = crate::issues::Call {
+            method,
+            meta: &meta,
+            body,
+            query: uri.query(),
+            host: &host,
+        };
+        if let Some((plan, settled)) = shared.issues_request(&route, &call) {
+            let allow = crate::issues::allowed(&route.target);
+            return build_response_allowing(plan, &settled, authenticated, allow);
+        }
+    }
     let plan = match (failure, entry) {
         (Some(failure), _) => Plan::Fail(failure),
         _ if method != Method::GET && method != Method::HEAD => Plan::MethodNotAllowed,
@@ -194,7 +234,11 @@ pub(crate) fn etag_for(body: &[u8], authorization: Option<&str>) -> String {
 /// Conditional-request check as GitHub's Rails stack does it: each validator
 /// the client sent must pass, so a stale ETag is not rescued by a valid
 /// If-Modified-Since. An unparseable date counts as not sent (RFC 9110).
-fn not_modified(meta: &RequestMeta, etag: &str, last_modified: Option<SystemTime>) -> bool {
+pub(crate) fn not_modified(
+    meta: &RequestMeta,
+    etag: &str,
+    last_modified: Option<SystemTime>,
+) -> bool {
     let if_none_match = meta.if_none_match.as_deref();
     let if_modified_since = meta
         .if_modified_since
@@ -222,7 +266,7 @@ fn strip_weak(tag: &str) -> &str {
 }
 
 /// Slices one page out of a list and builds GitHub's `Link` header for it.
-fn paginate(
+pub(crate) fn paginate(
     items: &[serde_json::Value],
     path: &str,
     query: Option<&str>,
@@ -320,6 +364,16 @@ fn default_failure_body(status: StatusCode) -> Vec<u8> {
 }
 
 fn build_response(plan: Plan, settled: &Settled, authenticated: bool) -> Response {
+    build_response_allowing(plan, settled, authenticated, &[Method::GET, Method::HEAD])
+}
+
+/// [`build_response`] for a route that accepts `allow` (named in a 405's `Allow`).
+fn build_response_allowing(
+    plan: Plan,
+    settled: &Settled,
+    authenticated: bool,
+    allow: &[Method],
+) -> Response {
     let mut headers = HeaderMap::new();
     let rate = settled.rate;
     put_header(&mut headers, "x-ratelimit-limit", &rate.limit.to_string());
@@ -368,7 +422,8 @@ fn build_response(plan: Plan, settled: &Settled, authenticated: bool) -> Respons
             finish(status, headers, Bytes::from(body))
         }
         Plan::MethodNotAllowed => {
-            put_header(&mut headers, "allow", "GET, HEAD");
+            let allow: Vec<&str> = allow.iter().map(Method::as_str).collect();
+            put_header(&mut headers, "allow", &allow.join(", "));
             put_header(&mut headers, "content-type", JSON_CONTENT_TYPE);
             let body = r#"{"message":"Method Not Allowed","documentation_url":"https://docs.github.com/rest"}"#;
             finish(
@@ -384,6 +439,16 @@ fn build_response(plan: Plan, settled: &Settled, authenticated: bool) -> Respons
                 headers,
                 Bytes::from_static(NOT_FOUND_BODY.as_bytes()),
             )
+        }
+        Plan::Reply { status, body } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            match body {
+                Some(body) => {
+                    put_header(&mut headers, "content-type", JSON_CONTENT_TYPE);
+                    finish(status, headers, body)
+                }
+                None => finish(status, headers, Bytes::new()),
+            }
         }
         Plan::Found {
             body,
@@ -481,6 +546,11 @@ pub(crate) struct ConfigRequest {
     /// Zero the stats, like `POST /_fakehub/reset`.
     #[serde(default)]
     reset_stats: bool,
+    /// Give these `owner/repo` live issues.
+    #[serde(default)]
+    add_repos: Vec<String>,
+    /// Make every write to the issues API a 403 (or allow writes again).
+    forbid_writes: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -578,6 +648,12 @@ async fn control_config(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
     }
     if req.reset_stats {
         shared.reset_stats();
+    }
+    for repo in &req.add_repos {
+        shared.add_repo(repo);
+    }
+    if let Some(forbidden) = req.forbid_writes {
+        shared.set_writes_forbidden(forbidden);
     }
     json_response(StatusCode::OK, &shared.config_view())
 }

@@ -125,6 +125,8 @@ struct Inner {
     counters: Counters,
     record_limit: Option<usize>,
     next_request_id: u64,
+    /// Live issues and comments of the repositories that have them.
+    issues: crate::issues::Store,
 }
 
 /// State shared between the [`crate::FakeHub`] handle and the server tasks.
@@ -146,6 +148,10 @@ pub(crate) struct ConfigView {
     pub path_failures: Vec<String>,
     pub resources: usize,
     pub record_limit: Option<usize>,
+    /// Repositories with live issues.
+    pub repos: Vec<String>,
+    /// Whether writes to the issues API answer 403.
+    pub writes_forbidden: bool,
 }
 
 impl Shared {
@@ -163,6 +169,7 @@ impl Shared {
                 counters: Counters::default(),
                 record_limit: None,
                 next_request_id: 1,
+                issues: crate::issues::Store::default(),
             }),
             addr,
         }
@@ -310,7 +317,62 @@ impl Shared {
             path_failures: inner.path_failures.iter().map(|p| p.path.clone()).collect(),
             resources: inner.resources.len(),
             record_limit: inner.record_limit,
+            repos: crate::issues::repo_names(&inner.issues)
+                .into_iter()
+                .collect(),
+            writes_forbidden: inner.issues.writes_forbidden,
         }
+    }
+
+    pub fn add_repo(&self, full_name: &str) {
+        self.lock().issues.add_repo(full_name);
+    }
+
+    pub fn set_writes_forbidden(&self, forbidden: bool) {
+        self.lock().issues.writes_forbidden = forbidden;
+    }
+
+    pub fn issues_json(&self, repo: &str) -> Vec<serde_json::Value> {
+        let host = self.addr.to_string();
+        self.lock().issues.issues_json(repo, &host)
+    }
+
+    pub fn comments_json(&self, repo: &str, number: u64) -> Vec<serde_json::Value> {
+        let host = self.addr.to_string();
+        self.lock().issues.comments_json(repo, number, &host)
+    }
+
+    pub fn set_issue_open(&self, repo: &str, number: u64, open: bool) -> bool {
+        self.lock().issues.set_issue_open(repo, number, open)
+    }
+
+    /// An issues API request, decided, applied and settled under one lock, so that a
+    /// rate-limited write changes nothing. `None` when the repository has no issues here.
+    pub fn issues_request(
+        &self,
+        route: &crate::issues::Route,
+        call: &crate::issues::Call<'_>,
+    ) -> Option<(crate::server::Plan, Settled)> {
+        let mut inner = self.lock();
+        if !inner.issues.has_repo(&route.repo) {
+            return None;
+        }
+        let label = call
+            .meta
+            .authorization
+            .as_deref()
+            .unwrap_or(ANONYMOUS)
+            .to_owned();
+        let (bucket, limit) = inner.bucket(&label, SystemTime::now());
+        let plan = if bucket.used >= limit {
+            // Answered 403 by the settlement below; nothing changes.
+            crate::server::Plan::NotFound
+        } else {
+            inner.issues.handle(route, call)
+        };
+        let (status, cost) = plan.status_and_cost(call.meta.authorization.is_some());
+        let settled = inner.settle(call.meta.clone(), status, cost);
+        Some((plan, settled))
     }
 
     /// First phase of a request: decides (and consumes) any injected failure
@@ -330,7 +392,14 @@ impl Shared {
     /// under one lock so concurrent requests cannot overspend a bucket.
     /// `status` is the planned status; the logged one is 403 if rate limited.
     pub fn settle(&self, meta: RequestMeta, status: u16, cost: Cost) -> Settled {
-        let mut inner = self.lock();
+        self.lock().settle(meta, status, cost)
+    }
+}
+
+impl Inner {
+    /// [`Shared::settle`] with the lock held.
+    fn settle(&mut self, meta: RequestMeta, status: u16, cost: Cost) -> Settled {
+        let inner = self;
         let now = SystemTime::now();
         let label = meta
             .authorization
@@ -379,9 +448,7 @@ impl Shared {
             request_id,
         }
     }
-}
 
-impl Inner {
     /// The bucket for `label`, starting a new window if the old one ended.
     /// Like GitHub, a window starts with the first request that needs one.
     fn bucket(&mut self, label: &str, now: SystemTime) -> (&mut Bucket, u64) {

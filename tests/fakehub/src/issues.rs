@@ -1,0 +1,581 @@
+//! Issues and issue comments: the part of the REST API that an issue-backed peer registry needs.
+//!
+//! Unlike stored resources, these are live objects that requests create, change and delete:
+//!
+//! | request                                          | answer                                     |
+//! |--------------------------------------------------|--------------------------------------------|
+//! | `GET /repos/{o}/{r}/issues[?state=open\|closed\|all&direction=asc\|desc]` | issues, paginated, newest first by default |
+//! | `POST /repos/{o}/{r}/issues` `{title, body}`     | 201 and the issue                          |
+//! | `GET /repos/{o}/{r}/issues/{n}`                  | the issue (`Last-Modified`: its update)    |
+//! | `GET /repos/{o}/{r}/issues/{n}/comments`         | its comments, oldest first, paginated      |
+//! | `POST /repos/{o}/{r}/issues/{n}/comments` `{body}` | 201 and the comment                      |
+//! | `GET /repos/{o}/{r}/issues/comments/{id}`        | the comment                                |
+//! | `PATCH /repos/{o}/{r}/issues/comments/{id}` `{body}` | 200 and the comment; 403 unless the author |
+//! | `DELETE /repos/{o}/{r}/issues/comments/{id}`     | 204; 403 unless the author                 |
+//!
+//! Only repositories added with [`crate::FakeHub::add_repo`] (or the `add_repos` control key)
+//! have issues; the routes of any other repository behave as before (stored resources or 404).
+//! The author of what a request writes is [`crate::login_for`] its `Authorization`. Writes need
+//! an `Authorization` (401 without) and fail with 403 while writes are forbidden
+//! ([`crate::FakeHub::set_writes_forbidden`]), as they do for a token without `issues: write`.
+//!
+//! Every request is counted, spends quota and is subject to injected failures like any other;
+//! a rate-limited write changes nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::http::Method;
+use serde_json::{Value, json};
+
+use crate::server::{Plan, etag_for, not_modified, paginate};
+use crate::state::RequestMeta;
+use crate::truncate_to_secs;
+
+/// What a path under `/repos/{o}/{r}/issues` addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// `/repos/{o}/{r}/issues`
+    Issues,
+    /// `/repos/{o}/{r}/issues/{n}`
+    Issue(u64),
+    /// `/repos/{o}/{r}/issues/{n}/comments`
+    Comments(u64),
+    /// `/repos/{o}/{r}/issues/comments/{id}`
+    Comment(u64),
+}
+
+/// A request to the issues API: the repository (`owner/repo`, lowercased) and the target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Route {
+    pub repo: String,
+    pub target: Target,
+}
+
+impl Route {
+    /// Parses a request path; `None` for anything that is not an issues route.
+    pub fn parse(path: &str) -> Option<Route> {
+        let rest = path.strip_prefix("/repos/")?;
+        let parts: Vec<&str> = rest.split('/').collect();
+        let number = |s: &str| s.parse::<u64>().ok().filter(|n| *n > 0);
+        let target = match parts.as_slice() {
+            [_, _, "issues"] => Target::Issues,
+            [_, _, "issues", "comments", id] => Target::Comment(number(id)?),
+            [_, _, "issues", n] => Target::Issue(number(n)?),
+            [_, _, "issues", n, "comments"] => Target::Comments(number(n)?),
+            _ => return None,
+        };
+        if parts[0].is_empty() || parts[1].is_empty() {
+            return None;
+        }
+        Some(Route {
+            repo: format!("{}/{}", parts[0], parts[1]).to_ascii_lowercase(),
+            target,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Issue {
+    id: u64,
+    number: u64,
+    title: String,
+    body: Option<String>,
+    open: bool,
+    login: String,
+    created: SystemTime,
+    updated: SystemTime,
+}
+
+#[derive(Debug, Clone)]
+struct Comment {
+    id: u64,
+    issue: u64,
+    body: String,
+    login: String,
+    created: SystemTime,
+    updated: SystemTime,
+}
+
+#[derive(Debug, Default)]
+struct Repo {
+    /// The name as first given (for URLs in answers).
+    full_name: String,
+    issues: BTreeMap<u64, Issue>,
+    comments: BTreeMap<u64, Comment>,
+}
+
+/// Every repository's issues and comments.
+#[derive(Debug)]
+pub(crate) struct Store {
+    repos: BTreeMap<String, Repo>,
+    next_id: u64,
+    /// While set, every write answers 403.
+    pub writes_forbidden: bool,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store {
+            repos: BTreeMap::new(),
+            next_id: 1000,
+            writes_forbidden: false,
+        }
+    }
+}
+
+/// What a handler needs besides the route.
+pub(crate) struct Call<'a> {
+    pub method: &'a Method,
+    pub meta: &'a RequestMeta,
+    pub body: &'a [u8],
+    pub query: Option<&'a str>,
+    /// For absolute URLs in `Link` headers and answers.
+    pub host: &'a str,
+}
+
+impl Store {
+    /// Gives `owner/repo` an (empty) issue tracker; idempotent.
+    pub fn add_repo(&mut self, full_name: &str) {
+        let key = full_name.trim_matches('/').to_ascii_lowercase();
+        self.repos.entry(key).or_insert_with(|| Repo {
+            full_name: full_name.trim_matches('/').to_owned(),
+            ..Repo::default()
+        });
+    }
+
+    /// Whether `repo` (lowercased `owner/repo`) has an issue tracker here.
+    pub fn has_repo(&self, repo: &str) -> bool {
+        self.repos.contains_key(repo)
+    }
+
+    /// Every issue of a repository, as JSON, oldest first.
+    pub fn issues_json(&self, repo: &str, host: &str) -> Vec<Value> {
+        let Some(r) = self.repos.get(&repo.to_ascii_lowercase()) else {
+            return Vec::new();
+        };
+        r.issues.values().map(|i| issue_json(r, i, host)).collect()
+    }
+
+    /// Every comment of an issue, as JSON, oldest first.
+    pub fn comments_json(&self, repo: &str, number: u64, host: &str) -> Vec<Value> {
+        let Some(r) = self.repos.get(&repo.to_ascii_lowercase()) else {
+            return Vec::new();
+        };
+        r.comments
+            .values()
+            .filter(|c| c.issue == number)
+            .map(|c| comment_json(r, c, host))
+            .collect()
+    }
+
+    /// Opens or closes an issue; `false` when there is no such issue.
+    pub fn set_issue_open(&mut self, repo: &str, number: u64, open: bool) -> bool {
+        let Some(issue) = self
+            .repos
+            .get_mut(&repo.to_ascii_lowercase())
+            .and_then(|r| r.issues.get_mut(&number))
+        else {
+            return false;
+        };
+        issue.open = open;
+        issue.updated = SystemTime::now();
+        true
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Answers one request to an issues route of a repository that has issues.
+    pub fn handle(&mut self, route: &Route, call: &Call<'_>) -> Plan {
+        let login = call.meta.authorization.as_deref().map(crate::login_for);
+        let write = *call.method != Method::GET && *call.method != Method::HEAD;
+        if write {
+            let Some(login) = login else {
+                return reply(
+                    401,
+                    json!({"message": "Requires authentication", "documentation_url": "https://docs.github.com/rest"}),
+                );
+            };
+            if self.writes_forbidden {
+                return reply(
+                    403,
+                    json!({"message": "Resource not accessible by integration", "documentation_url": "https://docs.github.com/rest"}),
+                );
+            }
+            return self.write(route, call, login);
+        }
+        self.read(route, call)
+    }
+
+    fn read(&self, route: &Route, call: &Call<'_>) -> Plan {
+        let Some(repo) = self.repos.get(&route.repo) else {
+            return Plan::NotFound;
+        };
+        let path = &call.meta.path;
+        match route.target {
+            Target::Issues => {
+                let (state, descending) = list_filters(call.query);
+                let mut items: Vec<&Issue> = repo
+                    .issues
+                    .values()
+                    .filter(|i| match state {
+                        StateFilter::Open => i.open,
+                        StateFilter::Closed => !i.open,
+                        StateFilter::All => true,
+                    })
+                    .collect();
+                if descending {
+                    items.reverse();
+                }
+                let values: Vec<Value> = items
+                    .into_iter()
+                    .map(|i| issue_json(repo, i, call.host))
+                    .collect();
+                let (body, link) = paginate(&values, path, call.query, call.host);
+                found(call.meta, body, None, link)
+            }
+            Target::Issue(n) => match repo.issues.get(&n) {
+                Some(issue) => {
+                    let body = Bytes::from(issue_json(repo, issue, call.host).to_string());
+                    found(call.meta, body, Some(truncate_to_secs(issue.updated)), None)
+                }
+                None => Plan::NotFound,
+            },
+            Target::Comments(n) => {
+                if !repo.issues.contains_key(&n) {
+                    return Plan::NotFound;
+                }
+                let values: Vec<Value> = repo
+                    .comments
+                    .values()
+                    .filter(|c| c.issue == n)
+                    .map(|c| comment_json(repo, c, call.host))
+                    .collect();
+                let (body, link) = paginate(&values, path, call.query, call.host);
+                found(call.meta, body, None, link)
+            }
+            Target::Comment(id) => match repo.comments.get(&id) {
+                Some(c) => {
+                    let body = Bytes::from(comment_json(repo, c, call.host).to_string());
+                    found(call.meta, body, Some(truncate_to_secs(c.updated)), None)
+                }
+                None => Plan::NotFound,
+            },
+        }
+    }
+
+    fn write(&mut self, route: &Route, call: &Call<'_>, login: String) -> Plan {
+        let method = call.method.clone();
+        let target = route.target.clone();
+        let input: Option<Value> = if call.body.iter().all(u8::is_ascii_whitespace) {
+            None
+        } else {
+            match serde_json::from_slice(call.body) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    return reply(
+                        400,
+                        json!({"message": "Problems parsing JSON", "documentation_url": "https://docs.github.com/rest"}),
+                    );
+                }
+            }
+        };
+        let text = |key: &str| {
+            input
+                .as_ref()
+                .and_then(|v| v.get(key))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        };
+        let now = SystemTime::now();
+        let host = call.host.to_owned();
+        match (method, target) {
+            (Method::POST, Target::Issues) => {
+                let Some(title) = text("title").filter(|t| !t.trim().is_empty()) else {
+                    return validation_failed("title");
+                };
+                let id = self.next_id();
+                let repo = self.repo_mut(&route.repo);
+                let number = repo.issues.keys().next_back().copied().unwrap_or(0) + 1;
+                let issue = Issue {
+                    id,
+                    number,
+                    title,
+                    body: text("body"),
+                    open: true,
+                    login,
+                    created: now,
+                    updated: now,
+                };
+                let value = issue_json(repo, &issue, &host);
+                repo.issues.insert(number, issue);
+                reply(201, value)
+            }
+            (Method::POST, Target::Comments(n)) => {
+                let Some(body) = text("body") else {
+                    return validation_failed("body");
+                };
+                if !self.repo_mut(&route.repo).issues.contains_key(&n) {
+                    return Plan::NotFound;
+                }
+                let id = self.next_id();
+                let repo = self.repo_mut(&route.repo);
+                let comment = Comment {
+                    id,
+                    issue: n,
+                    body,
+                    login,
+                    created: now,
+                    updated: now,
+                };
+                let value = comment_json(repo, &comment, &host);
+                repo.comments.insert(id, comment);
+                if let Some(issue) = repo.issues.get_mut(&n) {
+                    issue.updated = now;
+                }
+                reply(201, value)
+            }
+            (Method::PATCH, Target::Comment(id)) => {
+                let Some(body) = text("body") else {
+                    return validation_failed("body");
+                };
+                let repo = self.repo_mut(&route.repo);
+                let Some(comment) = repo.comments.get_mut(&id) else {
+                    return Plan::NotFound;
+                };
+                if comment.login != login {
+                    return not_author();
+                }
+                comment.body = body;
+                comment.updated = now;
+                let comment = comment.clone();
+                if let Some(issue) = repo.issues.get_mut(&comment.issue) {
+                    issue.updated = now;
+                }
+                reply(200, comment_json(repo, &comment, &host))
+            }
+            (Method::DELETE, Target::Comment(id)) => {
+                let repo = self.repo_mut(&route.repo);
+                let Some(comment) = repo.comments.get(&id) else {
+                    return Plan::NotFound;
+                };
+                if comment.login != login {
+                    return not_author();
+                }
+                let issue = comment.issue;
+                repo.comments.remove(&id);
+                if let Some(issue) = repo.issues.get_mut(&issue) {
+                    issue.updated = now;
+                }
+                Plan::Reply {
+                    status: 204,
+                    body: None,
+                }
+            }
+            _ => Plan::MethodNotAllowed,
+        }
+    }
+
+    fn repo_mut(&mut self, repo: &str) -> &mut Repo {
+        self.repos.entry(repo.to_owned()).or_default()
+    }
+}
+
+/// Which methods an issues route accepts (for `Allow` and 405s).
+pub(crate) fn allowed(target: &Target) -> &'static [Method] {
+    match target {
+        Target::Issues | Target::Comments(_) => &[Method::GET, Method::HEAD, Method::POST],
+        Target::Issue(_) => &[Method::GET, Method::HEAD],
+        Target::Comment(_) => &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
+    }
+}
+
+enum StateFilter {
+    Open,
+    Closed,
+    All,
+}
+
+/// `state` (default `open`) and `direction` (default `desc`: newest first) of an issue list.
+fn list_filters(query: Option<&str>) -> (StateFilter, bool) {
+    let mut state = StateFilter::Open;
+    let mut descending = true;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "state" => {
+                state = match value {
+                    "closed" => StateFilter::Closed,
+                    "all" => StateFilter::All,
+                    _ => StateFilter::Open,
+                };
+            }
+            "direction" => descending = value != "asc",
+            _ => {}
+        }
+    }
+    (state, descending)
+}
+
+/// A 200 (or 304 when the request's validators match) for a read.
+fn found(
+    meta: &RequestMeta,
+    body: Bytes,
+    last_modified: Option<SystemTime>,
+    link: Option<String>,
+) -> Plan {
+    let etag = etag_for(&body, meta.authorization.as_deref());
+    if not_modified(meta, &etag, last_modified) {
+        Plan::NotModified {
+            etag,
+            last_modified,
+        }
+    } else {
+        Plan::Found {
+            body,
+            content_type: crate::JSON_CONTENT_TYPE.to_owned(),
+            etag,
+            last_modified,
+            link,
+        }
+    }
+}
+
+fn reply(status: u16, value: Value) -> Plan {
+    Plan::Reply {
+        status,
+        body: Some(Bytes::from(value.to_string())),
+    }
+}
+
+fn validation_failed(field: &str) -> Plan {
+    reply(
+        422,
+        json!({
+            "message": "Validation Failed",
+            "errors": [{"resource": "Issue", "code": "missing_field", "field": field}],
+            "documentation_url": "https://docs.github.com/rest",
+        }),
+    )
+}
+
+fn not_author() -> Plan {
+    reply(
+        403,
+        json!({
+            "message": "You must be the author of this comment to change it",
+            "documentation_url": "https://docs.github.com/rest",
+        }),
+    )
+}
+
+fn user_json(login: &str) -> Value {
+    json!({"login": login, "type": if login.ends_with("[bot]") { "Bot" } else { "User" }})
+}
+
+fn issue_json(repo: &Repo, issue: &Issue, host: &str) -> Value {
+    let comments = repo
+        .comments
+        .values()
+        .filter(|c| c.issue == issue.number)
+        .count();
+    json!({
+        "id": issue.id,
+        "number": issue.number,
+        "url": format!("http://{host}/repos/{}/issues/{}", repo.full_name, issue.number),
+        "comments_url": format!("http://{host}/repos/{}/issues/{}/comments", repo.full_name, issue.number),
+        "title": issue.title,
+        "body": issue.body,
+        "state": if issue.open { "open" } else { "closed" },
+        "user": user_json(&issue.login),
+        "comments": comments,
+        "created_at": iso8601(issue.created),
+        "updated_at": iso8601(issue.updated),
+    })
+}
+
+fn comment_json(repo: &Repo, comment: &Comment, host: &str) -> Value {
+    json!({
+        "id": comment.id,
+        "url": format!("http://{host}/repos/{}/issues/comments/{}", repo.full_name, comment.id),
+        "issue_url": format!("http://{host}/repos/{}/issues/{}", repo.full_name, comment.issue),
+        "body": comment.body,
+        "user": user_json(&comment.login),
+        "created_at": iso8601(comment.created),
+        "updated_at": iso8601(comment.updated),
+    })
+}
+
+/// `2024-05-01T12:34:56Z`, as GitHub writes times.
+pub(crate) fn iso8601(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Names of the repositories with issues (for the control API's config view).
+pub(crate) fn repo_names(store: &Store) -> BTreeSet<String> {
+    store.repos.values().map(|r| r.full_name.clone()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn routes() {
+        let r = |p: &str| Route::parse(p).map(|r| (r.repo, r.target));
+        assert_eq!(
+            r("/repos/Octo/Hello/issues"),
+            Some(("octo/hello".into(), Target::Issues))
+        );
+        assert_eq!(
+            r("/repos/o/r/issues/7"),
+            Some(("o/r".into(), Target::Issue(7)))
+        );
+        assert_eq!(
+            r("/repos/o/r/issues/7/comments"),
+            Some(("o/r".into(), Target::Comments(7)))
+        );
+        assert_eq!(
+            r("/repos/o/r/issues/comments/9"),
+            Some(("o/r".into(), Target::Comment(9)))
+        );
+        assert_eq!(r("/repos/o/r/issues/x"), None);
+        assert_eq!(r("/repos/o/r/pulls"), None);
+        assert_eq!(r("/repos/o/r/issues/0"), None);
+    }
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso8601(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            iso8601(UNIX_EPOCH + Duration::from_secs(1_714_566_896)),
+            "2024-05-01T12:34:56Z"
+        );
+        assert_eq!(
+            iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)),
+            "2000-02-29T00:00:00Z"
+        );
+    }
+}
