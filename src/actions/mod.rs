@@ -5,7 +5,9 @@
 //! newline followed by `OTHER=x` defines a second variable: script injection, the classic way to set
 //! `LD_PRELOAD` or `PATH` for every later step. The writer here cannot be talked into that:
 //!
-//! - names must match `[A-Za-z_][A-Za-z0-9_]*`;
+//! - names of environment variables must match `[A-Za-z_][A-Za-z0-9_]*`; output names may also
+//!   hold `-` (`[A-Za-z_][A-Za-z0-9_-]*`, as step ids do: the contract's outputs are `peer-id`,
+//!   `peer-count`); neither can hold `=`, `<<` or a line break;
 //! - a value without `\n` and `\r` is written as `NAME=VALUE` (the runner splits at the first `=`,
 //!   and a validated name holds neither `=` nor `<<`);
 //! - any other value uses the heredoc form with a fresh delimiter `ghadelimiter_<32 random hex>`,
@@ -30,6 +32,9 @@ pub const GITHUB_OUTPUT: &str = "GITHUB_OUTPUT";
 
 /// Appends NAME=VALUE to the file named by the variable `GITHUB_ENV`.
 pub fn set_env(name: &str, value: &str) -> anyhow::Result<()> {
+    if !valid_env_name(name) {
+        return Err(bad_name(name, "[A-Za-z_][A-Za-z0-9_]*"));
+    }
     append_to(&file_of(GITHUB_ENV)?, name, value)
 }
 
@@ -39,8 +44,10 @@ pub fn set_output(name: &str, value: &str) -> anyhow::Result<()> {
 }
 
 /// The same, to an explicit file (tests, and callers that resolved the path already).
+///
+/// Takes the names [`set_output`] takes (`[A-Za-z_][A-Za-z0-9_-]*`); [`set_env`] is stricter.
 pub fn append_to(path: &Path, name: &str, value: &str) -> anyhow::Result<()> {
-    let record = record(name, value)?;
+    let record = format_record(name, value)?;
     // Read access only to look at the last byte; a file we may only write is appended to as is.
     let open = |read: bool| {
         OpenOptions::new()
@@ -77,20 +84,34 @@ pub fn file_of(variable: &str) -> anyhow::Result<PathBuf> {
     }
 }
 
-/// Whether `name` may be written: `[A-Za-z_][A-Za-z0-9_]*`.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+/// Whether `name` is a safe environment variable name: `[A-Za-z_][A-Za-z0-9_]*`.
+pub fn valid_env_name(name: &str) -> bool {
+    valid_name(name, false)
 }
 
-/// One record, ending in a newline: `NAME=VALUE` or the heredoc form.
-fn record(name: &str, value: &str) -> anyhow::Result<String> {
-    if !valid_name(name) {
-        return Err(UserError::usage(format!(
-            "cannot write the variable {name:?}: a name must match [A-Za-z_][A-Za-z0-9_]*"
-        ))
-        .into());
+/// Whether `name` is a safe output name: `[A-Za-z_][A-Za-z0-9_-]*`.
+pub fn valid_output_name(name: &str) -> bool {
+    valid_name(name, true)
+}
+
+fn valid_name(name: &str, dash: bool) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || (dash && c == '-'))
+}
+
+fn bad_name(name: &str, pattern: &str) -> anyhow::Error {
+    UserError::usage(format!(
+        "cannot write the variable {name:?}: a name must match {pattern}"
+    ))
+    .into()
+}
+
+/// One record, ending in a newline: `NAME=VALUE`, or the heredoc form for a value with a line
+/// break. Safe to print where a script may append it to `$GITHUB_ENV` itself.
+pub fn format_record(name: &str, value: &str) -> anyhow::Result<String> {
+    if !valid_output_name(name) {
+        return Err(bad_name(name, "[A-Za-z_][A-Za-z0-9_-]*"));
     }
     if !value.contains(['\n', '\r']) {
         return Ok(format!("{name}={value}\n"));

@@ -85,16 +85,34 @@ fn a_delimiter_found_in_the_value_is_regenerated() {
 
 #[test]
 fn bad_names_are_refused_and_named() {
-    for name in ["", "1A", "A-B", "A=B", "A<<B", "A B", "A\nB", "É"] {
+    for name in ["", "1A", "-A", "A=B", "A<<B", "A B", "A\nB", "A\rB", "É"] {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("env");
         let err = append_to(&path, name, "v").unwrap_err();
         assert!(err.to_string().contains(&format!("{name:?}")), "{err}");
         assert!(!path.exists() || std::fs::read(&path).unwrap().is_empty());
     }
-    assert!(valid_name("_"));
-    assert!(valid_name("PEERCACHE_PORT"));
-    assert!(valid_name("peer_id2"));
+    assert!(valid_env_name("_"));
+    assert!(valid_env_name("PEERCACHE_PORT"));
+    assert!(valid_env_name("peer_id2"));
+    assert!(!valid_env_name("peer-id"));
+    assert!(valid_output_name("peer-id"));
+    assert!(valid_output_name("peer-count"));
+    assert!(!valid_output_name("-x"));
+}
+
+#[test]
+fn outputs_may_hold_dashes_env_names_may_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out");
+    append_to(&path, "peer-id", "12D3KooW").unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&path).unwrap(),
+        "peer-id=12D3KooW\n"
+    );
+    // set_env refuses before looking for GITHUB_ENV.
+    let err = set_env("A-B", "v").unwrap_err();
+    assert!(err.to_string().contains("\"A-B\""), "{err}");
 }
 
 #[test]
