@@ -604,3 +604,36 @@ fn free_port() -> u16 {
     let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
     if tcp.is_ok() { port } else { free_port() }
 }
+
+#[test]
+fn a_node_that_knows_one_member_finds_all_of_them_through_kademlia() {
+    let root = tempfile::tempdir().unwrap();
+    let hub = FakeHub::start();
+    fakehub::generate_resources(&hub, 1, 2048);
+    let nodes = swarm_of(root.path(), &hub, 3);
+    let late = start(
+        root.path(),
+        "late",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![nodes[2].bootstrap_addr()],
+            ..NodeSpec::default()
+        },
+    );
+    wait_until(
+        "the late node to find all three members",
+        Duration::from_secs(30),
+        || late.peer_count() == 3,
+    );
+    for node in &nodes {
+        wait_until(
+            &format!("{} to see the late node", node.name),
+            Duration::from_secs(10),
+            || node.peer_count() == 3,
+        );
+    }
+    // And it shares with the members it was never told about.
+    assert_eq!(nodes[0].get("gh/repos/octo/repo0").source(), "upstream");
+    assert_eq!(late.get("gh/repos/octo/repo0").source(), "peer");
+    assert_eq!(hub.count("/repos/octo/repo0"), 1);
+}

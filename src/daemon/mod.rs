@@ -126,6 +126,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                 secret,
                 cache: cache.clone(),
                 runner_name: std::env::var("RUNNER_NAME").ok().filter(|v| !v.is_empty()),
+                mdns: settings.mdns,
                 test_fault: crate::p2p::test_fault_from_env()?,
             };
             let node = crate::p2p::Node::start(config)

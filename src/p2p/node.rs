@@ -14,10 +14,12 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, noise, ping,
-    tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, mdns,
+    noise, ping, tcp, yamux,
 };
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -50,6 +52,11 @@ const MAX_FAILURES: u32 = 3;
 const BAN_TIME: Duration = Duration::from_secs(600);
 /// Longest wait between two dials of a lost bootstrap peer.
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(60);
+/// The Kademlia protocol name: a DHT of peercache nodes only, never the public IPFS one.
+const KAD_PROTOCOL: &str = "/peercache/kad/1";
+/// How often the routing table is refreshed. Kademlia also looks the swarm up by itself each
+/// time a member enters the table, which is how a node that knows one member finds the rest.
+const KAD_REFRESH: Duration = Duration::from_secs(60);
 /// Keys tracked in the holder table before old ones are dropped.
 const MAX_TRACKED_KEYS: usize = 200_000;
 
@@ -69,6 +76,8 @@ pub struct NodeConfig {
     pub runner_name: Option<String>,
     /// Test-only misbehaviour.
     pub test_fault: Option<TestFault>,
+    /// Whether to discover peers on the LAN with mDNS.
+    pub mdns: bool,
 }
 
 /// A verified swarm member, as `/api/peers` shows it.
@@ -305,6 +314,8 @@ struct Behaviour {
     ping: ping::Behaviour,
     gossipsub: gossipsub::Behaviour,
     exchange: request_response::cbor::Behaviour<Request, Response>,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    mdns: Toggle<mdns::tokio::Behaviour>,
 }
 
 impl Node {
@@ -313,7 +324,8 @@ impl Node {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         let keys = SwarmKeys::derive(&config.secret);
         let peer_id = config.keypair.public().to_peer_id();
-        let mut swarm = build_swarm(&config.keypair)?;
+        let mut swarm = build_swarm(&config.keypair, config.mdns)?;
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
         let topic = gossipsub::IdentTopic::new(keys.topic());
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
 
@@ -388,7 +400,7 @@ impl Node {
     }
 }
 
-fn build_swarm(keypair: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
+fn build_swarm(keypair: &Keypair, with_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -424,6 +436,27 @@ fn build_swarm(keypair: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
                         .with_request_timeout(PULL_TIMEOUT)
                         .with_max_concurrent_streams(512),
                 );
+                // Only verified members enter the routing table (see `add_to_routing`), so a
+                // stranger is never handed out as a peer.
+                let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+                kad_config
+                    .set_kbucket_inserts(kad::BucketInserts::Manual)
+                    .set_periodic_bootstrap_interval(Some(KAD_REFRESH));
+                let peer_id = key.public().to_peer_id();
+                let kad = kad::Behaviour::with_config(
+                    peer_id,
+                    kad::store::MemoryStore::new(peer_id),
+                    kad_config,
+                );
+                let mdns = if with_mdns {
+                    let config = mdns::Config {
+                        query_interval: Duration::from_secs(30),
+                        ..mdns::Config::default()
+                    };
+                    Some(mdns::tokio::Behaviour::new(config, peer_id)?)
+                } else {
+                    None
+                };
                 let limits = connection_limits::ConnectionLimits::default()
                     .with_max_established_per_peer(Some(4))
                     .with_max_established(Some(1024))
@@ -437,6 +470,8 @@ fn build_swarm(keypair: &Keypair) -> anyhow::Result<Swarm<Behaviour>> {
                     ping: ping::Behaviour::new(ping::Config::new()),
                     gossipsub,
                     exchange,
+                    kad,
+                    mdns: Toggle::from(mdns),
                 })
             },
         )?
@@ -492,6 +527,16 @@ async fn index_cache(inner: &Arc<Inner>) {
             },
         );
     }
+}
+
+/// Whether an address can be dialed at all (not `0.0.0.0`/`::`, not a relay circuit).
+fn is_dialable(addr: &Multiaddr) -> bool {
+    addr.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !ip.is_unspecified(),
+        Protocol::Ip6(ip) => !ip.is_unspecified(),
+        Protocol::P2pCircuit => false,
+        _ => true,
+    })
 }
 
 fn first_port(addrs: &[Multiaddr]) -> Option<u16> {
@@ -693,11 +738,24 @@ impl EventLoop {
                 info,
                 ..
             })) => {
-                if let Some(peer) = self.inner.state().peers.get_mut(&peer_id) {
-                    peer.addrs = info.listen_addrs;
-                    peer.last_seen_ms = now_ms();
+                let verified = match self.inner.state().peers.get_mut(&peer_id) {
+                    Some(peer) => {
+                        peer.addrs = info.listen_addrs;
+                        peer.last_seen_ms = now_ms();
+                        peer.verified
+                    }
+                    None => false,
+                };
+                if verified {
+                    self.add_to_routing(&peer_id);
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                for (peer, addr) in found {
+                    self.dial_discovered(peer, addr, "mDNS");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(_),
@@ -840,10 +898,64 @@ impl EventLoop {
                 meta.runner_name.as_deref().unwrap_or("unnamed runner")
             );
         }
+        let newly_verified = !entry.verified;
         entry.verified = true;
         entry.meta = meta;
         entry.last_seen_ms = now_ms();
+        drop(state);
+        if newly_verified {
+            self.add_to_routing(peer);
+        }
         true
+    }
+
+    /// Puts a verified member's listen addresses into the Kademlia routing table.
+    fn add_to_routing(&mut self, peer: &PeerId) {
+        let addrs = self
+            .inner
+            .state()
+            .peers
+            .get(peer)
+            .map(|p| p.addrs.clone())
+            .unwrap_or_default();
+        for addr in addrs.into_iter().filter(is_dialable) {
+            self.swarm.behaviour_mut().kad.add_address(peer, addr);
+        }
+    }
+
+    /// Dials a peer found by mDNS or Kademlia unless it is us, connected, or banned.
+    fn dial_discovered(&mut self, peer: PeerId, addr: Multiaddr, how: &str) {
+        if peer == self.inner.peer_id
+            || self.swarm.is_connected(&peer)
+            || self.inner.state().banned.contains_key(&peer)
+        {
+            return;
+        }
+        tracing::debug!("dialing {peer} at {addr}, found by {how}");
+        let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!("cannot dial {peer}: {e}");
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                self.dial_discovered(peer, address, "Kademlia");
+            }
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            } => {
+                for info in found.peers {
+                    for addr in info.addrs.into_iter().filter(is_dialable) {
+                        self.dial_discovered(info.peer_id, addr, "Kademlia");
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 
     fn on_gossip(&mut self, source: PeerId, data: &[u8]) {
