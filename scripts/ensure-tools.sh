@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, when missing, what the tests and the static build need: from Debian musl-tools,
-# ShellCheck and file; from rustup rustfmt, clippy and the x86_64 musl target. Idempotent.
+# ShellCheck, file and iproute2; from rustup rustfmt, clippy and the x86_64 musl target. Idempotent.
 set -euo pipefail
 
 sudo_cmd=()
@@ -12,6 +12,8 @@ missing=()
 command -v musl-gcc >/dev/null 2>&1 || missing+=(musl-tools)
 command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v file >/dev/null 2>&1 || missing+=(file)
+# `ip` (network namespaces for the mDNS test).
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq >&2
