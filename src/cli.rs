@@ -37,6 +37,8 @@ struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Create the state dir and identity, pick the p2p port, print PEERCACHE_* lines
+    Init(cmd::init::InitArgs),
     /// GET an API endpoint through the cache, like `gh api`
     Fetch(cmd::fetch::FetchArgs),
     /// Run the p2p node and the local API (foreground, or detached with --daemon)
@@ -66,6 +68,12 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         ..Flags::default()
     };
     match cli.command {
+        Command::Init(args) => {
+            flags.port = args.port.clone();
+            let settings = Settings::load(&flags)?;
+            init_logging(&settings.log, false);
+            cmd::init::run(&settings, args)
+        }
         Command::Fetch(args) => {
             flags.ttl = args.ttl.clone();
             let settings = Settings::load(&flags)?;

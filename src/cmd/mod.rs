@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
 pub mod fetch;
+pub mod init;
 pub mod serve;
 pub mod stop;
