@@ -6,13 +6,11 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::PEERCACHE;
+use common::{PEERCACHE, http_get};
 use fakehub::FakeHub;
 
 /// The namespaces, the veth pair and the daemons; all removed on drop.
@@ -61,32 +59,6 @@ fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-fn http_get(url: &str) -> (u16, String, Vec<u8>) {
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut stream = TcpStream::connect(host).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    write!(
-        stream,
-        "GET /{path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let source = head
-        .lines()
-        .find_map(|l| l.strip_prefix("x-peercache-source: "))
-        .unwrap_or("none")
-        .trim()
-        .to_string();
-    (status, source, raw[split + 4..].to_vec())
-}
-
 struct Node {
     api: String,
     home: PathBuf,
@@ -96,7 +68,12 @@ fn start_in(ns: &str, root: &Path, name: &str, hub_url: &str, net: &mut TestNet)
     let home = root.join(name).join("home");
     let out = Command::new("ip")
         .args(["netns", "exec", ns, PEERCACHE, "serve", "--daemon"])
-        .args(["--listen", "/ip4/0.0.0.0/tcp/0", "--api-addr", "127.0.0.1:0"])
+        .args([
+            "--listen",
+            "/ip4/0.0.0.0/tcp/0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
         .env("HOME", root.join(name))
@@ -164,8 +141,24 @@ fn two_hosts_find_each_other_by_mdns_and_share_an_entry() {
         "link", "add", &veth_a, "netns", &ns_a, "type", "veth", "peer", "name", &veth_b, "netns",
         &ns_b,
     ]);
-    ip(&["-n", &ns_a, "addr", "add", &format!("{subnet}.1/24"), "dev", &veth_a]);
-    ip(&["-n", &ns_b, "addr", "add", &format!("{subnet}.2/24"), "dev", &veth_b]);
+    ip(&[
+        "-n",
+        &ns_a,
+        "addr",
+        "add",
+        &format!("{subnet}.1/24"),
+        "dev",
+        &veth_a,
+    ]);
+    ip(&[
+        "-n",
+        &ns_b,
+        "addr",
+        "add",
+        &format!("{subnet}.2/24"),
+        "dev",
+        &veth_b,
+    ]);
     ip(&["-n", &ns_a, "link", "set", &veth_a, "up", "multicast", "on"]);
     ip(&["-n", &ns_b, "link", "set", &veth_b, "up", "multicast", "on"]);
 
@@ -178,8 +171,8 @@ fn two_hosts_find_each_other_by_mdns_and_share_an_entry() {
 
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
-        let (_, _, body) = in_ns(&ns_b, || http_get(&format!("{}/api/peers", b.api)));
-        let peers: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let response = in_ns(&ns_b, || http_get(&format!("{}/api/peers", b.api), &[]));
+        let peers: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
         if peers["peer_count"] == 1 {
             break;
         }
@@ -193,16 +186,28 @@ fn two_hosts_find_each_other_by_mdns_and_share_an_entry() {
     }
     let logs = std::fs::read_to_string(a.home.join("serve.log")).unwrap_or_default()
         + &std::fs::read_to_string(b.home.join("serve.log")).unwrap_or_default();
-    assert!(logs.contains("found by mDNS"), "not connected through mDNS:\n{logs}");
+    assert!(
+        logs.contains("found by mDNS"),
+        "not connected through mDNS:\n{logs}"
+    );
 
-    let (status, source, body) =
-        in_ns(&ns_a, || http_get(&format!("{}/gh/repos/octo/repo0", a.api)));
-    assert_eq!((status, source.as_str()), (200, "upstream"));
-    let (status, source, from_peer) =
-        in_ns(&ns_b, || http_get(&format!("{}/gh/repos/octo/repo0", b.api)));
-    assert_eq!((status, source.as_str()), (200, "peer"));
-    assert_eq!(from_peer, body);
-    assert_eq!(from_peer, fakehub::repo_body(0, 4096));
+    let get = |ns: &str, node: &Node| {
+        in_ns(ns, || {
+            http_get(&format!("{}/gh/repos/octo/repo0", node.api), &[])
+        })
+    };
+    let from_upstream = get(&ns_a, &a);
+    assert_eq!(
+        (from_upstream.status, from_upstream.source().as_str()),
+        (200, "upstream")
+    );
+    let from_peer = get(&ns_b, &b);
+    assert_eq!(
+        (from_peer.status, from_peer.source().as_str()),
+        (200, "peer")
+    );
+    assert_eq!(from_peer.body, from_upstream.body);
+    assert_eq!(from_peer.body, fakehub::repo_body(0, 4096));
     assert_eq!(hub.total(), 1);
     drop(hub);
 }

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod swarm;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -319,6 +321,13 @@ impl HttpResponse {
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// `x-peercache-source`, or `none`.
+    pub fn source(&self) -> String {
+        self.header("x-peercache-source")
+            .unwrap_or("none")
+            .to_string()
     }
 
     /// The body as text.
