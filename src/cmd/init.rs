@@ -351,6 +351,10 @@ fn pick_port(block: u32, recorded: Option<u16>, home: &Path, lock_dir: &Path) ->
         Some(port) => {
             if let Some(r) = &reservations {
                 r.reserve(port, home);
+                // A port this home held before (the block moved, or it was taken) is let go.
+                for other in ports.clone().filter(|p| *p != port) {
+                    r.release_if_owned(other, home);
+                }
             }
             port
         }
@@ -470,22 +474,32 @@ impl Reservations {
         self.dir.join(format!("{port}.lock"))
     }
 
-    /// Whether another home holds a live reservation of `port`.
-    fn reserved_by_other(&self, port: u16, home: &Path) -> bool {
+    /// The reservation of `port`, if a readable one exists.
+    fn read(&self, port: u16) -> Option<Reservation> {
         let mut text = String::new();
-        let read = OpenOptions::new()
+        OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NOFOLLOW)
             .open(self.file(port))
-            .and_then(|mut f| f.read_to_string(&mut text));
-        if read.is_err() {
-            return false;
-        }
-        let Ok(r) = serde_json::from_str::<Reservation>(&text) else {
+            .and_then(|mut f| f.read_to_string(&mut text))
+            .ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Whether another home holds a live reservation of `port`.
+    fn reserved_by_other(&self, port: u16, home: &Path) -> bool {
+        let Some(r) = self.read(port) else {
             return false;
         };
         let age = state::now_secs().saturating_sub(r.time);
         r.home != home && age < RESERVATION_SECS && r.home.is_dir()
+    }
+
+    /// Removes the reservation of `port` when it is `home`'s.
+    fn release_if_owned(&self, port: u16, home: &Path) {
+        if self.read(port).is_some_and(|r| r.home == home) {
+            let _ = fs::remove_file(self.file(port));
+        }
     }
 
     /// Records `port` as `home`'s (best effort: a port stays usable without its record).
