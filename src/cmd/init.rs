@@ -440,7 +440,14 @@ impl Reservations {
         if !fs::symlink_metadata(dir)?.is_dir() {
             return Err(io::Error::other("not a directory"));
         }
-        let lock = open_shared(&dir.join("lock"))?;
+        let lock_path = dir.join("lock");
+        // flock needs no write access: a lock file another user made read-only still serves.
+        let lock = open_shared(&lock_path).or_else(|_| {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&lock_path)
+        })?;
         let deadline = Instant::now() + LOCK_WAIT;
         loop {
             // SAFETY: flock on a file descriptor we own.
