@@ -13,5 +13,6 @@ pub mod daemon;
 pub mod error;
 pub mod github;
 pub mod p2p;
+pub mod registry;
 pub mod resolver;
 pub mod secret;

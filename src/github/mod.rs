@@ -3,6 +3,7 @@
 
 mod endpoint;
 pub mod ratelimit;
+mod write;
 
 use std::time::Duration;
 
