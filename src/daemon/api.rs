@@ -9,6 +9,7 @@
 //! | `GET /api/peers`      | `{enabled, active, peer_count, peers, reason}`                    |
 //! | `GET /api/cache/stats`| cache and request figures                                        |
 //! | `GET /metrics`        | the same figures as Prometheus text                              |
+//! | `POST /api/connect`   | dial a JSON array of peer multiaddrs: `{dialed}` (409: no sharing) |
 //! | `GET /`               | a short status page for people                                   |
 //!
 //! Routing is done by hand rather than with axum's router, so that the capability is compared
@@ -90,6 +91,7 @@ async fn dispatch(
     method: Method,
     uri: Uri,
     headers: HeaderMap,
+    body: axum::body::Bytes,
 ) -> Response {
     let path = uri.path().strip_prefix('/').unwrap_or(uri.path());
     let (first, rest) = match path.split_once('/') {
@@ -106,14 +108,19 @@ async fn dispatch(
         Some("api/peers") => Route::Peers,
         Some("api/cache/stats") => Route::Stats,
         Some("api/swarm") => Route::Swarm,
+        Some("api/connect") => Route::Connect,
         Some("metrics") => Route::Metrics,
         Some(_) => return not_found(),
     };
-    if method != Method::GET {
+    let allowed = match route {
+        Route::Connect => Method::POST,
+        _ => Method::GET,
+    };
+    if method != allowed {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
-            [(header::ALLOW, "GET")],
-            axum::Json(json!({"message": "only GET is supported"})),
+            [(header::ALLOW, allowed.as_str())],
+            axum::Json(json!({"message": format!("only {allowed} is supported here")})),
         )
             .into_response();
     }
@@ -124,6 +131,7 @@ async fn dispatch(
         Route::Swarm => axum::Json(swarm(&api)).into_response(),
         Route::Metrics => metrics(&api).await,
         Route::Status => status_page(&api).await,
+        Route::Connect => connect(&api, &body),
     }
 }
 
@@ -134,6 +142,59 @@ enum Route<'a> {
     Swarm,
     Metrics,
     Status,
+    Connect,
+}
+
+/// Most addresses one `/api/connect` may name.
+const MAX_CONNECT_ADDRS: usize = 1000;
+
+/// `POST /api/connect` with a JSON array of multiaddrs, each ending in `/p2p/<peer id>`: the
+/// node dials them (its own are skipped). Answers `{"dialed": n}`; 400 when any entry is not a
+/// peer multiaddr (nothing is dialed then); 409 when sharing is off.
+fn connect(api: &Api, body: &[u8]) -> Response {
+    let Some(node) = &api.peers else {
+        let reason = api
+            .sharing_reason
+            .as_deref()
+            .unwrap_or("peer sharing is off");
+        return json_error(
+            StatusCode::CONFLICT,
+            &format!("this daemon does not share, so it dials nobody: {reason}"),
+        );
+    };
+    let addrs: Vec<String> = match serde_json::from_slice(body) {
+        Ok(addrs) => addrs,
+        Err(e) => {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                &format!("expected a JSON array of multiaddrs ({e})"),
+            );
+        }
+    };
+    if addrs.len() > MAX_CONNECT_ADDRS {
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            &format!("at most {MAX_CONNECT_ADDRS} addresses at a time"),
+        );
+    }
+    let mut parsed = Vec::with_capacity(addrs.len());
+    for text in &addrs {
+        match crate::p2p::parse_peer_addr(text) {
+            Ok(pair) => parsed.push(pair),
+            Err(why) => {
+                return json_error(StatusCode::BAD_REQUEST, &format!("{text:?}: {why}"));
+            }
+        }
+    }
+    let me = node.peer_id();
+    let mut dialed = 0;
+    for (peer, addr) in parsed {
+        if peer != me {
+            node.dial(addr);
+            dialed += 1;
+        }
+    }
+    axum::Json(json!({ "dialed": dialed })).into_response()
 }
 
 /// `/api/swarm`: the swarm's own figures (entries received, rejected, served, auth failures,

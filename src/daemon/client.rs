@@ -77,6 +77,34 @@ pub fn get(
     headers: &[(&str, &str)],
     timeout: Duration,
 ) -> Result<Response, ClientError> {
+    send(endpoint, "GET", path, headers, None, timeout)
+}
+
+/// Sends `POST <prefix><path>` with a JSON body and reads the whole answer.
+pub fn post_json(
+    endpoint: &Endpoint,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> Result<Response, ClientError> {
+    send(
+        endpoint,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        Some(body),
+        timeout,
+    )
+}
+
+fn send(
+    endpoint: &Endpoint,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<Response, ClientError> {
     let addr = endpoint
         .authority
         .to_socket_addrs()
@@ -94,7 +122,7 @@ pub fn get(
     let _ = stream.set_nodelay(true);
 
     let mut request = format!(
-        "GET {}{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: {}\r\n",
+        "{method} {}{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: {}\r\n",
         endpoint.prefix,
         path,
         endpoint.authority,
@@ -108,8 +136,13 @@ pub fn get(
         }
         request.push_str(&format!("{name}: {value}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).map_err(broken)?;
+    let mut bytes = request.into_bytes();
+    bytes.extend_from_slice(body.unwrap_or_default());
+    stream.write_all(&bytes).map_err(broken)?;
 
     let mut raw = Vec::with_capacity(16 * 1024);
     stream.read_to_end(&mut raw).map_err(broken)?;

@@ -70,6 +70,8 @@ pub fn preflight(settings: &Settings, options: &ServeOptions) -> anyhow::Result<
     crate::p2p::listen_addrs(settings.port, &options.listen)?;
     crate::p2p::bootstrap_addrs(&settings.bootstrap_peers)?;
     crate::p2p::test_fault_from_env()?;
+    crate::registry::parse_specs(&settings.registries)?;
+    crate::registry::interval_override()?;
     Ok(())
 }
 
@@ -153,6 +155,19 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         resolver = resolver.with_peers(handle.clone());
     }
 
+    // The registries: opened now (a registry that cannot work stops the start), run once the
+    // daemon is ready. Without sharing there is nothing to publish or dial.
+    let registries: Vec<Arc<dyn crate::registry::Registry>> = match &handle {
+        Some(handle) => {
+            let ctx = crate::registry::Context::new(settings, cache.clone(), Some(handle.clone()))?;
+            crate::registry::open_all(&settings.registries, &ctx)?
+                .into_iter()
+                .map(Arc::from)
+                .collect()
+        }
+        None => Vec::new(),
+    };
+
     // The local API, on loopback, behind a fresh capability.
     let listener = TcpListener::bind(options.api_addr).await.map_err(|e| {
         UserError::usage(format!(
@@ -208,6 +223,20 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     }
     tracing::info!("ready (pid {pid})");
 
+    let heartbeat = match &handle {
+        Some(handle) if !registries.is_empty() => Some(crate::registry::heartbeat::spawn(
+            registries,
+            handle.clone(),
+            crate::registry::interval_override()?,
+        )),
+        _ => None,
+    };
+    // Listeners on 0.0.0.0 report each interface's address as it comes up: keep serve.json's
+    // list (which `register` publishes) current.
+    let refresh = handle
+        .clone()
+        .map(|handle| tokio::spawn(refresh_listen_addrs(settings.home.clone(), info, handle)));
+
     // Serve until a signal, or until the server fails on its own.
     let outcome = tokio::select! {
         signal = stop.recv() => {
@@ -221,7 +250,14 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         }),
     };
 
-    // Shut down in reverse: drain the API, stop the node, remove serve.json.
+    // Shut down in reverse: leave the registries, drain the API, stop the node, remove
+    // serve.json.
+    if let Some(refresh) = refresh {
+        refresh.abort();
+    }
+    if let Some(heartbeat) = heartbeat {
+        heartbeat.stop().await;
+    }
     let _ = drain_tx.send(());
     if !server.is_finished()
         && tokio::time::timeout(DRAIN_TIMEOUT, &mut server)
@@ -241,6 +277,31 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     outcome?;
     tracing::info!("stopped");
     Ok(Exit::Ok)
+}
+
+/// How often serve.json's listen addresses are compared with the node's.
+const ADDR_REFRESH: Duration = Duration::from_secs(2);
+
+/// Rewrites serve.json whenever the node's listen addresses change.
+async fn refresh_listen_addrs(
+    home: std::path::PathBuf,
+    mut info: state::ServeInfo,
+    handle: crate::p2p::Handle,
+) {
+    loop {
+        tokio::time::sleep(ADDR_REFRESH).await;
+        let addrs: Vec<String> = handle
+            .listen_addrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        if addrs != info.listen_addrs {
+            info.listen_addrs = addrs;
+            if let Err(e) = state::write(&home, &info) {
+                tracing::warn!("cannot update serve.json: {e:#}");
+            }
+        }
+    }
 }
 
 /// SIGINT and SIGTERM, installed once.
