@@ -45,6 +45,10 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Stop the daemon named in $PEERCACHE_HOME/serve.json and wait for it to exit
     Stop,
+    /// Publish the running daemon's record (peer id, dialable addresses) to each registry
+    Register(cmd::register::RegisterArgs),
+    /// List the live peers of the registries and the bootstrap setting
+    Discover(cmd::discover::DiscoverArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -93,6 +97,18 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             let settings = Settings::load(&flags)?;
             init_logging(&settings.log, false);
             cmd::stop::run(&settings)
+        }
+        Command::Register(args) => {
+            flags.registry = args.registry.clone();
+            let settings = Settings::load(&flags)?;
+            init_logging(&settings.log, false);
+            cmd::register::run(&settings, args)
+        }
+        Command::Discover(args) => {
+            flags.registry = args.registry.clone();
+            let settings = Settings::load(&flags)?;
+            init_logging(&settings.log, false);
+            cmd::discover::run(&settings, args)
         }
     }
 }

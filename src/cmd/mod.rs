@@ -1,6 +1,8 @@
 //! One module per subcommand.
 
+pub mod discover;
 pub mod fetch;
 pub mod init;
+pub mod register;
 pub mod serve;
 pub mod stop;
