@@ -1,4 +1,4 @@
-//! The command line: clap definitions, settings, logging, and the mapping of errors to exit codes.
+//! The command line: clap definitions, settings, and the mapping of errors to exit codes.
 
 use std::process::ExitCode;
 
@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::cmd;
 use crate::config::{Flags, Settings};
 use crate::error::{Exit, UserError};
+use crate::logging::init as init_logging;
 
 /// Share cached GitHub API responses between CI runners.
 #[derive(Debug, Parser)]
@@ -111,21 +112,6 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             cmd::discover::run(&settings, args)
         }
     }
-}
-
-/// Logs go to stderr; stdout belongs to the command's output. `with_time` for the daemon.
-fn init_logging(filter: &str, with_time: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter).unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_target(false);
-    let _ = if with_time {
-        builder.try_init()
-    } else {
-        builder.without_time().try_init()
-    };
 }
 
 /// Prints an error as one line and picks its exit code.
