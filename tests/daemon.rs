@@ -385,13 +385,18 @@ fn peers_and_stats_have_the_contract_fields_and_say_why_sharing_is_off() {
     let peers = daemon.json("/api/peers");
     assert_eq!(
         keys(&peers),
-        set(&["enabled", "active", "peer_count", "peers", "reason"])
+        set(&["enabled", "active", "peer_count", "peers"])
     );
     assert_eq!(peers["enabled"], false);
     assert_eq!(peers["active"], false);
     assert_eq!(peers["peer_count"], 0);
     assert_eq!(peers["peers"], serde_json::json!([]));
-    let reason = peers["reason"].as_str().unwrap();
+    assert_eq!(daemon.json("/api/mcp/peers"), peers);
+    // Why sharing is off: in /api/status, which `peercache status` prints.
+    let status = daemon.json("/api/status");
+    assert_eq!(status["peers"], peers);
+    assert_eq!(status["sharing"]["enabled"], false);
+    let reason = status["sharing"]["reason"].as_str().unwrap();
     assert!(reason.contains("PEERCACHE_SECRET"), "{reason}");
     assert!(reason.contains("GITHUB_TOKEN"), "{reason}");
 
@@ -424,6 +429,8 @@ fn peers_and_stats_have_the_contract_fields_and_say_why_sharing_is_off() {
     assert_eq!(stats["p2p_peers"], 0);
     assert_eq!(stats["total_entries"], 0);
     assert_eq!(stats["hit_rate"], 0.0);
+    assert_eq!(daemon.json("/api/mcp/cache/stats"), stats);
+    assert_eq!(status["cache"], stats);
 
     let metrics = daemon.get("/metrics", &[]);
     assert!(
@@ -445,7 +452,8 @@ fn peercache_p2p_false_turns_sharing_off_even_with_a_secret() {
     );
     let peers = daemon.json("/api/peers");
     assert_eq!(peers["enabled"], false);
-    assert_eq!(peers["reason"], "PEERCACHE_P2P is false");
+    let status = daemon.json("/api/status");
+    assert_eq!(status["sharing"]["reason"], "PEERCACHE_P2P is false");
 }
 
 #[test]
@@ -462,7 +470,13 @@ fn with_a_secret_sharing_is_on() {
     assert_eq!(peers["enabled"], true, "{peers}");
     assert_eq!(peers["active"], false, "{peers}");
     assert_eq!(peers["peer_count"], 0, "{peers}");
-    assert_eq!(peers["reason"], serde_json::Value::Null, "{peers}");
+    let status = daemon.json("/api/status");
+    assert_eq!(status["sharing"]["enabled"], true, "{status}");
+    assert_eq!(
+        status["sharing"]["reason"],
+        serde_json::Value::Null,
+        "{status}"
+    );
     let info = sb.serve_json().unwrap();
     assert_eq!(info["sharing"], true);
     assert_eq!(info["sharing_reason"], serde_json::Value::Null);

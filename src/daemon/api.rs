@@ -6,11 +6,13 @@
 //! | route                 | answer                                                           |
 //! |-----------------------|------------------------------------------------------------------|
 //! | `GET /gh/<endpoint>`  | the API answer through the cache tiers, with `x-peercache-source` |
-//! | `GET /api/peers`      | `{enabled, active, peer_count, peers, reason}`                    |
-//! | `GET /api/cache/stats`| cache and request figures                                        |
-//! | `GET /metrics`        | the same figures as Prometheus text                              |
+//! | `GET /api/peers`      | `{enabled, active, peer_count, peers}` (also `/api/mcp/peers`)    |
+//! | `GET /api/cache/stats`| the contract's cache and request figures (also `/api/mcp/cache/stats`) |
+//! | `GET /api/status`     | both of the above and everything else: `peercache status --json` |
+//! | `GET /api/swarm`      | the swarm's own figures                                          |
+//! | `GET /metrics`        | the figures and libp2p's as Prometheus (OpenMetrics) text        |
 //! | `POST /api/connect`   | dial a JSON array of peer multiaddrs: `{dialed}` (409: no sharing) |
-//! | `GET /`               | a short status page for people                                   |
+//! | `GET /`               | a status page for people that refreshes itself                   |
 //!
 //! Routing is done by hand rather than with axum's router, so that the capability is compared
 //! in constant time and is checked before anything else (an unknown route and a wrong
@@ -27,9 +29,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use url::Url;
 
+use super::metrics::{self, Observer, Outcome, Snapshot, TOP_ENDPOINTS};
+use super::state;
 use crate::cache::{Cache, DEFAULT_ACCEPT, DEFAULT_API_VERSION};
 use crate::github::on_api_host;
-use crate::resolver::{Request, ResolveError, Resolved, Resolver};
+use crate::github::ratelimit::RateLimits;
+use crate::resolver::{Request, ResolveError, Resolved, Resolver, Source};
 use crate::secret::Secret;
 
 /// The request header that sets the freshness TTL of one request, in seconds.
@@ -61,6 +66,10 @@ pub struct Api {
     pub sharing_reason: Option<String>,
     /// The daemon's peer id.
     pub peer_id: String,
+    /// Answers per endpoint and the last rate-limit figures.
+    pub observer: Observer,
+    /// libp2p's own metrics (empty when sharing is off).
+    pub libp2p_registry: prometheus_client::registry::Registry,
 }
 
 /// The API's router: one handler that routes by hand.
@@ -105,8 +114,10 @@ async fn dispatch(
         None | Some("") => Route::Status,
         Some("gh") => Route::GitHub(""),
         Some(r) if r.starts_with("gh/") => Route::GitHub(&r[3..]),
-        Some("api/peers") => Route::Peers,
-        Some("api/cache/stats") => Route::Stats,
+        // `/api/mcp/…`: the predecessor's paths, for its users' scripts.
+        Some("api/peers" | "api/mcp/peers") => Route::Peers,
+        Some("api/cache/stats" | "api/mcp/cache/stats") => Route::Stats,
+        Some("api/status") => Route::StatusJson,
         Some("api/swarm") => Route::Swarm,
         Some("api/connect") => Route::Connect,
         Some("metrics") => Route::Metrics,
@@ -126,8 +137,16 @@ async fn dispatch(
     }
     match route {
         Route::GitHub(endpoint) => github(&api, endpoint, uri.query(), &headers).await,
-        Route::Peers => axum::Json(peers(&api)).into_response(),
-        Route::Stats => axum::Json(stats(&api).await).into_response(),
+        Route::Peers => {
+            let peers = api
+                .peers
+                .as_ref()
+                .map(crate::p2p::Handle::peers)
+                .unwrap_or_default();
+            axum::Json(peers_json(api.peers.is_some(), &peers)).into_response()
+        }
+        Route::Stats => axum::Json(stats_json(&snapshot(&api).await)).into_response(),
+        Route::StatusJson => axum::Json(status_json(&api).await).into_response(),
         Route::Swarm => axum::Json(swarm(&api)).into_response(),
         Route::Metrics => metrics(&api).await,
         Route::Status => status_page(&api).await,
@@ -139,6 +158,7 @@ enum Route<'a> {
     GitHub(&'a str),
     Peers,
     Stats,
+    StatusJson,
     Swarm,
     Metrics,
     Status,
@@ -231,7 +251,9 @@ async fn github(api: &Api, endpoint: &str, query: Option<&str>, headers: &Header
         Ok(request) => request,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
     };
-    match api.resolver.resolve(&request).await {
+    let result = api.resolver.resolve(&request).await;
+    observe(api, &request, &result).await;
+    match result {
         Ok(resolved) => respond(api, resolved),
         Err(ResolveError::Unreachable(message)) => {
             let mut response = json_error(StatusCode::BAD_GATEWAY, &message);
@@ -245,6 +267,41 @@ async fn github(api: &Api, endpoint: &str, query: Option<&str>, headers: &Header
             tracing::error!("cannot answer {}: {message}", request.url);
             json_error(StatusCode::INTERNAL_SERVER_ERROR, &message)
         }
+    }
+}
+
+/// Counts a resolved request for its endpoint and, when GitHub may have been called, keeps the
+/// rate-limit figures the resolver recorded for the request's token.
+async fn observe(api: &Api, request: &Request, result: &Result<Resolved, ResolveError>) {
+    let outcome = match result {
+        Ok(resolved) => Outcome::Answered(resolved.source),
+        Err(_) => Outcome::Failed,
+    };
+    api.observer
+        .record(&endpoint_path(&api.upstream, &request.url), outcome);
+    if matches!(outcome, Outcome::Answered(Source::Local | Source::Peer)) {
+        return;
+    }
+    let limits = RateLimits::new(
+        api.cache.dir(),
+        api.upstream.as_str().trim_end_matches('/'),
+        request.token.as_ref().map(Secret::expose),
+    );
+    if let Ok(state) = tokio::task::spawn_blocking(move || limits.state()).await {
+        api.observer.record_rate_limit(&state);
+    }
+}
+
+/// The path of `url` under the API base, with a leading `/` and without the query:
+/// `/repos/octo/hello` for `https://ghe.example/api/v3/repos/octo/hello?page=2`.
+fn endpoint_path(upstream: &Url, url: &Url) -> String {
+    let base = upstream.path().trim_end_matches('/');
+    let path = url.path();
+    let relative = path.strip_prefix(base).unwrap_or(path);
+    if relative.starts_with('/') {
+        relative.to_string()
+    } else {
+        format!("/{relative}")
     }
 }
 
@@ -370,13 +427,10 @@ pub fn unrewrite_link(link: &str, upstream: &Url, base_url: &str) -> String {
     link.replace(&from, &to)
 }
 
-/// `GET <base>/api/peers`.
-fn peers(api: &Api) -> serde_json::Value {
-    let peers = api
-        .peers
-        .as_ref()
-        .map(crate::p2p::Handle::peers)
-        .unwrap_or_default();
+/// `GET <base>/api/peers` (and `/api/mcp/peers`): exactly the contract's fields, `{enabled,
+/// active, peer_count, peers: [{peer_id, runner_name, listen_port, last_seen, multiaddrs}]}`.
+/// Why sharing is off is in `/api/status`.
+fn peers_json(sharing: bool, peers: &[crate::p2p::PeerInfo]) -> serde_json::Value {
     let list: Vec<serde_json::Value> = peers
         .iter()
         .map(|p| {
@@ -390,67 +444,50 @@ fn peers(api: &Api) -> serde_json::Value {
         })
         .collect();
     json!({
-        "enabled": api.peers.is_some(),
+        "enabled": sharing,
         "active": !list.is_empty(),
         "peer_count": list.len(),
         "peers": list,
-        "reason": api.sharing_reason,
     })
 }
 
-/// The figures behind `/api/cache/stats`, `/metrics` and the status page.
-struct Figures {
-    entries: u64,
-    bytes: u64,
-    peers: usize,
-    counters: crate::resolver::CountersSnapshot,
-}
-
-impl Figures {
-    async fn collect(api: &Api) -> Figures {
-        let cache = api.cache.clone();
-        let usage = tokio::task::spawn_blocking(move || cache.usage())
+/// Every figure at this moment (see [`metrics`] for the definitions).
+async fn snapshot(api: &Api) -> Snapshot {
+    let cache = api.cache.clone();
+    let (usage, cache_counters) =
+        tokio::task::spawn_blocking(move || (cache.usage(), cache.counters()))
             .await
             .unwrap_or_default();
-        Figures {
-            entries: usage.entries,
-            bytes: usage.bytes,
-            peers: api.peers.as_ref().map_or(0, |h| h.peers().len()),
-            counters: api.resolver.counters(),
-        }
-    }
-
-    /// Answers from the local cache or a peer, over all requests (0 before the first).
-    fn hit_rate(&self) -> f64 {
-        let c = &self.counters;
-        if c.requests == 0 {
-            0.0
-        } else {
-            (c.local_hits + c.peer_hits) as f64 / c.requests as f64
-        }
-    }
-
-    /// Requests answered without any call to GitHub.
-    fn calls_saved(&self) -> u64 {
-        self.counters
-            .requests
-            .saturating_sub(self.counters.requests_with_upstream_call)
+    Snapshot {
+        counters: api.resolver.counters(),
+        upstream_answers: api.observer.upstream_answers(),
+        errors: api.observer.errors(),
+        usage,
+        cache_counters,
+        sharing: api.peers.is_some(),
+        peers: api
+            .peers
+            .as_ref()
+            .map(crate::p2p::Handle::peers)
+            .unwrap_or_default(),
+        swarm: api.peers.as_ref().map(|h| h.stats()).unwrap_or_default(),
+        rate_limit: api.observer.rate_limit(),
+        started_at: api.observer.started_at(),
     }
 }
 
-/// `GET <base>/api/cache/stats`.
-async fn stats(api: &Api) -> serde_json::Value {
-    let f = Figures::collect(api).await;
-    let c = f.counters;
+/// `GET <base>/api/cache/stats` (and `/api/mcp/cache/stats`): exactly the contract's fields.
+fn stats_json(s: &Snapshot) -> serde_json::Value {
+    let c = &s.counters;
     json!({
         "available": true,
-        "total_entries": f.entries,
-        "total_size_mb": round2(f.bytes as f64 / (1024.0 * 1024.0)),
-        "hit_rate": round2(f.hit_rate() * 100.0) / 100.0,
-        "p2p_enabled": api.peers.is_some(),
-        "p2p_peers": f.peers,
+        "total_entries": s.usage.entries,
+        "total_size_mb": round_to(s.usage.bytes as f64 / (1024.0 * 1024.0), 2),
+        "hit_rate": round_to(s.hit_rate(), 4),
+        "p2p_enabled": s.sharing,
+        "p2p_peers": s.peers.len(),
         "api_calls_made": c.upstream_calls,
-        "api_calls_saved": f.calls_saved(),
+        "api_calls_saved": s.calls_saved(),
         "local_hits": c.local_hits,
         "peer_hits": c.peer_hits,
         "misses": c.misses,
@@ -459,120 +496,226 @@ async fn stats(api: &Api) -> serde_json::Value {
     })
 }
 
-fn round2(x: f64) -> f64 {
-    (x * 100.0).round() / 100.0
+fn round_to(x: f64, digits: i32) -> f64 {
+    let scale = 10f64.powi(digits);
+    (x * scale).round() / scale
 }
 
-/// `GET <base>/metrics`: Prometheus text format 0.0.4.
+/// `GET <base>/api/status`: `/api/peers` and `/api/cache/stats` as they are at this moment, and
+/// everything else the daemon knows: why sharing is off, the request breakdown, the cache dir's
+/// counters, the swarm's figures, the last rate-limit figures, and the top endpoints.
+async fn status_json(api: &Api) -> serde_json::Value {
+    let s = snapshot(api).await;
+    let c = &s.counters;
+    let (top, tracked, untracked) = api.observer.top_endpoints(TOP_ENDPOINTS);
+    let w = &s.swarm;
+    json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "peer_id": api.peer_id,
+        "started_at": s.started_at,
+        "uptime_secs": state::now_secs().saturating_sub(s.started_at),
+        "upstream": api.upstream.as_str().trim_end_matches('/'),
+        "sharing": { "enabled": s.sharing, "reason": api.sharing_reason },
+        "peers": peers_json(s.sharing, &s.peers),
+        "cache": stats_json(&s),
+        "requests": {
+            "total": c.requests,
+            "hits": s.hits(),
+            "hit_rate": round_to(s.hit_rate(), 4),
+            "local_hits": c.local_hits,
+            "peer_hits": c.peer_hits,
+            "revalidated": c.revalidated,
+            "stale_served": c.stale_served,
+            "upstream": s.upstream_answers,
+            "errors": s.errors,
+            "misses": c.misses,
+            "upstream_calls": c.upstream_calls,
+            "upstream_calls_saved": s.calls_saved(),
+            "requests_with_upstream_call": c.requests_with_upstream_call,
+        },
+        "store": {
+            "entries": s.usage.entries,
+            "bytes": s.usage.bytes,
+            "integrity_failures": s.cache_counters.integrity_failures,
+            "evictions": s.cache_counters.evictions,
+        },
+        "swarm": {
+            "entries_received": w.entries_received,
+            "entries_rejected": w.entries_rejected,
+            "entries_served": w.entries_served,
+            "auth_failures": w.auth_failures,
+            "announcements_received": w.announcements_received,
+            "claims_won": w.claims_won,
+            "claims_waited": w.claims_waited,
+        },
+        "rate_limit": s.rate_limit,
+        "endpoints": {
+            "tracked": tracked,
+            "untracked_requests": untracked,
+            "top": top,
+        },
+    })
+}
+
+/// `GET <base>/metrics`: the daemon's figures and libp2p's, as OpenMetrics text (which
+/// Prometheus reads natively).
 async fn metrics(api: &Api) -> Response {
-    let f = Figures::collect(api).await;
-    let c = f.counters;
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, value) in samples {
-            out.push_str(&format!("{name}{labels} {value}\n"));
-        }
-    };
-    metric(
-        "peercache_requests_total",
-        "counter",
-        "Requests answered through the local API.",
-        &[("", c.requests)],
-    );
-    metric(
-        "peercache_answers_total",
-        "counter",
-        "Answers by the tier they came from.",
-        &[
-            ("{source=\"local\"}", c.local_hits),
-            ("{source=\"peer\"}", c.peer_hits),
-            ("{source=\"revalidated\"}", c.revalidated),
-            ("{source=\"stale\"}", c.stale_served),
-        ],
-    );
-    metric(
-        "peercache_misses_total",
-        "counter",
-        "Requests that found no fresh entry locally or at a peer.",
-        &[("", c.misses)],
-    );
-    metric(
-        "peercache_upstream_calls_total",
-        "counter",
-        "Calls made to GitHub.",
-        &[("", c.upstream_calls)],
-    );
-    metric(
-        "peercache_cache_entries",
-        "gauge",
-        "Entries in the local cache.",
-        &[("", f.entries)],
-    );
-    metric(
-        "peercache_cache_bytes",
-        "gauge",
-        "Bytes of distinct bodies in the local cache.",
-        &[("", f.bytes)],
-    );
-    metric(
-        "peercache_sharing",
-        "gauge",
-        "1 when peer sharing is on.",
-        &[("", u64::from(api.peers.is_some()))],
-    );
-    metric(
-        "peercache_peers",
-        "gauge",
-        "Verified swarm members.",
-        &[("", f.peers as u64)],
-    );
+    let s = snapshot(api).await;
+    let text = metrics::encode(&s, &api.peer_id, &api.libp2p_registry);
     (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
+        [
+            (header::CONTENT_TYPE, metrics::CONTENT_TYPE),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
     )
         .into_response()
 }
 
-/// `GET <base>/`: a few lines for people.
+/// The status page's template: `{{NAME}}` placeholders, filled in one pass by [`fill`].
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+/// `GET <base>/`: a page for people that refreshes itself from `api/peers` and
+/// `api/cache/stats` every 2 s. Everything from outside (peer ids, runner names, addresses) is
+/// HTML-escaped here and set as text by the script; a per-response nonce in the
+/// `Content-Security-Policy` lets only the page's own script and style run.
 async fn status_page(api: &Api) -> Response {
-    let f = Figures::collect(api).await;
-    let c = f.counters;
+    let s = snapshot(api).await;
+    let nonce = new_capability();
+    let c = &s.counters;
+    let now = state::now_secs();
     let sharing = match &api.sharing_reason {
-        None => format!("on, {} verified peer(s)", f.peers),
-        Some(reason) => format!("off: {reason}"),
+        None => "peer sharing on".to_string(),
+        Some(reason) => format!("peer sharing off: {reason}"),
     };
-    let text = format!(
-        "peercache {version}\n\
-         peer id:        {peer_id}\n\
-         upstream:       {upstream}\n\
-         peer sharing:   {sharing}\n\
-         cache:          {entries} entries, {mb:.2} MB\n\
-         requests:       {requests} ({local} local, {peer} peer, {revalidated} revalidated, {stale} stale, {misses} misses)\n\
-         hit rate:       {rate:.1} %\n\
-         GitHub calls:   {calls} made, {saved} saved\n\
-         \n\
-         GitHub-compatible base URL: {base}/gh\n",
-        version = env!("CARGO_PKG_VERSION"),
-        peer_id = api.peer_id,
-        upstream = api.upstream.as_str().trim_end_matches('/'),
-        entries = f.entries,
-        mb = f.bytes as f64 / (1024.0 * 1024.0),
-        requests = c.requests,
-        local = c.local_hits,
-        peer = c.peer_hits,
-        revalidated = c.revalidated,
-        stale = c.stale_served,
-        misses = c.misses,
-        rate = f.hit_rate() * 100.0,
-        calls = c.upstream_calls,
-        saved = f.calls_saved(),
-        base = api.base_url,
+    let mut rows = String::new();
+    for p in &s.peers {
+        rows.push_str(&format!(
+            "<tr data-peer-id=\"{id}\"><td class=\"mono\">{id}</td><td>{runner}</td><td class=\"mono\">{addr}</td><td>{seen}</td></tr>\n",
+            id = html_escape(&p.peer_id),
+            runner = html_escape(p.runner_name.as_deref().unwrap_or("—")),
+            addr = html_escape(preferred_addr(&p.multiaddrs).unwrap_or("")),
+            seen = html_escape(&last_seen_text(p.last_seen, now)),
+        ));
+    }
+    let value = |key: &str| -> Option<String> {
+        let text = match key {
+            "NONCE" => nonce.clone(),
+            "VERSION" => env!("CARGO_PKG_VERSION").to_string(),
+            "PEER_ID" => api.peer_id.clone(),
+            "UPSTREAM" => api.upstream.as_str().trim_end_matches('/').to_string(),
+            "SHARING" => sharing.clone(),
+            "PEER_COUNT" => s.peers.len().to_string(),
+            "HIT_RATE" => format!("{:.1} %", s.hit_rate() * 100.0),
+            "HITS" => s.hits().to_string(),
+            "REQUESTS" => c.requests.to_string(),
+            "LOCAL" => c.local_hits.to_string(),
+            "PEER" => c.peer_hits.to_string(),
+            "REVALIDATED" => c.revalidated.to_string(),
+            "STALE" => c.stale_served.to_string(),
+            "MISSES" => c.misses.to_string(),
+            "CALLS_MADE" => c.upstream_calls.to_string(),
+            "CALLS_SAVED" => s.calls_saved().to_string(),
+            "ENTRIES" => s.usage.entries.to_string(),
+            "SIZE_MB" => format!("{:.2}", s.usage.bytes as f64 / (1024.0 * 1024.0)),
+            // Already HTML.
+            "PEER_ROWS" => return Some(rows.clone()),
+            "NO_PEERS_HIDDEN" => {
+                return Some(if s.peers.is_empty() { "" } else { " hidden" }.into());
+            }
+            _ => return None,
+        };
+        Some(html_escape(&text))
+    };
+    let page = fill(STATUS_PAGE, value);
+    let policy = format!(
+        "default-src 'none'; script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
     );
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response()
+    let mut response = (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        page,
+    )
+        .into_response();
+    if let Ok(policy) = HeaderValue::from_str(&policy) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
+    response
+}
+
+/// Replaces each `{{NAME}}` of `template` with `value(NAME)` in one pass (a value is never
+/// searched for placeholders itself); unknown names are left as they are.
+fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len() + 1024);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after
+            .find("}}")
+            .and_then(|end| Some((end, value(&after[..end])?)))
+        {
+            Some((end, text)) => {
+                out.push_str(&text);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Text made safe for HTML element content and quoted attribute values.
+pub fn html_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for ch in text.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(ch),
+        }
+    }
+    out
+}
+
+/// The address to show for a peer: the first that is not loopback, else the first.
+pub fn preferred_addr(addrs: &[String]) -> Option<&str> {
+    let loopback = |a: &&String| a.starts_with("/ip4/127.") || a.starts_with("/ip6/::1/");
+    addrs
+        .iter()
+        .find(|a| !loopback(a))
+        .or_else(|| addrs.first())
+        .map(String::as_str)
+}
+
+/// `12:00:01 UTC (3 s ago)`.
+pub fn last_seen_text(last_seen: u64, now: u64) -> String {
+    let day = last_seen % 86_400;
+    let ago = now.saturating_sub(last_seen);
+    let ago = if ago < 120 {
+        format!("{ago} s ago")
+    } else {
+        format!("{} min ago", ago / 60)
+    };
+    format!(
+        "{:02}:{:02}:{:02} UTC ({ago})",
+        day / 3600,
+        day % 3600 / 60,
+        day % 60
+    )
 }
 
 #[cfg(test)]

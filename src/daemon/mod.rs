@@ -17,6 +17,7 @@
 pub mod api;
 pub mod client;
 mod detach;
+pub mod metrics;
 pub mod remote;
 pub mod state;
 
@@ -97,6 +98,8 @@ fn sharing(settings: &Settings) -> Result<Secret, String> {
 }
 
 async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Exit> {
+    // In GitHub Actions the startup's lines fold into one group, which ends at "ready".
+    let startup = crate::logging::group("peercache serve: starting the daemon");
     // Signals first: a stop request during startup still ends in a clean shutdown.
     let mut stop = StopSignal::install()?;
     preflight(settings, options)?;
@@ -118,6 +121,8 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         settings.api_url.as_str().trim_end_matches('/'),
     );
 
+    // libp2p's own metrics, served under /metrics with the daemon's.
+    let mut libp2p_registry = prometheus_client::registry::Registry::default();
     // The p2p node runs only when the swarm has a secret; the local cache works either way.
     let (node, sharing_reason) = match sharing(settings) {
         Ok(secret) => {
@@ -130,6 +135,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                 runner_name: std::env::var("RUNNER_NAME").ok().filter(|v| !v.is_empty()),
                 mdns: settings.mdns,
                 test_fault: crate::p2p::test_fault_from_env()?,
+                metrics: Some(libp2p::metrics::Metrics::new(&mut libp2p_registry)),
             };
             let node = crate::p2p::Node::start(config)
                 .await
@@ -189,6 +195,8 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         peers: handle.clone(),
         sharing_reason: sharing_reason.clone(),
         peer_id: peer_id.to_string(),
+        observer: metrics::Observer::new(),
+        libp2p_registry,
     });
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let mut server = tokio::spawn(
@@ -222,6 +230,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         let _ = writeln!(out, "PEERCACHE_API={api_url}").and_then(|()| out.flush());
     }
     tracing::info!("ready (pid {pid})");
+    startup.end();
 
     let heartbeat = match &handle {
         Some(handle) if !registries.is_empty() => Some(crate::registry::heartbeat::spawn(

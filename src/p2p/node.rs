@@ -78,6 +78,9 @@ pub struct NodeConfig {
     pub test_fault: Option<TestFault>,
     /// Whether to discover peers on the LAN with mDNS.
     pub mdns: bool,
+    /// libp2p's own metrics (connections, identify, ping, gossipsub, Kademlia), recorded from
+    /// the swarm's events when given.
+    pub metrics: Option<libp2p::metrics::Metrics>,
 }
 
 /// A verified swarm member, as `/api/peers` shows it.
@@ -378,6 +381,7 @@ impl Node {
             to_disconnect: Vec::new(),
             topic,
             meta,
+            metrics: config.metrics,
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {
@@ -567,6 +571,7 @@ struct EventLoop {
     to_disconnect: Vec<PeerId>,
     topic: gossipsub::IdentTopic,
     meta: PeerMeta,
+    metrics: Option<libp2p::metrics::Metrics>,
 }
 
 impl EventLoop {
@@ -684,6 +689,9 @@ impl EventLoop {
     }
 
     fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            record_metrics(metrics, &event);
+        }
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!("listening on {address}");
@@ -1005,6 +1013,20 @@ impl EventLoop {
                 state.wake(&key_id);
             }
         }
+    }
+}
+
+/// Feeds one swarm event to libp2p's metrics. libp2p-metrics has no recorder for
+/// request-response; the exchange's figures are the node's own [`P2pStats`].
+fn record_metrics(metrics: &libp2p::metrics::Metrics, event: &SwarmEvent<BehaviourEvent>) {
+    use libp2p::metrics::Recorder;
+    metrics.record(event);
+    match event {
+        SwarmEvent::Behaviour(BehaviourEvent::Identify(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+        _ => {}
     }
 }
 
