@@ -46,6 +46,8 @@ enum Command {
     Serve(cmd::serve::ServeArgs),
     /// Stop the daemon named in $PEERCACHE_HOME/serve.json and wait for it to exit
     Stop,
+    /// Peers and cache figures of the running daemon (--json, or --markdown for a job summary)
+    Status(cmd::status::StatusArgs),
     /// Publish the running daemon's record (peer id, dialable addresses) to each registry
     Register(cmd::register::RegisterArgs),
     /// List the live peers of the registries and the bootstrap setting
@@ -98,6 +100,11 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             let settings = Settings::load(&flags)?;
             init_logging(&settings.log, false);
             cmd::stop::run(&settings)
+        }
+        Command::Status(args) => {
+            let settings = Settings::load(&flags)?;
+            init_logging(&settings.log, false);
+            cmd::status::run(&settings, args)
         }
         Command::Register(args) => {
             flags.registry = args.registry.clone();

@@ -5,4 +5,5 @@ pub mod fetch;
 pub mod init;
 pub mod register;
 pub mod serve;
+pub mod status;
 pub mod stop;
