@@ -14,6 +14,7 @@ command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
 command -v file >/dev/null 2>&1 || missing+=(file)
 # `ip` (network namespaces for the mDNS test).
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the status page test (tests/observability.rs)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq >&2
