@@ -845,6 +845,39 @@ fn issue_registry_heartbeats_stay_under_ten_calls_per_runner_per_hour() {
     let startup_calls = startup.len();
     let startup_spent = startup.iter().filter(|r| r.quota_spent).count();
 
+    // What the composite action runs next: `register` (finds the daemon's record current and
+    // writes nothing) and `discover` (reads the list the shared cache holds). Under a token of
+    // their own, to count them apart from the heartbeats running meanwhile.
+    let cli_auth = "Bearer token-of-the-steps";
+    let registry = format!("issue:{REPO}");
+    // The same job: the same runner, repository and workflow as the daemon.
+    let steps_env = [
+        ("PEERCACHE_REGISTRY", registry.as_str()),
+        ("PEERCACHE_TOKEN", "token-of-the-steps"),
+        ("RUNNER_NAME", "a"),
+        ("GITHUB_REPOSITORY", REPO),
+        ("GITHUB_WORKFLOW", "CI"),
+    ];
+    let mut register_env = steps_env.to_vec();
+    register_env.push(("PEERCACHE_REGISTRY_INTERVAL", "2"));
+    let steps = |hub: &FakeHub| {
+        hub.stats()
+            .requests
+            .iter()
+            .filter(|r| r.authorization.as_deref() == Some(cli_auth))
+            .count()
+    };
+    cli(&a, &hub, &register_env, &["register"]).ok();
+    let register_calls = steps(&hub);
+    let run = cli(&a, &hub, &steps_env, &["discover"]).ok();
+    assert!(stdout(&run).is_empty(), "nobody else runs");
+    let discover_calls = steps(&hub) - register_calls;
+    assert_eq!(
+        comment_of(&comments(&hub), &a.peer_id).len(),
+        1,
+        "register did not add a comment"
+    );
+
     // Steady state: N heartbeats.
     let n = 4;
     let start_writes = writes(&startup);
@@ -858,6 +891,11 @@ fn issue_registry_heartbeats_stay_under_ten_calls_per_runner_per_hour() {
     let all = mine(&hub.stats());
     let beats = writes(&all) - start_writes;
     let window = &all[startup_calls..];
+    let register_window: Vec<_> = window
+        .iter()
+        .filter(|r| r.method == "PATCH" || r.method == "POST")
+        .collect();
+    assert_eq!(register_window.len(), beats, "one write per heartbeat");
     let per_beat = window.len() as f64 / beats as f64;
     let per_beat_spent = window.iter().filter(|r| r.quota_spent).count() as f64 / beats as f64;
 
@@ -869,9 +907,10 @@ fn issue_registry_heartbeats_stay_under_ten_calls_per_runner_per_hour() {
     let default_interval = peercache::registry::ISSUE_INTERVAL.as_secs_f64();
     let beats_per_hour = 3600.0 / default_interval;
     let steady_per_hour = per_beat * beats_per_hour;
-    // The first hour: the start (one heartbeat), the rest of the hour's heartbeats, the stop,
-    // and the hourly look-up of the issue number.
-    let first_hour = startup_calls as f64 + per_beat * (beats_per_hour - 1.0) + stop_calls as f64;
+    // The first hour: the start (one heartbeat), register and discover, the rest of the hour's
+    // heartbeats, the stop.
+    let first_hour = (startup_calls + register_calls + discover_calls + stop_calls) as f64
+        + per_beat * (beats_per_hour - 1.0);
     println!(
         "startup: {startup_calls} calls ({startup_spent} spending quota): {:?}",
         startup
@@ -883,7 +922,7 @@ fn issue_registry_heartbeats_stay_under_ten_calls_per_runner_per_hour() {
         "{beats} heartbeats in {elapsed:?} (interval {interval:?}): {} calls, {per_beat:.2} per heartbeat ({per_beat_spent:.2} spending quota)",
         window.len()
     );
-    println!("stop: {stop_calls} call(s)");
+    println!("register: {register_calls} call(s), discover: {discover_calls}, stop: {stop_calls}");
     println!(
         "at the default interval ({default_interval} s): {steady_per_hour:.1} calls per runner per hour in steady state (+1 hourly issue look-up), {first_hour:.1} in the first hour"
     );
@@ -894,6 +933,11 @@ fn issue_registry_heartbeats_stay_under_ten_calls_per_runner_per_hour() {
     assert!(steady_per_hour + 1.0 < 10.0);
     assert!(first_hour < 10.0);
     assert_eq!(stop_calls, 1);
+    assert_eq!(
+        startup_calls, 5,
+        "first node ever: look up, create, look up, list, post"
+    );
+    assert!(register_calls <= 1 && discover_calls == 0);
     // Nothing was duplicated along the way.
     assert!(
         comments(&hub).is_empty(),

@@ -46,7 +46,7 @@ use crate::daemon::state::now_secs;
 use crate::error::UserError;
 use crate::github::ratelimit::{RateLimits, Verdict};
 use crate::github::{ApiResponse, GitHub, next_link, on_api_host};
-use crate::resolver::{Request, ResolveError, Resolved, Resolver, format_time};
+use crate::resolver::{Request, ResolveError, Resolved, Resolver, Source, format_time};
 use crate::secret::Secret;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -223,9 +223,10 @@ impl ApiComment {
     }
 }
 
-/// A page list: the items, or "not found" (the issue or repository is gone or hidden).
+/// A page list: the items (and whether every page came from GitHub just now), or "not found"
+/// (the issue or repository is gone or hidden).
 enum Listed {
-    Items(Vec<Value>),
+    Items { items: Vec<Value>, fresh: bool },
     NotFound,
 }
 
@@ -327,9 +328,11 @@ impl IssueRegistry {
         done: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Listed> {
         let mut items = Vec::new();
+        let mut fresh = true;
         let mut url = first;
         for _ in 0..max_pages {
             let resolved = self.get(url.clone(), ttl, direct).await?;
+            fresh &= matches!(resolved.source, Source::Upstream | Source::Revalidated);
             match resolved.status {
                 200..=299 => {}
                 404 | 410 => return Ok(Listed::NotFound),
@@ -355,11 +358,12 @@ impl IssueRegistry {
                 _ => anyhow::bail!("GitHub's Link header points off the API host ({next})"),
             }
         }
-        Ok(Listed::Items(items))
+        Ok(Listed::Items { items, fresh })
     }
 
-    /// The open registry issue with the lowest number, searched with this TTL.
-    async fn search(&self, ttl: Duration, direct: bool) -> anyhow::Result<Option<u64>> {
+    /// The open registry issue with the lowest number, searched with this TTL; and whether the
+    /// answer came from GitHub just now.
+    async fn search(&self, ttl: Duration, direct: bool) -> anyhow::Result<(Option<u64>, bool)> {
         let url = self.url("issues?state=open&sort=created&direction=asc&per_page=100")?;
         let is_registry = |issue: &Value| {
             issue.get("title").and_then(Value::as_str) == Some(ISSUE_TITLE)
@@ -370,11 +374,14 @@ impl IssueRegistry {
             .get_list(url, ttl, direct, MAX_SEARCH_PAGES, is_registry)
             .await?
         {
-            Listed::Items(items) => Ok(items
-                .iter()
-                .filter(|i| is_registry(i))
-                .filter_map(|i| i.get("number").and_then(Value::as_u64))
-                .min()),
+            Listed::Items { items, fresh } => Ok((
+                items
+                    .iter()
+                    .filter(|i| is_registry(i))
+                    .filter_map(|i| i.get("number").and_then(Value::as_u64))
+                    .min(),
+                fresh,
+            )),
             Listed::NotFound => Err(UserError::usage(format!(
                 "the {} registry: repository {}/{} was not found (or the token cannot see it)",
                 self.label(),
@@ -395,13 +402,14 @@ impl IssueRegistry {
         {
             return Ok(Some(number));
         }
-        let mut found = self.search(LOOKUP_TTL, false).await?;
-        if found.is_none() {
+        let (mut found, fresh) = self.search(LOOKUP_TTL, false).await?;
+        if found.is_none() && !fresh {
             // A cached "none" is trusted for a short while only: someone may have opened it
             // since. Asking again costs a free 304 when nothing changed.
             found = self
                 .search(if create { Duration::ZERO } else { LIST_TTL }, create)
-                .await?;
+                .await?
+                .0;
         }
         if found.is_none() && create {
             let created = self.create_issue().await?;
@@ -410,7 +418,7 @@ impl IssueRegistry {
                 self.search(Duration::ZERO, true)
                     .await
                     .ok()
-                    .flatten()
+                    .and_then(|(found, _)| found)
                     .unwrap_or(created),
             );
         }
@@ -509,7 +517,7 @@ impl IssueRegistry {
             .get_list(url, ttl, direct, MAX_COMMENT_PAGES, |_| false)
             .await?
         {
-            Listed::Items(items) => Ok(Some(
+            Listed::Items { items, .. } => Ok(Some(
                 items
                     .into_iter()
                     .filter_map(|v| serde_json::from_value::<ApiComment>(v).ok())
