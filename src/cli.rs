@@ -91,6 +91,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             flags.port = args.port.clone();
             flags.bootstrap = args.bootstrap.clone();
             flags.ttl = args.ttl.clone();
+            flags.registry = args.registry.clone();
+            flags.mdns = args.mdns.clone();
             let settings = Settings::load(&flags)?;
             // A daemon's log is read later: every line carries its time.
             init_logging(&settings.log, !args.daemon);

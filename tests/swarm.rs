@@ -14,6 +14,7 @@ use fakehub::{FakeHub, Options};
 
 #[test]
 fn five_nodes_twenty_endpoints_reach_github_twenty_times() {
+    let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start_with(Options {
         latency: Duration::from_millis(50),
@@ -65,6 +66,7 @@ fn five_nodes_twenty_endpoints_reach_github_twenty_times() {
 
 #[test]
 fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
+    let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 4, 2048);
@@ -119,6 +121,7 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
 
 #[test]
 fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
+    let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 1, 20 * 1024);
@@ -177,6 +180,7 @@ fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
 
 #[test]
 fn a_peer_sending_tampered_entries_is_rejected_counted_and_dropped() {
+    let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 3, 4096);
@@ -235,6 +239,7 @@ fn a_peer_sending_tampered_entries_is_rejected_counted_and_dropped() {
 
 #[test]
 fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins() {
+    let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 2, 2048);
@@ -322,6 +327,7 @@ fn free_port() -> u16 {
 
 #[test]
 fn a_node_that_knows_one_member_finds_all_of_them_through_kademlia() {
+    let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 1, 2048);

@@ -29,6 +29,12 @@ pub struct ServeArgs {
     /// Freshness TTL in seconds for API requests without x-peercache-ttl [env: PEERCACHE_TTL; default 300]
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<String>,
+    /// Registries to publish to and read peers from: dir:PATH, issue:OWNER/REPO[#N], none [env: PEERCACHE_REGISTRY]
+    #[arg(long, value_name = "SPECS")]
+    pub registry: Option<String>,
+    /// Discover peers on the LAN with mDNS: true or false [env: PEERCACHE_MDNS; default true]
+    #[arg(long, value_name = "BOOL")]
+    pub mdns: Option<String>,
 }
 
 /// Runs `serve` (in the foreground, or detached with `--daemon`).

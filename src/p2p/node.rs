@@ -15,7 +15,7 @@ use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, mdns,
@@ -36,8 +36,11 @@ use crate::secret::Secret;
 
 /// How long a pull may take before the requester tries elsewhere.
 const PULL_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long "have you got it?" or a claim may take.
+/// How long "have you got it?" may take when asking members that announced nothing.
 const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a claim may wait for the coordinator. Generous: a busy coordinator must not turn
+/// into a second upstream call; a dead one fails fast (its connection closes).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peers asked at once when nobody announced the key.
 const ASK_FANOUT: usize = 8;
 /// Holders tried, newest first, before asking the others.
@@ -273,6 +276,7 @@ enum Command {
     },
     Publish(Gossip),
     Dial(Multiaddr),
+    DialPeer(PeerId, Vec<Multiaddr>),
     Punish(PeerId),
     Shutdown(oneshot::Sender<()>),
 }
@@ -640,6 +644,7 @@ impl EventLoop {
                     tracing::debug!("cannot dial {addr}: {e}");
                 }
             }
+            Command::DialPeer(peer, addrs) => self.dial_peer(peer, addrs, "a registry"),
             Command::Punish(peer) => self.punish(peer),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
@@ -759,8 +764,12 @@ impl EventLoop {
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
-                    self.dial_discovered(peer, addr, "mDNS");
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    self.dial_peer(peer, addrs, "mDNS");
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
@@ -931,18 +940,23 @@ impl EventLoop {
         }
     }
 
-    /// Dials a peer found by mDNS or Kademlia unless it is us, connected, or banned.
-    fn dial_discovered(&mut self, peer: PeerId, addr: Multiaddr, how: &str) {
-        if peer == self.inner.peer_id
-            || self.swarm.is_connected(&peer)
-            || self.inner.state().banned.contains_key(&peer)
-        {
+    /// Dials a peer at all its known addresses at once, unless it is us, banned, connected or
+    /// being dialed already.
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, how: &str) {
+        if peer == self.inner.peer_id || self.inner.state().banned.contains_key(&peer) {
             return;
         }
-        tracing::debug!("dialing {peer} at {addr}, found by {how}");
-        let opts = DialOpts::peer_id(peer).addresses(vec![addr]).build();
+        let addrs: Vec<Multiaddr> = addrs.into_iter().filter(is_dialable).collect();
+        if addrs.is_empty() {
+            return;
+        }
+        tracing::debug!("dialing {peer} at {addrs:?}, found by {how}");
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .build();
         if let Err(e) = self.swarm.dial(opts) {
-            tracing::debug!("cannot dial {peer}: {e}");
+            tracing::debug!("not dialing {peer}: {e}");
         }
     }
 
@@ -950,16 +964,14 @@ impl EventLoop {
         match event {
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {
-                self.dial_discovered(peer, address, "Kademlia");
+                self.dial_peer(peer, vec![address], "Kademlia");
             }
             kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::GetClosestPeers(Ok(found)),
                 ..
             } => {
                 for info in found.peers {
-                    for addr in info.addrs.into_iter().filter(is_dialable) {
-                        self.dial_discovered(info.peer_id, addr, "Kademlia");
-                    }
+                    self.dial_peer(info.peer_id, info.addrs, "Kademlia");
                 }
             }
             _ => {}
@@ -1149,6 +1161,11 @@ impl Handle {
         self.inner.send(Command::Dial(addr));
     }
 
+    /// Dials a peer at all these addresses at once, unless it is connected or being dialed.
+    pub fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        self.inner.send(Command::DialPeer(peer, addrs));
+    }
+
     /// The peer tier: an entry fresh for `ttl` from the swarm, or `None` when this node should
     /// call upstream itself (and then call [`Handle::finished`]).
     ///
@@ -1254,7 +1271,7 @@ impl Handle {
             key_id: key_id.to_vec(),
             ttl_ms: ttl.as_millis() as u64,
         };
-        match self.request(coordinator, request, ASK_TIMEOUT).await {
+        match self.request(coordinator, request, CLAIM_TIMEOUT).await {
             Ok(Response::Claim { granted: true, .. }) => Decision::Granted,
             Ok(Response::Claim {
                 claimant: Some(claimant),

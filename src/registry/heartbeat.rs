@@ -239,9 +239,8 @@ impl Task {
                     .unwrap_or_default(),
                 self.registry.name()
             );
-            for addr in addrs {
-                self.node.dial(addr);
-            }
+            // One dial with every address; the node skips peers connected or being dialed.
+            self.node.dial_peer(peer, addrs);
             dialed.insert(peer, now);
         }
     }

@@ -10,6 +10,13 @@ use fakehub::FakeHub;
 
 use super::{HttpResponse, PEERCACHE, http_get, pid_alive, send_signal};
 
+/// Holds the swarm tests of one binary to one at a time: each starts several daemons, and on a
+/// 2-core CI machine running them side by side only measures the scheduler.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// The secret of the test swarm.
 pub const SECRET: &str = "swarm-secret-for-tests";
 
