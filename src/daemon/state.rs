@@ -25,7 +25,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -128,22 +128,7 @@ pub fn is_peercache_serve(pid: u32) -> bool {
 
 /// Creates the state dir (0700) when it is missing.
 pub fn ensure_home(home: &Path) -> anyhow::Result<()> {
-    let unusable = |e: io::Error| -> anyhow::Error {
-        UserError::usage(format!(
-            "state dir {} is not usable ({e}); set PEERCACHE_HOME or --home to a writable directory",
-            home.display()
-        ))
-        .into()
-    };
-    if !home.is_dir() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(home)
-            .map_err(unusable)?;
-        fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
-    }
-    Ok(())
+    crate::p2p::identity::ensure_state_dir(home)
 }
 
 /// The exclusive lock of one state dir's daemon; released when dropped (or when the process
@@ -208,6 +193,7 @@ pub fn now_secs() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn info(pid: u32) -> ServeInfo {
         ServeInfo {

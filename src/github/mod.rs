@@ -80,39 +80,54 @@ impl GitHub {
     /// Sends one GET; `Err` only when no HTTP answer came back (network, TLS, timeout).
     pub async fn get(&self, request: &ApiRequest) -> Result<ApiResponse, String> {
         let mut headers = HeaderMap::new();
-        headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
         for (name, value) in &request.extra_headers {
             headers.insert(name.clone(), value.clone());
         }
-        headers.insert(ACCEPT, header_value(&request.accept)?);
-        headers.insert("x-github-api-version", header_value(&request.api_version)?);
-        if let Some(token) = &request.token {
-            let mut value = header_value(&authorization_value(token.expose()))?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
-        }
+        headers.extend(api_headers(
+            &request.accept,
+            &request.api_version,
+            request.token.as_ref(),
+        )?);
         if let Some(since) = &request.if_modified_since {
             headers.insert(IF_MODIFIED_SINCE, header_value(since)?);
         }
         if let Some(etag) = &request.if_none_match {
             headers.insert(IF_NONE_MATCH, header_value(etag)?);
         }
-        let response = self
-            .http
-            .get(request.url.clone())
-            .headers(headers)
-            .send()
-            .await
-            .map_err(|e| describe(&e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|e| describe(&e))?.to_vec();
-        Ok(ApiResponse {
-            status,
-            headers,
-            body,
-        })
+        execute(self.http.get(request.url.clone()).headers(headers)).await
     }
+}
+
+/// The headers GitHub asks for on every request: `User-Agent`, `Accept`,
+/// `X-GitHub-Api-Version`, and `Authorization` (marked sensitive, so it is never logged).
+fn api_headers(
+    accept: &str,
+    api_version: &str,
+    token: Option<&Secret>,
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    headers.insert(USER_AGENT, HeaderValue::from_static(USER_AGENT_VALUE));
+    headers.insert(ACCEPT, header_value(accept)?);
+    headers.insert("x-github-api-version", header_value(api_version)?);
+    if let Some(token) = token {
+        let mut value = header_value(&authorization_value(token.expose()))?;
+        value.set_sensitive(true);
+        headers.insert(AUTHORIZATION, value);
+    }
+    Ok(headers)
+}
+
+/// Sends a request and reads the whole answer.
+async fn execute(request: reqwest::RequestBuilder) -> Result<ApiResponse, String> {
+    let response = request.send().await.map_err(|e| describe(&e))?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.bytes().await.map_err(|e| describe(&e))?.to_vec();
+    Ok(ApiResponse {
+        status,
+        headers,
+        body,
+    })
 }
 
 /// `Authorization` for a token: `token X` for bare tokens, as given when it names a scheme.

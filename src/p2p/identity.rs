@@ -32,20 +32,30 @@ pub fn load_or_create(home: &Path) -> anyhow::Result<Keypair> {
     }
 }
 
-fn create(home: &Path, path: &Path) -> anyhow::Result<Keypair> {
-    let unusable = |e: std::io::Error| -> anyhow::Error {
-        UserError::usage(format!(
-            "state dir {} is not usable ({e}); set PEERCACHE_HOME or --home to a writable directory",
-            home.display()
-        ))
-        .into()
-    };
+/// Creates the state dir with mode 0700 when it is missing.
+pub fn ensure_state_dir(home: &Path) -> anyhow::Result<()> {
+    if home.is_dir() {
+        return Ok(());
+    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(home)
-        .map_err(unusable)?;
-    fs::set_permissions(home, fs::Permissions::from_mode(0o700)).map_err(unusable)?;
+        .and_then(|()| fs::set_permissions(home, fs::Permissions::from_mode(0o700)))
+        .map_err(|e| state_dir_unusable(home, e))
+}
+
+fn state_dir_unusable(home: &Path, e: std::io::Error) -> anyhow::Error {
+    UserError::usage(format!(
+        "state dir {} is not usable ({e}); set PEERCACHE_HOME or --home to a writable directory",
+        home.display()
+    ))
+    .into()
+}
+
+fn create(home: &Path, path: &Path) -> anyhow::Result<Keypair> {
+    let unusable = |e: std::io::Error| state_dir_unusable(home, e);
+    ensure_state_dir(home)?;
     let keypair = Keypair::generate_ed25519();
     let bytes = keypair.to_protobuf_encoding()?;
     // Written under a temporary name and linked into place, so two processes starting at once
