@@ -226,6 +226,34 @@ fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() 
     assert_eq!(nodes[1].get("gh/repos/octo/hello").source(), "peer");
     assert_eq!(nodes[2].get("gh/repos/octo/hello").source(), "peer");
     assert_eq!(hub.count("/repos/octo/hello"), 1);
+
+    // A fourth node with a registry of its own (so it cannot read theirs) that knows only one of
+    // them: Kademlia brings it to all three.
+    let elsewhere = format!("dir:{}", root.path().join("other-peers").display());
+    let fourth = start_node(
+        root.path(),
+        "d",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![nodes[2].bootstrap_addr()],
+            env: vec![("PEERCACHE_REGISTRY", elsewhere)],
+            ..NodeSpec::default()
+        },
+    );
+    wait_for(
+        "the fourth node to find all three through Kademlia",
+        Duration::from_secs(30),
+        || fourth.peer_count() == 3,
+    );
+    for n in &nodes {
+        wait_for(
+            &format!("{} to see the fourth", n.name),
+            Duration::from_secs(10),
+            || n.peer_count() == 3,
+        );
+    }
+    assert_eq!(fourth.get("gh/repos/octo/hello").source(), "peer");
+    assert_eq!(hub.count("/repos/octo/hello"), 1);
 }
 
 #[test]
