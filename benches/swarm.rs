@@ -24,7 +24,12 @@ fn percentile(samples: &[Duration], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1000.0
 }
 
-fn fetch_whole_process(binary: &Path, node: &SwarmNode, endpoint: &str) -> (Duration, String) {
+fn fetch_whole_process(
+    binary: &Path,
+    hub: &FakeHub,
+    node: &SwarmNode,
+    endpoint: &str,
+) -> (Duration, String) {
     let started = Instant::now();
     let out = Command::new(binary)
         .args(["fetch", "-i", endpoint])
@@ -32,6 +37,8 @@ fn fetch_whole_process(binary: &Path, node: &SwarmNode, endpoint: &str) -> (Dura
         .env("HOME", node.home.parent().unwrap())
         .env("PEERCACHE_HOME", &node.home)
         .env("PEERCACHE_CACHE_DIR", &node.cache)
+        // The daemon is used only when it calls the same upstream as this fetch would.
+        .env("PEERCACHE_API_URL", hub.url())
         .env("PEERCACHE_TOKEN", format!("token-of-{}", node.name))
         .output()
         .expect("run peercache fetch");
@@ -143,7 +150,7 @@ fn main() {
     let mut peer_sources = std::collections::BTreeMap::new();
     for i in 0..samples {
         let (took, source) =
-            fetch_whole_process(&binary, &nodes[2], &format!("repos/octo/peer{i}"));
+            fetch_whole_process(&binary, &hub, &nodes[2], &format!("repos/octo/peer{i}"));
         *peer_sources.entry(source.clone()).or_insert(0) += 1;
         if source == "peer" {
             peer_process.push(took);
@@ -161,7 +168,7 @@ fn main() {
     let mut local_process = Vec::new();
     for i in 0..samples {
         let (took, source) =
-            fetch_whole_process(&binary, &nodes[2], &format!("repos/octo/peer{i}"));
+            fetch_whole_process(&binary, &hub, &nodes[2], &format!("repos/octo/peer{i}"));
         if source == "local" {
             local_process.push(took);
         }

@@ -60,21 +60,31 @@ impl ApiResponse {
     }
 }
 
-/// A client for one API base URL.
-#[derive(Debug, Clone)]
+/// A client for the REST API. Cheap to make: the HTTP client (rustls, which reads the system's
+/// CA certificates — ~10 ms) is built on the first call upstream, so a cache hit never pays it.
+#[derive(Debug, Clone, Default)]
 pub struct GitHub {
-    http: reqwest::Client,
+    http: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl GitHub {
-    /// Builds the HTTP client (rustls, HTTP/2, timeouts).
+    /// A client; the connection pool and TLS set-up come with the first request.
     pub fn new() -> anyhow::Result<GitHub> {
-        let http = reqwest::Client::builder()
+        Ok(GitHub::default())
+    }
+
+    /// The HTTP client (rustls, HTTP/2, timeouts), built once.
+    fn http(&self) -> Result<&reqwest::Client, String> {
+        if let Some(client) = self.http.get() {
+            return Ok(client);
+        }
+        let client = reqwest::Client::builder()
             .user_agent(USER_AGENT_VALUE)
             .connect_timeout(Duration::from_secs(10))
             .timeout(Duration::from_secs(60))
-            .build()?;
-        Ok(GitHub { http })
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(self.http.get_or_init(|| client))
     }
 
     /// Sends one GET; `Err` only when no HTTP answer came back (network, TLS, timeout).
@@ -94,7 +104,7 @@ impl GitHub {
         if let Some(etag) = &request.if_none_match {
             headers.insert(IF_NONE_MATCH, header_value(etag)?);
         }
-        execute(self.http.get(request.url.clone()).headers(headers)).await
+        execute(self.http()?.get(request.url.clone()).headers(headers)).await
     }
 }
 

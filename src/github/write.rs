@@ -24,7 +24,7 @@ impl GitHub {
         body: Option<&serde_json::Value>,
     ) -> Result<ApiResponse, String> {
         let mut headers = api_headers(DEFAULT_ACCEPT, DEFAULT_API_VERSION, token)?;
-        let mut request = self.http.request(method, url.clone());
+        let mut request = self.http()?.request(method, url.clone());
         if let Some(body) = body {
             headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
             let bytes = serde_json::to_vec(body).map_err(|e| e.to_string())?;
