@@ -180,7 +180,7 @@ if [[ "$discovered" != true ]]; then
 fi
 
 # One line for people reading the log: what this job got.
-peer_count="$(grep -c . "$work/out" 2>/dev/null || true)"
+peer_count="$(sed -n 's/^peer-count=//p' "${GITHUB_OUTPUT:-/dev/null}" | tail -n 1)"
 if [[ "$discovered" == true ]]; then
   notice "peer ${PEERCACHE_PEER_ID:-?} on port ${PEERCACHE_PORT:-?}, ${peer_count:-0} peer(s) found, local API ready"
 elif [[ -n "$api" ]]; then
