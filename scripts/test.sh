@@ -36,3 +36,6 @@ fi
 
 step "cargo test (unit and integration tests, against the stand-in GitHub API on loopback)"
 cargo test --workspace --locked
+
+step "the composite action: lint, install.sh, action-setup.sh, and act running e2e.yml"
+scripts/test-action.sh
