@@ -126,7 +126,7 @@ pub fn is_peercache_serve(pid: u32) -> bool {
     name.starts_with(b"peercache") && args.any(|a| a == b"serve")
 }
 
-/// Creates the state dir (0700) when it is missing.
+/// Creates the state dir (0700; an existing one is made 0700 too).
 pub fn ensure_home(home: &Path) -> anyhow::Result<()> {
     crate::p2p::identity::ensure_state_dir(home)
 }

@@ -32,11 +32,9 @@ pub fn load_or_create(home: &Path) -> anyhow::Result<Keypair> {
     }
 }
 
-/// Creates the state dir with mode 0700 when it is missing.
+/// Creates the state dir, and makes it 0700 even when it existed: it holds the identity and the
+/// local API's capability.
 pub fn ensure_state_dir(home: &Path) -> anyhow::Result<()> {
-    if home.is_dir() {
-        return Ok(());
-    }
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
