@@ -34,6 +34,11 @@ mask() {
 }
 notice() { printf '::notice title=peercache::%s\n' "$(escape_data "$*")"; }
 
+# How long each phase took, for the closing notice (bash 5's EPOCHREALTIME, in microseconds).
+timings=()
+now_us() { local t="${EPOCHREALTIME:-0}"; printf '%s' "${t/[.,]/}"; }
+took() { timings+=("$1 $((($(now_us) - $2) / 1000)) ms"); }
+
 case "${INPUT_FAIL_ON_ERROR:-false}" in
   true | True | TRUE) fail_on_error=true ;;
   false | False | FALSE | '') fail_on_error=false ;;
@@ -103,17 +108,23 @@ trap 'rm -rf "$work"' EXIT
 
 binary=""
 # stdout (the binary's path) is captured; stderr goes to the log and to install.err for the reason.
+start="$(now_us)"
 if ! binary="$({ bash "$here/install.sh" 2>&1 1>&4 4>&- | tee "$work/install.err" >&2; } 4>&1)"; then
   reason="$(sed -n 's/^peercache install: error: //p' "$work/install.err" | tail -n 1)"
   binary=""
   degrade "peercache could not be installed: ${reason:-see the log above}; later steps will not find it"
   exit 0
 fi
+took install "$start"
 
 # Runs a peercache subcommand with its stdout in $work/out and stderr passed through and kept in
 # $work/err. Returns its exit status.
 run() {
-  { "$binary" "$@" </dev/null 2>&1 >"$work/out" | tee "$work/err" >&2; }
+  local start status=0
+  start="$(now_us)"
+  { "$binary" "$@" </dev/null 2>&1 >"$work/out" | tee "$work/err" >&2; } || status=$?
+  took "$1" "$start"
+  return "$status"
 }
 last_error() { grep -v '^[[:space:]]*$' "$work/err" | tail -n 1; }
 
@@ -181,8 +192,9 @@ fi
 
 # One line for people reading the log: what this job got.
 peer_count="$(sed -n 's/^peer-count=//p' "${GITHUB_OUTPUT:-/dev/null}" | tail -n 1)"
+times="$(IFS=,; printf '%s' "${timings[*]}")"
 if [[ "$discovered" == true ]]; then
-  notice "peer ${PEERCACHE_PEER_ID:-?} on port ${PEERCACHE_PORT:-?}, ${peer_count:-0} peer(s) found, local API ready"
+  notice "peer ${PEERCACHE_PEER_ID:-?} on port ${PEERCACHE_PORT:-?}, ${peer_count:-0} peer(s) found, local API ready (${times//,/, })"
 elif [[ -n "$api" ]]; then
-  notice "peer ${PEERCACHE_PEER_ID:-?} on port ${PEERCACHE_PORT:-?}: local cache and API only"
+  notice "peer ${PEERCACHE_PEER_ID:-?} on port ${PEERCACHE_PORT:-?}: local cache and API only (${times//,/, })"
 fi
