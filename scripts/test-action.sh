@@ -4,7 +4,8 @@
 # failure.
 #
 #   lint      shellcheck, check-jsonschema (action and workflows), zizmor (nothing high), no
-#             `${{ }}` inside a `run:` script, README.md's tables of inputs/outputs = action.yml
+#             `${{ }}` inside a `run:` script, the tables of inputs and outputs in README.md and
+#             docs/action.md = action.yml
 #   install   scripts/install.sh against a fake release on loopback (good and bad checksums, the
 #             tool cache, refused URLs, builds from source with a stand-in cargo)
 #   setup     scripts/action-setup.sh as the action runs it: warnings, fail-on-error, secrets,
@@ -100,7 +101,7 @@ print("\n".join(bad) or "no ${{ }} in any run: script")
 sys.exit(1 if bad else 0)
 PY
 }
-lint_readme_table() { python3 tests/action/check_readme_table.py action.yml README.md; }
+lint_readme_table() { python3 tests/action/check_readme_table.py action.yml README.md docs/action.md; }
 
 # --- install ------------------------------------------------------------------------------------
 # A fake peercache: install.sh only runs `--version`.
@@ -431,7 +432,7 @@ for group in "${groups[@]}"; do
       t "check-jsonschema: .github/workflows/*.yml (vendor.github-workflows)" lint_workflow_schema
       t "zizmor: no finding of high severity" lint_zizmor
       t "no \${{ }} expression inside a run: script" lint_no_expressions_in_run
-      t "README.md's tables of inputs and outputs match action.yml" lint_readme_table
+      t "the tables of inputs and outputs in README.md and docs/action.md match action.yml" lint_readme_table
       ;;
     install)
       make_fake_binary

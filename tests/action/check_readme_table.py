@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""Checks that README.md's tables of the action's inputs and outputs match action.yml exactly.
+"""Checks that the Markdown tables of the action's inputs and outputs match action.yml exactly.
 
-    check_readme_table.py ACTION_YML README_MD
-    check_readme_table.py --print ACTION_YML     # prints the tables as they should be
+    check_readme_table.py ACTION_YML MARKDOWN...  # README.md, docs/action.md
+    check_readme_table.py --print ACTION_YML      # prints the tables as they should be
 
-The section `## Use it in a workflow` of README.md holds two tables:
+The section `## Use it in a workflow` of each Markdown file holds two tables:
 
     | input | description | default |        one row per input of action.yml, in its order;
     |---|---|---|                             the default in backticks, empty when it is ''
@@ -76,9 +76,17 @@ def main() -> int:
             want = expected(YAML(typ="safe").load(f))
         print(render(want["input"]) + "\n\n" + render(want["output"]))
         return 0
-    action_path, readme_path = sys.argv[1], sys.argv[2]
+    action_path = sys.argv[1]
     with open(action_path, encoding="utf-8") as f:
-        action = YAML(typ="safe").load(f)
+        want = expected(YAML(typ="safe").load(f))
+    failed = 0
+    for readme_path in sys.argv[2:]:
+        failed |= check(want, readme_path)
+    return failed
+
+
+def check(want: dict[str, list[list[str]]], readme_path: str) -> int:
+    """Prints every difference between README_PATH's tables and WANT; 1 when there is any."""
     with open(readme_path, encoding="utf-8") as f:
         lines = f.read().splitlines()
 
@@ -90,30 +98,28 @@ def main() -> int:
     end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
     found = tables(lines[start + 1 : end])
 
-    want = expected(action)
-
     problems = []
     for kind, rows in want.items():
         got = found.get(kind)
         if got is None:
-            problems.append(f"no table with the header {' | '.join(rows[0])} under {SECTION!r}")
+            problems.append(f"{readme_path}: no table with the header {' | '.join(rows[0])} under {SECTION!r}")
             continue
         if got[0] != rows[0]:
-            problems.append(f"the {kind} table's header is {got[0]}, expected {rows[0]}")
+            problems.append(f"{readme_path}: the {kind} table's header is {got[0]}, expected {rows[0]}")
         got_names = [r[0] for r in got[1:]]
         want_names = [r[0] for r in rows[1:]]
         if got_names != want_names:
-            problems.append(f"{kind}s in README.md: {got_names}\n  {kind}s in action.yml: {want_names}")
+            problems.append(f"{kind}s in {readme_path}: {got_names}\n  {kind}s in action.yml: {want_names}")
         by_name = {r[0]: r for r in got[1:]}
         for row in rows[1:]:
             mine = by_name.get(row[0])
             if mine is not None and mine != row:
-                problems.append(f"{kind} {row[0]}:\n  README.md:  {mine[1:]}\n  action.yml: {row[1:]}")
+                problems.append(f"{kind} {row[0]}:\n  {readme_path}:  {mine[1:]}\n  action.yml: {row[1:]}")
 
     for p in problems:
         print(p)
     if not problems:
-        print(f"README.md's tables match action.yml ({len(want['input']) - 1} inputs, {len(want['output']) - 1} outputs)")
+        print(f"{readme_path}: the tables match action.yml ({len(want['input']) - 1} inputs, {len(want['output']) - 1} outputs)")
     return 1 if problems else 0
 
 
