@@ -102,6 +102,12 @@ for row in "${settings[@]}"; do
   if [[ "$export_it" == yes ]]; then put "${GITHUB_ENV:-}" "$variable" "$value"; fi
 done
 
+# The outputs discover did not set, when it did not run: no peers.
+no_peers() {
+  put "${GITHUB_OUTPUT:-}" peers ""
+  put "${GITHUB_OUTPUT:-}" peer-count 0
+}
+
 # --- install ------------------------------------------------------------------------------------
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
@@ -113,6 +119,7 @@ if ! binary="$({ bash "$here/install.sh" 2>&1 1>&4 4>&- | tee "$work/install.err
   reason="$(sed -n 's/^peercache install: error: //p' "$work/install.err" | tail -n 1)"
   binary=""
   degrade "peercache could not be installed: ${reason:-see the log above}; later steps will not find it"
+  no_peers
   exit 0
 fi
 took install "$start"
@@ -131,6 +138,7 @@ last_error() { grep -v '^[[:space:]]*$' "$work/err" | tail -n 1; }
 # --- init ---------------------------------------------------------------------------------------
 if ! run init --github-env; then
   degrade "peercache init failed: $(last_error)"
+  no_peers
   exit 0
 fi
 cat "$work/out"
@@ -185,10 +193,7 @@ if [[ -n "$api" ]]; then
     fi
   fi
 fi
-if [[ "$discovered" != true ]]; then
-  put "${GITHUB_OUTPUT:-}" peers ""
-  put "${GITHUB_OUTPUT:-}" peer-count 0
-fi
+if [[ "$discovered" != true ]]; then no_peers; fi
 
 # One line for people reading the log: what this job got.
 peer_count="$(sed -n 's/^peer-count=//p' "${GITHUB_OUTPUT:-/dev/null}" | tail -n 1)"

@@ -348,6 +348,7 @@ setup_install_failure_warns() {
   run_setup noinstall INPUT_BINARY="$work/nonexistent/peercache" || status=$?
   [[ "$status" -eq 0 ]] || fail "exit status $status when the install fails: $(cat "$d/log")"
   expect_in "$d/log" '^::warning title=peercache::peercache could not be installed: binary: .* is not an executable file; later steps will not find it; the job goes on'
+  expect_in "$d/output" '^peer-count=0$'
   run_setup noinstall INPUT_BINARY="$work/nonexistent/peercache" INPUT_FAIL_ON_ERROR=true && fail "fail-on-error did not fail"
   expect_in "$d/log" '^::error title=peercache::peercache could not be installed'
 }
