@@ -29,7 +29,7 @@ case "$description" in
   *"statically linked"* | *"static-pie linked"*) ;;
   *) echo "error: $binary is not statically linked: $description" >&2; exit 1 ;;
 esac
-if ldd "$binary" >/dev/null 2>&1; then
+if ldd "$binary" 2>&1 | grep -q "=>"; then # a static-pie binary: "statically linked", exit status 0
   echo "error: ldd resolves shared libraries for $binary" >&2
   exit 1
 fi
