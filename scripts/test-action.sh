@@ -33,6 +33,7 @@ work="$(mktemp -d)"
 # The pids of the servers this script starts (tests run in subshells, hence a file).
 : >"$work/pids"
 cleanup() {
+  set +e # clean up as much as possible, whatever fails
   local pid
   while read -r pid; do kill "$pid" 2>/dev/null || true; done <"$work/pids"
   # Daemons and the stand-in that act's jobs left running (act does not stop them).
