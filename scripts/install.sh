@@ -181,10 +181,11 @@ if [[ -n "$version" && -n "$target" ]]; then
     case "$base" in
       https://*) proto='=https' ;;
       http://*)
-        case "$host" in
-          127.* | localhost | '[::1]') proto='=http' ;;
-          *) fail "download URL $base: plain http is allowed for loopback hosts only; use https" ;;
-        esac
+        if [[ "$host" =~ ^127\.[0-9]+\.[0-9]+\.[0-9]+$ || "$host" == localhost || "$host" == '[::1]' ]]; then
+          proto='=http'
+        else
+          fail "download URL $base: plain http is allowed for loopback hosts only; use https"
+        fi
         ;;
       *) fail "download URL $base: expected an https:// URL" ;;
     esac

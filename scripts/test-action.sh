@@ -202,6 +202,10 @@ install_refuses_plain_http_elsewhere() {
     fail "plain http to example.com was accepted"
   fi
   expect_in "$d/err" 'plain http is allowed for loopback hosts only'
+  if run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL=http://127.0.0.1.example.com/release; then
+    fail "plain http to a name that starts like a loopback address was accepted"
+  fi
+  expect_in "$d/err" 'plain http is allowed for loopback hosts only'
   if run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL=http://127.0.0.1@example.com/; then
     fail "credentials in the URL were accepted"
   fi
