@@ -87,7 +87,8 @@ settings=(
 )
 for row in "${settings[@]}"; do
   read -r input variable default export_it <<<"$row"
-  input_var="INPUT_$(tr 'a-z-' 'A-Z_' <<<"$input")"
+  input_var="INPUT_${input//-/_}"
+  input_var="${input_var^^}"
   value="${!input_var:-}"
   if [[ "$value" == *$'\n'* || "$value" == *$'\r'* ]]; then
     printf '::error title=peercache::%s\n' "$(escape_data "$input: expected one line")"
