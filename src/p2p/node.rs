@@ -381,7 +381,7 @@ impl Node {
             commands: receiver,
             pending_requests: HashMap::new(),
             pending_hellos: HashSet::new(),
-            bootstrap,
+            keep_connected: bootstrap,
             to_disconnect: Vec::new(),
             topic,
             meta,
@@ -569,7 +569,8 @@ struct EventLoop {
     commands: mpsc::UnboundedReceiver<Command>,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
     pending_hellos: HashSet<OutboundRequestId>,
-    bootstrap: Vec<Redial>,
+    /// Peers to keep connected: the bootstrap setting's, and those mDNS currently reports.
+    keep_connected: Vec<Redial>,
     /// Banned peers still connected, disconnected at the next tick so that the `Denied` they
     /// were sent (and the hello they sent us) can cross first: both sides then see the refusal.
     to_disconnect: Vec<PeerId>,
@@ -639,11 +640,18 @@ impl EventLoop {
                     tracing::debug!("gossip not published: {e}");
                 }
             }
-            Command::Dial(addr) => {
-                if let Err(e) = self.swarm.dial(addr.clone()) {
-                    tracing::debug!("cannot dial {addr}: {e}");
+            Command::Dial(addr) => match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => self.dial_peer(peer, vec![addr], "a request"),
+                _ => {
+                    let opts = DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .allocate_new_port()
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!("cannot dial {addr}: {e}");
+                    }
                 }
-            }
+            },
             Command::DialPeer(peer, addrs) => self.dial_peer(peer, addrs, "a registry"),
             Command::Punish(peer) => self.punish(peer),
             Command::Shutdown(_) => unreachable!("handled in run"),
@@ -678,7 +686,7 @@ impl EventLoop {
             state.claims.retain(|_, (_, until)| *until > now_ms);
             state.banned.keys().copied().collect()
         };
-        for redial in &mut self.bootstrap {
+        for redial in &mut self.keep_connected {
             if connected.contains(&redial.peer)
                 || redial.next_attempt > now
                 || banned.contains(&redial.peer)
@@ -687,7 +695,11 @@ impl EventLoop {
             }
             redial.next_attempt = now + redial.backoff;
             redial.backoff = (redial.backoff * 2).min(MAX_REDIAL_BACKOFF);
-            if let Err(e) = self.swarm.dial(redial.addr.clone()) {
+            let opts = DialOpts::peer_id(redial.peer)
+                .addresses(vec![redial.addr.clone()])
+                .allocate_new_port()
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!("cannot dial {}: {e}", redial.addr);
             }
         }
@@ -720,7 +732,7 @@ impl EventLoop {
                     .entry(peer_id)
                     .or_default()
                     .last_seen_ms = now_ms();
-                if let Some(redial) = self.bootstrap.iter_mut().find(|r| r.peer == peer_id) {
+                if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);
                 }
                 if num_established.get() == 1 {
@@ -769,8 +781,28 @@ impl EventLoop {
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 for (peer, addrs) in by_peer {
+                    // Keep dialing (with backoff) until connected: mDNS reports a peer once per
+                    // record lifetime, so a failed first dial must not be the last.
+                    for addr in addrs.iter().filter(|a| is_dialable(a)) {
+                        if !self
+                            .keep_connected
+                            .iter()
+                            .any(|r| r.peer == peer && &r.addr == addr)
+                        {
+                            self.keep_connected.push(Redial {
+                                peer,
+                                addr: addr.clone(),
+                                next_attempt: Instant::now() + Duration::from_secs(1),
+                                backoff: Duration::from_secs(1),
+                            });
+                        }
+                    }
                     self.dial_peer(peer, addrs, "mDNS");
                 }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                self.keep_connected
+                    .retain(|r| !gone.iter().any(|(p, a)| *p == r.peer && *a == r.addr));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
@@ -951,9 +983,13 @@ impl EventLoop {
             return;
         }
         tracing::debug!("dialing {peer} at {addrs:?}, found by {how}");
+        // A new source port: two nodes that find each other at the same moment (mDNS) and dial
+        // from their listen ports would meet in one TCP simultaneous open, where both sides are
+        // the Noise initiator and the handshake fails.
         let opts = DialOpts::peer_id(peer)
             .condition(PeerCondition::DisconnectedAndNotDialing)
             .addresses(addrs)
+            .allocate_new_port()
             .build();
         if let Err(e) = self.swarm.dial(opts) {
             tracing::debug!("not dialing {peer}: {e}");
