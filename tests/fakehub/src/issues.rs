@@ -29,7 +29,7 @@ use axum::body::Bytes;
 use axum::http::Method;
 use serde_json::{Value, json};
 
-use crate::server::{Plan, etag_for, not_modified, paginate};
+use crate::server::{Plan, conditional_answer, paginate};
 use crate::state::RequestMeta;
 use crate::truncate_to_secs;
 
@@ -428,21 +428,8 @@ fn found(
     last_modified: Option<SystemTime>,
     link: Option<String>,
 ) -> Plan {
-    let etag = etag_for(&body, meta.authorization.as_deref());
-    if not_modified(meta, &etag, last_modified) {
-        Plan::NotModified {
-            etag,
-            last_modified,
-        }
-    } else {
-        Plan::Found {
-            body,
-            content_type: crate::JSON_CONTENT_TYPE.to_owned(),
-            etag,
-            last_modified,
-            link,
-        }
-    }
+    let content_type = crate::JSON_CONTENT_TYPE.to_owned();
+    conditional_answer(meta, body, content_type, last_modified, link)
 }
 
 fn reply(status: u16, value: Value) -> Plan {

@@ -204,6 +204,18 @@ fn evaluate(entry: &Entry, meta: &RequestMeta, query: Option<&str>, host: &str) 
             (body, JSON_CONTENT_TYPE.to_owned(), None, link)
         }
     };
+    conditional_answer(meta, body, content_type, last_modified, link)
+}
+
+/// The answer to a GET of a resource that exists: 304 when the request's `If-None-Match` or
+/// `If-Modified-Since` still matches, else the body with its ETag and validators.
+pub(crate) fn conditional_answer(
+    meta: &RequestMeta,
+    body: Bytes,
+    content_type: String,
+    last_modified: Option<SystemTime>,
+    link: Option<String>,
+) -> Plan {
     let etag = etag_for(&body, meta.authorization.as_deref());
     if not_modified(meta, &etag, last_modified) {
         Plan::NotModified {
