@@ -99,8 +99,6 @@ pub struct Resolved {
     pub body: Vec<u8>,
     /// The cache entry behind a 2xx answer.
     pub entry: Option<Entry>,
-    /// Why a stale entry was served instead of a fresh answer.
-    pub stale_reason: Option<String>,
 }
 
 impl Resolved {
@@ -136,7 +134,6 @@ impl Resolved {
             headers,
             body,
             entry: Some(entry),
-            stale_reason: None,
         }
     }
 
@@ -155,7 +152,6 @@ impl Resolved {
             headers,
             body: response.body,
             entry,
-            stale_reason: None,
         }
     }
 }
@@ -270,11 +266,6 @@ impl Resolver {
             requests_with_upstream_call: get(&c.requests_with_upstream_call),
             misses: requests.saturating_sub(local_hits + peer_hits),
         }
-    }
-
-    /// The cache it uses.
-    pub fn cache(&self) -> &Cache {
-        &self.cache
     }
 
     fn limits(&self, token: Option<&Secret>) -> RateLimits {
@@ -476,9 +467,7 @@ fn stale_or(
     match cached {
         Some((entry, body)) => {
             tracing::warn!("serving a stale cache entry for {}: {why}", entry.url);
-            let mut resolved = Resolved::from_entry(Source::Stale, entry, body);
-            resolved.stale_reason = Some(why);
-            Ok(resolved)
+            Ok(Resolved::from_entry(Source::Stale, entry, body))
         }
         None => otherwise(),
     }

@@ -141,7 +141,6 @@ impl Remote {
             headers,
             body: response.body,
             entry: None,
-            stale_reason: None,
         }))
     }
 }
