@@ -629,6 +629,11 @@ impl EventLoop {
                     .send_response(channel, response);
             }
             Command::Publish(gossip) => {
+                // The benchmark's announcement delivery figure pairs this line with the
+                // receivers' "heard announcement" lines by key id (scripts/bench.sh).
+                if let Gossip::Announce { key_id, .. } = &gossip {
+                    tracing::debug!("announcing key {key_id}");
+                }
                 let json = serde_json::to_vec(&gossip).expect("gossip serializes");
                 let sealed = self.inner.keys.seal(GOSSIP_AAD, &json);
                 if let Err(e) = self
@@ -1031,9 +1036,12 @@ impl EventLoop {
                 fetched_at_ms,
                 ..
             } => {
-                let Some(key_id) = parse_key_id(&key_id) else {
+                let Some(parsed) = parse_key_id(&key_id) else {
                     return;
                 };
+                // Logged only once it parsed: a peer's text must not reach the log unchecked.
+                tracing::debug!("heard announcement of key {key_id} from {source}");
+                let key_id = parsed;
                 bump(&self.inner.counters.announcements_received);
                 if state.holders.len() >= MAX_TRACKED_KEYS {
                     let horizon = now_ms().saturating_sub(3_600_000);
