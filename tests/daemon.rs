@@ -662,3 +662,40 @@ fn bad_serve_flags_exit_2_and_a_failed_start_shows_the_logs_tail() {
             .is_empty()
     );
 }
+
+#[test]
+fn the_daemon_hashes_a_hot_entry_once_and_a_body_changed_on_disk_never_reaches_an_answer() {
+    let sb = Sandbox::new();
+    let daemon = sb.start_daemon(&[("PEERCACHE_TOKEN", DAEMON_TOKEN)], &[]);
+    let body = json_body(4, 20_000);
+    sb.hub.put_json("/repos/octo/hot", body.clone());
+    let first = daemon.get("/gh/repos/octo/hot", &[]);
+    assert_eq!((first.status, first.source().as_str()), (200, "upstream"));
+
+    // A bit flips in the stored body after the daemon verified it.
+    let objects = common::object_files(&sb.cache_dir());
+    assert_eq!(objects.len(), 1);
+    let mut bytes = std::fs::read(&objects[0]).unwrap();
+    bytes[10_000] ^= 0x20;
+    std::fs::write(&objects[0], &bytes).unwrap();
+
+    // The daemon answers with the bytes it verified, not the changed ones, without GitHub.
+    for _ in 0..3 {
+        let hit = daemon.get("/gh/repos/octo/hot", &[]);
+        assert_eq!((hit.status, hit.source().as_str()), (200, "local"));
+        assert_eq!(hit.body, body, "the verified body, byte for byte");
+    }
+    assert_eq!(sb.hub.count("/repos/octo/hot"), 1);
+
+    // A process without that memory reads the disk, finds the flip, and fetches again.
+    let direct = sb
+        .fetch(Some(TOKEN_A), "repos/octo/hot", &["--no-daemon"])
+        .ok();
+    assert_eq!(direct.source(), "upstream");
+    assert!(
+        direct.stderr.contains("failed verification"),
+        "{}",
+        direct.stderr
+    );
+    assert_eq!(direct.body(), body.as_slice());
+}

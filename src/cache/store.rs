@@ -4,12 +4,13 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{CacheKey, now_ms};
+use super::{CacheKey, RecordStamp, VerifiedBodies, now_ms};
 use crate::error::UserError;
 
 /// The index record of one cached response.
@@ -112,6 +113,27 @@ pub struct KeyLock {
 pub struct Cache {
     dir: PathBuf,
     max_size: u64,
+    /// Bodies already verified, when this process keeps them (the daemon).
+    verified: Option<Arc<VerifiedBodies>>,
+}
+
+/// How stale an entry's last-use time may get before a read renews it.
+const LAST_USE_GRANULARITY: Duration = Duration::from_secs(10);
+
+/// Whether a record's last use (its mtime) is recent enough not to renew.
+fn used_recently(meta: &fs::Metadata) -> bool {
+    meta.modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age < LAST_USE_GRANULARITY)
+}
+
+/// LRU: the index record's mtime is the entry's last use. Renewed at most every 10 s, so that a
+/// hot entry's reads do not each write its inode.
+fn mark_used(record: &File) {
+    if !record.metadata().is_ok_and(|m| used_recently(&m)) {
+        let _ = record.set_modified(SystemTime::now());
+    }
 }
 
 /// Eviction brings usage down to this share of the bound, so it does not run on every store.
@@ -139,7 +161,15 @@ impl Cache {
         Ok(Cache {
             dir: dir.to_path_buf(),
             max_size,
+            verified: None,
         })
+    }
+
+    /// Keeps up to `budget` bytes of verified bodies in memory, shared by every clone: for a
+    /// long-lived process that reads the same entries again and again.
+    pub fn with_verified_bodies(mut self, budget: u64) -> Cache {
+        self.verified = Some(Arc::new(VerifiedBodies::new(budget)));
+        self
     }
 
     /// The cache dir.
@@ -199,6 +229,15 @@ impl Cache {
                 format!("index record {} does not match its key", path.display()),
             );
         }
+        if let Some(body) = self.verified.as_ref().and_then(|v| v.get(&entry.digest))
+            && body.len() as u64 == entry.size
+        {
+            self.remember(key_id, &file, &entry);
+            return Lookup::Hit {
+                entry,
+                body: body.to_vec(),
+            };
+        }
         let object = self.object_path(&entry.digest);
         let body = match fs::read(&object) {
             Ok(body) => body,
@@ -219,9 +258,45 @@ impl Cache {
             );
             return self.discard(&path, Some(&object), reason);
         }
-        // LRU: the index record's mtime is the entry's last use.
-        let _ = file.set_modified(SystemTime::now());
+        if let Some(verified) = &self.verified {
+            verified.insert(&entry.digest, &body);
+        }
+        self.remember(key_id, &file, &entry);
         Lookup::Hit { entry, body }
+    }
+
+    /// Marks the record used and, when this process keeps verified entries, remembers it with
+    /// the stamp of its file (taken after the mark, which may change the mtime).
+    fn remember(&self, key_id: &str, record: &File, entry: &Entry) {
+        mark_used(record);
+        if let Some(verified) = &self.verified
+            && let Ok(meta) = record.metadata()
+        {
+            verified.remember_record(key_id, RecordStamp::of(&meta), entry);
+        }
+    }
+
+    /// A hit without reading the disk: the record under `key` was read (and its body verified) by
+    /// this process, one `stat` shows its file unchanged since, and its last use is recent (so
+    /// LRU needs no renewal). `None` means "ask [`Cache::get`]".
+    ///
+    /// This runs on the daemon's async workers: a `stat` of a file whose inode is in memory does
+    /// not wait on the disk, and a round trip to the blocking pool would cost more than it.
+    pub fn get_remembered(&self, key: &CacheKey) -> Option<Lookup> {
+        let verified = self.verified.as_ref()?;
+        let (stamp, entry) = verified.record(key.id())?;
+        if entry.key != key.canonical() {
+            return None;
+        }
+        let meta = fs::metadata(self.entry_path(key.id())).ok()?;
+        if RecordStamp::of(&meta) != stamp || !used_recently(&meta) {
+            return None;
+        }
+        let body = verified.get(&entry.digest)?;
+        (body.len() as u64 == entry.size).then(|| Lookup::Hit {
+            entry,
+            body: body.to_vec(),
+        })
     }
 
     /// Removes a record (and a bad object), counts the failure and reports it.
@@ -258,12 +333,12 @@ impl Cache {
             fetched_at_ms: now_ms(),
             ttl_secs: ttl.as_secs(),
         };
-        let added = {
+        let (added, record) = {
             let _shared = self.writer_lock()?;
             let added = self.write_object(&entry.digest, body)?;
-            self.write_entry(key.id(), &entry)?;
-            added
+            (added, self.write_entry(key.id(), &entry)?)
         };
+        self.keep_written(key.id(), &record, &entry, Some(body));
         self.account(added)?;
         Ok(entry)
     }
@@ -275,12 +350,12 @@ impl Cache {
             body.len() as u64 == entry.size && hex::encode(Sha256::digest(body)) == entry.digest,
             "body does not match its digest"
         );
-        let added = {
+        let (added, record) = {
             let _shared = self.writer_lock()?;
             let added = self.write_object(&entry.digest, body)?;
-            self.write_entry(key_id, entry)?;
-            added
+            (added, self.write_entry(key_id, entry)?)
         };
+        self.keep_written(key_id, &record, entry, Some(body));
         self.account(added)
     }
 
@@ -299,8 +374,26 @@ impl Cache {
             renewed.etag_token = etag_token;
         }
         let _shared = self.writer_lock()?;
-        self.write_entry(key.id(), &renewed)?;
+        let record = self.write_entry(key.id(), &renewed)?;
+        self.keep_written(key.id(), &record, &renewed, None);
         Ok(renewed)
+    }
+
+    /// After this process wrote `entry` (whose record file now has the metadata `record`) and,
+    /// when given, its body (hashed to the entry's digest by the caller): keeps both in memory.
+    fn keep_written(
+        &self,
+        key_id: &str,
+        record: &fs::Metadata,
+        entry: &Entry,
+        body: Option<&[u8]>,
+    ) {
+        if let Some(verified) = &self.verified {
+            if let Some(body) = body {
+                verified.insert(&entry.digest, body);
+            }
+            verified.remember_record(key_id, RecordStamp::of(record), entry);
+        }
     }
 
     /// Takes the fetch stripe of `key`, blocking until other processes release it.
@@ -341,7 +434,7 @@ impl Cache {
         Ok(body.len() as u64)
     }
 
-    fn write_entry(&self, key_id: &str, entry: &Entry) -> io::Result<()> {
+    fn write_entry(&self, key_id: &str, entry: &Entry) -> io::Result<fs::Metadata> {
         let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
         write_atomic(&self.entry_path(key_id), &json)
     }
@@ -550,7 +643,7 @@ struct ScannedEntry {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<fs::Metadata> {
     let parent = path.parent().expect("cache paths have a parent");
     fs::DirBuilder::new()
         .recursive(true)
@@ -560,8 +653,8 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .prefix(".tmp")
         .tempfile_in(parent)?;
     tmp.write_all(bytes)?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    // The renamed file keeps its inode and mtime: this is the stamp of what now sits at `path`.
+    tmp.persist(path).map_err(|e| e.error)?.metadata()
 }
 
 /// Replaces a locked file's contents in place.
@@ -642,6 +735,50 @@ mod tests {
             }
         );
         assert!(matches!(cache.get(&key("c")), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_remembered_entry_is_served_until_another_process_replaces_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Cache::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_verified_bodies(1 << 16);
+        let other = Cache::open(dir.path(), 1 << 20).unwrap();
+        let ttl = Duration::from_secs(60);
+        assert!(
+            daemon.get_remembered(&key("a")).is_none(),
+            "nothing read yet"
+        );
+        daemon
+            .put(&key("a"), "u", &meta(), b"first body", ttl)
+            .unwrap();
+        match daemon.get_remembered(&key("a")) {
+            Some(Lookup::Hit { body, .. }) => assert_eq!(body, b"first body"),
+            other => panic!("expected a remembered hit, got {other:?}"),
+        }
+        assert!(
+            other.get_remembered(&key("a")).is_none(),
+            "a cache without memory always reads the disk"
+        );
+
+        // Another process stores a new answer for the key: the stamp no longer matches.
+        other
+            .put(&key("a"), "u", &meta(), b"second body", ttl)
+            .unwrap();
+        assert!(daemon.get_remembered(&key("a")).is_none());
+        match daemon.get(&key("a")) {
+            Lookup::Hit { body, .. } => assert_eq!(body, b"second body"),
+            other => panic!("expected a hit, got {other:?}"),
+        }
+        match daemon.get_remembered(&key("a")) {
+            Some(Lookup::Hit { body, .. }) => assert_eq!(body, b"second body"),
+            other => panic!("expected the new body remembered, got {other:?}"),
+        }
+
+        // A removed record is a miss, whatever memory holds.
+        std::fs::remove_file(daemon.entry_path(key("a").id())).unwrap();
+        assert!(daemon.get_remembered(&key("a")).is_none());
+        assert!(matches!(daemon.get(&key("a")), Lookup::Miss));
     }
 
     #[test]

@@ -40,6 +40,9 @@ pub use detach::detach;
 /// How long in-flight API requests may take to finish after a stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Memory for bodies the daemon has verified once (16 MiB: ~800 REST objects of 20 KB).
+const VERIFIED_BODIES_BUDGET: u64 = 16 << 20;
+
 /// The `serve` options that are not settings.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -110,7 +113,9 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         return Err(state::already_running(&settings.home).into());
     };
 
-    let cache = Cache::open(&settings.cache_dir, settings.max_size)?;
+    // Hot entries are hashed once, then served from memory (see cache::VerifiedBodies).
+    let cache = Cache::open(&settings.cache_dir, settings.max_size)?
+        .with_verified_bodies(VERIFIED_BODIES_BUDGET.min(settings.max_size));
     let keypair = crate::p2p::identity::load_or_create(&settings.home)?;
     let peer_id = keypair.public().to_peer_id();
     tracing::info!(
