@@ -39,3 +39,15 @@ cargo test --workspace --locked
 
 step "the composite action: lint, install.sh, action-setup.sh, and act running e2e.yml"
 scripts/test-action.sh
+
+step "the quick benchmark: a 3-node swarm against the stand-in, its table, JSON and chart"
+quick_out="$root/target/bench/quick"
+rm -rf "$quick_out"
+scripts/bench.sh --quick --out "$quick_out"
+for artefact in report.json report.md report.png; do
+  [[ -s "$quick_out/$artefact" ]] || { echo "error: scripts/bench.sh --quick wrote no $artefact" >&2; exit 1; }
+done
+case "$(file -b "$quick_out/report.png")" in
+  "PNG image data"*) ;;
+  *) echo "error: $quick_out/report.png is not a PNG" >&2; exit 1 ;;
+esac
