@@ -15,7 +15,7 @@
 //! Every write goes to a temporary file in the destination directory and is renamed into place,
 //! so readers see a whole old file or a whole new one. Every read re-hashes the body: a flipped
 //! or truncated object is deleted, counted and reported as a miss, never served. The daemon
-//! keeps the bodies it verified in memory ([`VerifiedBodies`], by digest, up to a budget), so a
+//! keeps the bodies it verified in memory (`verified.rs`: by digest, up to a budget), so a
 //! hot entry is hashed once, not on every read.
 
 mod key;
@@ -24,7 +24,6 @@ mod verified;
 
 pub use key::{CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, normalize_url};
 pub use store::{Cache, Counters, Entry, KeyLock, Lookup, ResponseMeta, Usage, token_tag};
-pub use verified::{RecordStamp, VerifiedBodies};
 
 /// Milliseconds since the Unix epoch, the cache's clock.
 pub fn now_ms() -> u64 {

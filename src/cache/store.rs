@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{CacheKey, RecordStamp, VerifiedBodies, now_ms};
+use super::verified::{RecordStamp, VerifiedBodies};
+use super::{CacheKey, now_ms};
 use crate::error::UserError;
 
 /// The index record of one cached response.
@@ -229,14 +230,9 @@ impl Cache {
                 format!("index record {} does not match its key", path.display()),
             );
         }
-        if let Some(body) = self.verified.as_ref().and_then(|v| v.get(&entry.digest))
-            && body.len() as u64 == entry.size
-        {
+        if let Some(body) = self.held_body(&entry) {
             self.remember(key_id, &file, &entry);
-            return Lookup::Hit {
-                entry,
-                body: body.to_vec(),
-            };
+            return Lookup::Hit { entry, body };
         }
         let object = self.object_path(&entry.digest);
         let body = match fs::read(&object) {
@@ -292,11 +288,14 @@ impl Cache {
         if RecordStamp::of(&meta) != stamp || !used_recently(&meta) {
             return None;
         }
-        let body = verified.get(&entry.digest)?;
-        (body.len() as u64 == entry.size).then(|| Lookup::Hit {
-            entry,
-            body: body.to_vec(),
-        })
+        let body = self.held_body(&entry)?;
+        Some(Lookup::Hit { entry, body })
+    }
+
+    /// The body of `entry` from the verified bodies in memory, when held.
+    fn held_body(&self, entry: &Entry) -> Option<Vec<u8>> {
+        let body = self.verified.as_ref()?.get(&entry.digest)?;
+        (body.len() as u64 == entry.size).then(|| body.to_vec())
     }
 
     /// Removes a record (and a bad object), counts the failure and reports it.

@@ -120,7 +120,8 @@ impl VerifiedBodies {
     }
 
     /// Bytes held.
-    pub fn bytes(&self) -> u64 {
+    #[cfg(test)]
+    fn bytes(&self) -> u64 {
         self.lock().bytes
     }
 

@@ -113,7 +113,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         return Err(state::already_running(&settings.home).into());
     };
 
-    // Hot entries are hashed once, then served from memory (see cache::VerifiedBodies).
+    // Hot entries are hashed once, then served from memory (see cache/verified.rs).
     let cache = Cache::open(&settings.cache_dir, settings.max_size)?
         .with_verified_bodies(VERIFIED_BODIES_BUDGET.min(settings.max_size));
     let keypair = crate::p2p::identity::load_or_create(&settings.home)?;
