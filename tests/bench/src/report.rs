@@ -178,6 +178,15 @@ fn judged(figure: impl Into<String>, value: impl Into<String>, target: &str, met
     }
 }
 
+/// "1 job", "5 jobs".
+fn jobs(n: usize) -> String {
+    if n == 1 {
+        "1 job".into()
+    } else {
+        format!("{n} jobs")
+    }
+}
+
 fn mb(kb: u64) -> String {
     format!("{:.1} MB", kb as f64 / 1024.0)
 }
@@ -200,8 +209,10 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
         for round in [&b.together, &b.staggered] {
             budget.push(judged(
                 format!(
-                    "{} jobs × {} endpoints, started {}: upstream calls",
-                    b.nodes, b.endpoints, round.mode
+                    "{} × {} endpoints, started {}: upstream calls",
+                    jobs(b.nodes),
+                    b.endpoints,
+                    round.mode
                 ),
                 format!("{} of {}", round.upstream_calls, b.without_sharing),
                 &target,
@@ -234,8 +245,10 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
     if let Some(gh) = report.gh.measured() {
         budget.push(line(
             format!(
-                "`gh api --cache {}s`, {} jobs × {} endpoints: upstream calls",
-                gh.cache_secs, gh.jobs, gh.endpoints
+                "`gh api --cache {}s`, {} × {} endpoints: upstream calls",
+                gh.cache_secs,
+                jobs(gh.jobs),
+                gh.endpoints
             ),
             format!("{} of {}", gh.first_round_calls, gh.jobs * gh.endpoints),
         ));
@@ -496,9 +509,9 @@ pub fn savings(report: &Report) -> String {
         let calls = b.together.upstream_calls;
         let saved = b.without_sharing as u64 - calls.min(b.without_sharing as u64);
         out.push_str(&format!(
-            "{} jobs asked for the same {} endpoints ({} requests): GitHub saw {} calls, {} saved \
+            "{} asked for the same {} endpoints ({} requests): GitHub saw {} calls, {} saved \
              ({:.0}%); staggered: {} calls. After the TTL, {} calls, {} of them paid ({} free 304s).\n",
-            b.nodes,
+            jobs(b.nodes),
             b.endpoints,
             b.without_sharing,
             calls,
