@@ -18,7 +18,7 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-endpoints=10      # /repos/octo/repo0 .. repo9
+endpoints=10      # /repos/octo/swarm/contents/r0 .. r9
 wait_seconds=120  # for the other jobs, at each barrier
 
 die() {
@@ -109,9 +109,9 @@ fetch() {
   wait_for "$want peer(s) to connect" connected_to_at_least "$want"
   echo "connected to $(connected_peers) peer(s)"
   for ((i = 0; i < endpoints; i++)); do
-    source="$(peercache fetch -i "repos/octo/repo$i" | sed -n 's/^x-peercache-source: //p' | tr -d '\r')"
+    source="$(peercache fetch -i "repos/octo/swarm/contents/r$i" | sed -n 's/^x-peercache-source: //p' | tr -d '\r')"
     sources+=("$source")
-    echo "repos/octo/repo$i: $source"
+    echo "repos/octo/swarm/contents/r$i: $source"
   done
   printf '%s\n' "${sources[@]}" >"$dir/sources-$job.tmp"
   mv "$dir/sources-$job.tmp" "$dir/sources-$job"
@@ -122,7 +122,7 @@ fetch() {
 import json, sys
 stats = json.load(open(sys.argv[1]))
 endpoints, jobs = int(sys.argv[2]), int(sys.argv[3])
-counts = {f"/repos/octo/repo{i}": stats["by_path"].get(f"/repos/octo/repo{i}", 0) for i in range(endpoints)}
+counts = {f"/repos/octo/swarm/contents/r{i}": stats["by_path"].get(f"/repos/octo/swarm/contents/r{i}", 0) for i in range(endpoints)}
 sources = {}
 for path in sys.argv[4:]:
     for line in open(path):

@@ -33,7 +33,7 @@ export PEERCACHE_HOME="$work/home" PEERCACHE_CACHE_DIR="$work/cache" PEERCACHE_A
 run_job() {
   local token="$1" sources=()
   for i in $(seq 0 19); do
-    sources+=("$(PEERCACHE_TOKEN="$token" "$bin/peercache" fetch -i "repos/octo/repo$i" | sed -n 's/^x-peercache-source: //p' | tr -d '\r')")
+    sources+=("$(PEERCACHE_TOKEN="$token" "$bin/peercache" fetch -i "repos/octo/swarm/contents/r$i" | sed -n 's/^x-peercache-source: //p' | tr -d '\r')")
   done
   printf '%s\n' "${sources[@]}" | sort | uniq -c | awk '{printf "    %s x %s\n", $1, $2}'
 }

@@ -93,6 +93,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             flags.ttl = args.ttl.clone();
             flags.registry = args.registry.clone();
             flags.mdns = args.mdns.clone();
+            flags.scope = args.scope.clone();
             let settings = Settings::load(&flags)?;
             // A daemon's log is read later: every line carries its time.
             init_logging(&settings.log, !args.daemon);

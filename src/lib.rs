@@ -4,6 +4,7 @@
 //! content-addressed on disk, [`github`] talks to the REST API, [`resolver`] walks the tiers
 //! (local cache, upstream) for one request, and [`cmd`] holds one module per subcommand.
 
+pub mod access;
 pub mod actions;
 pub mod cache;
 pub mod cli;

@@ -13,6 +13,13 @@
 //! ```
 //!
 //! Freshness is always judged by the requester's TTL, so a stale entry is never served as fresh.
+//!
+//! What may be shared is decided first ([`crate::github::sharing`]): `/rate_limit` and requests
+//! whose headers change the representation (`Range`, `Accept-Encoding`, …) pass straight through;
+//! answers about the caller are cached per token and never offered to peers; a repository's
+//! answers are shared, but a token is served another token's copy only once GitHub has shown
+//! that it can see the repository ([`crate::access`]): a conditional request for the repository
+//! object, free when it answers 304, GitHub's own 404 when the token may not see it.
 
 use std::fmt;
 use std::sync::Arc;
@@ -22,8 +29,13 @@ use std::time::Duration;
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
-use crate::cache::{Cache, CacheKey, Entry, Lookup, ResponseMeta, now_ms, token_tag};
+use crate::access::{AccessProofs, PROOF_LIFETIME, Verdict as Access};
+use crate::cache::{
+    Cache, CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, Entry, Lookup, ResponseMeta, now_ms,
+    token_tag,
+};
 use crate::github::ratelimit::{RateLimits, Verdict};
+use crate::github::sharing::{self, Sharing};
 use crate::github::{ApiRequest, ApiResponse, GitHub};
 use crate::p2p;
 use crate::secret::Secret;
@@ -80,10 +92,40 @@ pub struct Request {
 }
 
 impl Request {
-    /// The cache key of this request.
+    /// The shared cache key of this request (see [`Resolver::keys`] for the keys it is looked
+    /// up under).
     pub fn key(&self) -> CacheKey {
         CacheKey::new(&self.url, &self.accept, &self.api_version)
     }
+
+    /// The key of this request's answer for this token alone.
+    pub fn per_token_key(&self) -> CacheKey {
+        CacheKey::per_token(&self.url, &self.accept, &self.api_version, &self.token_tag())
+    }
+
+    /// The one-way tag of the request's token (or of "no token").
+    pub fn token_tag(&self) -> String {
+        token_tag(self.token.as_ref().map(Secret::expose))
+    }
+
+    /// Whether the answer may be stored: no header beyond the key's asks for another
+    /// representation (a `Range`'s 206, a gzip body, a `Time-Zone`'s timestamps, …). Such
+    /// requests are passed through, so the stored entry stays the full, plain answer.
+    pub fn is_storable(&self) -> bool {
+        self.extra_headers.iter().all(|(name, value)| {
+            name == reqwest::header::USER_AGENT
+                || (name == reqwest::header::ACCEPT_ENCODING
+                    && value.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")))
+        })
+    }
+}
+
+/// Whether a token may be served another token's copy of an answer.
+enum Admission {
+    /// Yes: it may see the repository (or needs no proof).
+    Allowed,
+    /// No: GitHub's own answer to it (its 404) instead.
+    Denied(Resolved),
 }
 
 /// An answer: status, headers to show, body, and where it came from.
@@ -214,8 +256,11 @@ pub struct Resolver {
     cache: Cache,
     github: GitHub,
     api_base: String,
+    api_url: Url,
     peers: Option<p2p::Handle>,
     counters: Arc<Counters>,
+    proofs: AccessProofs,
+    home_repository: Option<String>,
 }
 
 impl fmt::Debug for Resolver {
@@ -231,12 +276,22 @@ impl Resolver {
     /// A resolver over this cache and API base.
     pub fn new(cache: Cache, github: GitHub, api_base: &Url) -> Resolver {
         Resolver {
+            proofs: AccessProofs::new(cache.dir()),
             cache,
             github,
             api_base: api_base.as_str().trim_end_matches('/').to_string(),
+            api_url: api_base.clone(),
             peers: None,
             counters: Arc::default(),
+            home_repository: None,
         }
+    }
+
+    /// Names this job's repository (`owner/repo`): every request this resolver answers comes
+    /// from a job of it, which can read it, so its entries need no access proof.
+    pub fn with_home_repository(mut self, repository: Option<String>) -> Resolver {
+        self.home_repository = repository.map(|r| r.to_ascii_lowercase());
+        self
     }
 
     /// Adds the swarm as a tier between the local cache and GitHub.
@@ -297,47 +352,80 @@ impl Resolver {
         result
     }
 
+    /// How the request's answers may be shared, and the keys it is looked up under, most
+    /// specific first. The last key is the one the swarm knows, when it may be shared.
+    fn keys(&self, request: &Request) -> (Sharing, Vec<CacheKey>) {
+        let sharing = sharing::classify(&self.api_url, &request.url);
+        let keys = match &sharing {
+            Sharing::PassThrough => Vec::new(),
+            Sharing::PerToken(_) => vec![request.per_token_key()],
+            // A repository answer that embedded the caller's permissions was kept per token.
+            Sharing::Repository(_) => vec![request.per_token_key(), request.key()],
+            Sharing::Public => vec![request.key()],
+        };
+        (sharing, keys)
+    }
+
     async fn resolve_uncounted(&self, request: &Request) -> Result<Resolved, ResolveError> {
-        let key = request.key();
+        let (sharing, keys) = self.keys(request);
+        if keys.is_empty() || !request.is_storable() {
+            return self.pass_through(request).await;
+        }
+        let shared_key = keys.last().expect("one key at least").clone();
 
         // The daemon's hot path: an entry it read before, unchanged on disk, still fresh.
-        if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(&key)
-            && entry.is_fresh(request.ttl, now_ms())
-        {
-            return Ok(Resolved::from_entry(Source::Local, entry, body));
+        for key in &keys {
+            if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(key)
+                && entry.is_fresh(request.ttl, now_ms())
+            {
+                return self.serve(request, &sharing, Source::Local, entry, body).await;
+            }
         }
-        if let Lookup::Hit { entry, body } = self.lookup(&key).await?
-            && entry.is_fresh(request.ttl, now_ms())
-        {
-            return Ok(Resolved::from_entry(Source::Local, entry, body));
+        for key in &keys {
+            if let Lookup::Hit { entry, body } = self.lookup(key).await?
+                && entry.is_fresh(request.ttl, now_ms())
+            {
+                return self.serve(request, &sharing, Source::Local, entry, body).await;
+            }
         }
 
         // One process at a time fetches a key: the others wait, then find it in the cache.
         let cache = self.cache.clone();
-        let stripe_key = key.clone();
+        let stripe_key = shared_key.clone();
         let _stripe = tokio::task::spawn_blocking(move || cache.lock_key(&stripe_key))
             .await
             .map_err(anyhow::Error::from)??;
-        let cached = match self.lookup(&key).await? {
-            Lookup::Hit { entry, body } if entry.is_fresh(request.ttl, now_ms()) => {
-                return Ok(Resolved::from_entry(Source::Local, entry, body));
+        let mut cached = None;
+        for key in &keys {
+            match self.lookup(key).await? {
+                Lookup::Hit { entry, body } if entry.is_fresh(request.ttl, now_ms()) => {
+                    return self.serve(request, &sharing, Source::Local, entry, body).await;
+                }
+                Lookup::Hit { entry, body } => {
+                    cached = Some((key.clone(), entry, body));
+                    break;
+                }
+                Lookup::Miss | Lookup::Discarded { .. } => {}
             }
-            Lookup::Hit { entry, body } => Some((entry, body)),
-            Lookup::Miss | Lookup::Discarded { .. } => None,
-        };
-        let Some(peers) = &self.peers else {
-            return self.upstream(request, &key, cached).await;
-        };
-        if let Some((entry, body)) = peers.obtain(&key, request.ttl).await {
-            return Ok(Resolved::from_entry(Source::Peer, entry, body));
         }
-        let result = self.upstream(request, &key, cached).await;
-        // Tell the swarm: announce what is now fresh here, or release the claim.
+        let peers = self.peers.as_ref().filter(|_| !shared_key.is_per_token());
+        let Some(peers) = peers else {
+            return self.upstream(request, &sharing, &keys, cached).await;
+        };
+        if let Some((entry, body)) = peers.obtain(&shared_key, request.ttl).await {
+            return self.serve(request, &sharing, Source::Peer, entry, body).await;
+        }
+        let result = self.upstream(request, &sharing, &keys, cached).await;
+        // Tell the swarm: announce what is now fresh here under the shared key, or release the
+        // claim.
         let fresh = match &result {
-            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => r.entry.as_ref(),
+            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => r
+                .entry
+                .as_ref()
+                .filter(|e| e.key == shared_key.canonical()),
             _ => None,
         };
-        peers.finished(&key, fresh);
+        peers.finished(&shared_key, fresh);
         result
     }
 
@@ -349,19 +437,203 @@ impl Resolver {
             .map_err(anyhow::Error::from)?)
     }
 
+    /// An entry as the answer, once the requester may have it.
+    async fn serve(
+        &self,
+        request: &Request,
+        sharing: &Sharing,
+        source: Source,
+        entry: Entry,
+        body: Vec<u8>,
+    ) -> Result<Resolved, ResolveError> {
+        match self.admit(request, sharing, &entry).await? {
+            Admission::Allowed => Ok(Resolved::from_entry(source, entry, body)),
+            Admission::Denied(answer) => Ok(answer),
+        }
+    }
+
+    /// Whether the requester may have `entry` without asking GitHub: it is its own, GitHub gave
+    /// it to anyone, it is of this job's repository, or the token has proved access before.
+    /// `None`: only GitHub can tell.
+    fn admitted_offline(
+        &self,
+        request: &Request,
+        sharing: &Sharing,
+        entry: &Entry,
+    ) -> Option<Admission> {
+        let Sharing::Repository(repo) = sharing else {
+            return Some(Admission::Allowed);
+        };
+        let tag = request.token_tag();
+        let fetched_by = entry.etag_token.as_deref();
+        if fetched_by == Some(tag.as_str()) || fetched_by == Some(token_tag(None).as_str()) {
+            return Some(Admission::Allowed);
+        }
+        if self.home_repository.as_deref() == Some(repo.as_str()) {
+            return Some(Admission::Allowed);
+        }
+        match self.proofs.lookup(&tag, repo)? {
+            Access::Allowed | Access::Public => Some(Admission::Allowed),
+            Access::Denied {
+                status,
+                body,
+                content_type,
+            } => Some(Admission::Denied(Resolved {
+                source: Source::Local,
+                status,
+                headers: content_type
+                    .map(|ct| vec![("content-type".to_string(), ct)])
+                    .unwrap_or_default(),
+                body: body.into_bytes(),
+                entry: None,
+            })),
+        }
+    }
+
+    async fn admit(
+        &self,
+        request: &Request,
+        sharing: &Sharing,
+        entry: &Entry,
+    ) -> Result<Admission, ResolveError> {
+        if let Some(admission) = self.admitted_offline(request, sharing, entry) {
+            return Ok(admission);
+        }
+        let Sharing::Repository(repo) = sharing else {
+            return Ok(Admission::Allowed);
+        };
+        self.prove_access(request, repo).await
+    }
+
+    /// Asks GitHub whether the request's token can see `repo`: a conditional GET of the
+    /// repository object, which costs no quota when it answers 304, and answers 404 to a token
+    /// that may not see it.
+    async fn prove_access(&self, request: &Request, repo: &str) -> Result<Admission, ResolveError> {
+        let cannot = |why: String| {
+            ResolveError::Unreachable(format!(
+                "cannot check that this token may see {repo} ({why}); another token's copy of {} is not served without that check",
+                request.url
+            ))
+        };
+        let limits = self.limits(request.token.as_ref());
+        if let Some((until_ms, reason)) = limits.blocked() {
+            return Err(cannot(format!("{reason}; no call to GitHub before {}", format_time(until_ms))));
+        }
+        let url = Url::parse(&format!("{}/repos/{repo}", self.api_base))
+            .map_err(|e| cannot(e.to_string()))?;
+        let proof = ApiRequest {
+            url,
+            accept: DEFAULT_ACCEPT.to_string(),
+            api_version: DEFAULT_API_VERSION.to_string(),
+            token: request.token.clone(),
+            extra_headers: Vec::new(),
+            if_modified_since: Some(httpdate::fmt_http_date(std::time::SystemTime::now())),
+            if_none_match: None,
+        };
+        self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
+        let response = self
+            .github
+            .get(&proof)
+            .await
+            .map_err(|e| cannot(format!("GitHub could not be reached: {e}")))?;
+        let verdict = limits.record(response.status, &response.headers, &response.body);
+        let tag = request.token_tag();
+        match response.status {
+            200..=299 | 304 => {
+                if response.status == 200
+                    && let Some(public) = sharing::says_public(&response.body)
+                {
+                    self.proofs.record_visibility(repo, public);
+                }
+                self.proofs.record(&tag, repo, Access::Allowed, PROOF_LIFETIME);
+                tracing::debug!("this token may see {repo} (GitHub answered {})", response.status);
+                Ok(Admission::Allowed)
+            }
+            401 | 403 | 404 if !matches!(verdict, Verdict::Limited { .. }) => {
+                let denied = Access::Denied {
+                    status: response.status,
+                    body: String::from_utf8_lossy(&response.body).into_owned(),
+                    content_type: response.header("content-type"),
+                };
+                self.proofs.record(&tag, repo, denied, request.ttl);
+                tracing::info!(
+                    "not serving a cached copy of {}: GitHub answers this token {} for {repo}",
+                    request.url,
+                    response.status
+                );
+                Ok(Admission::Denied(Resolved::from_response(response, None)))
+            }
+            status => Err(cannot(format!("GitHub answered {status}"))),
+        }
+    }
+
+    /// Sends the request as it is and stores nothing.
+    async fn pass_through(&self, request: &Request) -> Result<Resolved, ResolveError> {
+        let limits = self.limits(request.token.as_ref());
+        if let Some((until_ms, reason)) = limits.blocked() {
+            return Err(ResolveError::Unreachable(format!(
+                "{reason}; no call to GitHub before {}, and {} is never served from the cache",
+                format_time(until_ms),
+                request.url
+            )));
+        }
+        let api_request = ApiRequest {
+            url: request.url.clone(),
+            accept: request.accept.clone(),
+            api_version: request.api_version.clone(),
+            token: request.token.clone(),
+            extra_headers: request.extra_headers.clone(),
+            if_modified_since: None,
+            if_none_match: None,
+        };
+        self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
+        let response = self.github.get(&api_request).await.map_err(|error| {
+            ResolveError::Unreachable(format!("GitHub could not be reached ({error})"))
+        })?;
+        limits.record(response.status, &response.headers, &response.body);
+        Ok(Resolved::from_response(response, None))
+    }
+
+    /// Remembers that GitHub answered this token for a repository (or its object).
+    fn saw_access(&self, request: &Request, response: &ApiResponse) {
+        let Some((repo, is_object)) = sharing::repository_of(&self.api_url, &request.url) else {
+            return;
+        };
+        if !(200..300).contains(&response.status) && response.status != 304 {
+            return;
+        }
+        self.proofs
+            .record(&request.token_tag(), &repo, Access::Allowed, PROOF_LIFETIME);
+        if is_object
+            && response.status == 200
+            && let Some(public) = sharing::says_public(&response.body)
+        {
+            self.proofs.record_visibility(&repo, public);
+        }
+    }
+
     async fn upstream(
         &self,
         request: &Request,
-        key: &CacheKey,
-        cached: Option<(Entry, Vec<u8>)>,
+        sharing: &Sharing,
+        keys: &[CacheKey],
+        cached: Option<(CacheKey, Entry, Vec<u8>)>,
     ) -> Result<Resolved, ResolveError> {
+        // A stale copy may stand in for GitHub only where the requester may have it anyway.
+        let stale = cached.as_ref().and_then(|(_, entry, body)| {
+            matches!(
+                self.admitted_offline(request, sharing, entry),
+                Some(Admission::Allowed)
+            )
+            .then(|| (entry.clone(), body.clone()))
+        });
         let limits = self.limits(request.token.as_ref());
         if let Some((until_ms, reason)) = limits.blocked() {
             let why = format!(
                 "{reason}; no call to GitHub before {}",
                 format_time(until_ms)
             );
-            return stale_or(cached, why.clone(), || {
+            return stale_or(stale, why.clone(), || {
                 Err(ResolveError::Unreachable(format!(
                     "{why}, and nothing is cached for {}",
                     request.url
@@ -369,9 +641,9 @@ impl Resolver {
             });
         }
 
-        let tag = token_tag(request.token.as_ref().map(Secret::expose));
+        let tag = request.token_tag();
         let (if_modified_since, if_none_match) = match &cached {
-            Some((entry, _)) => (
+            Some((_, entry, _)) => (
                 entry.last_modified.clone(),
                 entry
                     .etag
@@ -395,7 +667,7 @@ impl Resolver {
             Ok(response) => response,
             Err(error) => {
                 let why = format!("GitHub could not be reached ({error})");
-                return stale_or(cached, why.clone(), || {
+                return stale_or(stale, why.clone(), || {
                     Err(ResolveError::Unreachable(format!(
                         "{why}, and nothing is cached for {}",
                         request.url
@@ -406,21 +678,22 @@ impl Resolver {
 
         match limits.record(response.status, &response.headers, &response.body) {
             Verdict::Limited { reason, .. } if !(200..400).contains(&response.status) => {
-                return stale_or(cached, reason, || return_error(response));
+                return stale_or(stale, reason, || return_error(response));
             }
             Verdict::ServerError { .. } => {
                 let why = format!("GitHub answered {}", response.status);
-                return stale_or(cached, why, || return_error(response));
+                return stale_or(stale, why, || return_error(response));
             }
             _ => {}
         }
+        self.saw_access(request, &response);
 
+        // A 304 to this token's own conditional request: GitHub let it see the resource.
         if response.status == 304
-            && let Some((entry, body)) = cached
+            && let Some((key, entry, body)) = cached
         {
             let etag = response.header("etag");
             let cache = self.cache.clone();
-            let key = key.clone();
             let renewed =
                 tokio::task::spawn_blocking(move || cache.renew(&key, &entry, etag, Some(tag)))
                     .await
@@ -428,7 +701,18 @@ impl Resolver {
             return Ok(Resolved::from_entry(Source::Revalidated, renewed, body));
         }
 
-        if (200..300).contains(&response.status) {
+        // Only a full, plain answer is stored: not a 206, a 204 or another 2xx.
+        if response.status == 200 {
+            let shared_key = keys.last().expect("one key at least");
+            let personal = matches!(sharing, Sharing::Repository(_))
+                && sharing::embeds_caller_permissions(&response.body);
+            if personal {
+                tracing::debug!(
+                    "{} embeds the caller's permissions: kept for this token only",
+                    request.url
+                );
+            }
+            let key = if personal { &keys[0] } else { shared_key };
             let meta = ResponseMeta {
                 status: response.status,
                 content_type: response.header("content-type"),

@@ -18,7 +18,7 @@ use serde_json::Value;
 const ENDPOINTS: usize = 10;
 
 fn endpoint(e: usize) -> String {
-    format!("gh/repos/octo/repo{e}")
+    format!("gh/repos/octo/swarm/contents/r{e}")
 }
 
 /// `GET` through a node, asserting the tier that answered.
@@ -459,24 +459,24 @@ fn a_scripted_swarm_shows_the_known_figures_everywhere() {
     let top0 = top0["endpoints"]["top"].as_array().unwrap().clone();
     assert_eq!(top0.len(), 10);
     for (i, row) in top0.iter().take(5).enumerate() {
-        assert_eq!(row["endpoint"], format!("/repos/octo/repo{i}"), "{row}");
+        assert_eq!(row["endpoint"], format!("/repos/octo/swarm/contents/r{i}"), "{row}");
         assert_eq!(row["hits"], 1, "{row}");
         assert_eq!(row["requests"], 2, "{row}");
     }
     assert_eq!(
-        top0[5]["endpoint"], "/repos/octo/repo9",
+        top0[5]["endpoint"], "/repos/octo/swarm/contents/r9",
         "two requests, no hit"
     );
     assert_eq!(top0[5]["revalidated"], 1);
     let md = String::from_utf8(peercache(n0, &hub, &["status", "--markdown"]).ok().stdout).unwrap();
     assert!(
-        md.contains("| `/repos/octo/repo0` | 1 | 2 | 1 | 0 | 0 | 0 | 1 | 0 |"),
+        md.contains("| `/repos/octo/swarm/contents/r0` | 1 | 2 | 1 | 0 | 0 | 0 | 1 | 0 |"),
         "{md}"
     );
     let md2 =
         String::from_utf8(peercache(n2, &hub, &["status", "--markdown"]).ok().stdout).unwrap();
     assert!(
-        md2.contains("| `/repos/octo/repo0` | 1 | 1 | 0 | 1 | 0 | 0 | 0 | 0 |"),
+        md2.contains("| `/repos/octo/swarm/contents/r0` | 1 | 1 | 0 | 1 | 0 | 0 | 0 | 0 |"),
         "{md2}"
     );
     // The plain output names the same figures.
@@ -827,9 +827,9 @@ fn no_token_or_secret_reaches_a_log_an_output_or_a_file() {
     // a stale answer after a 502, and an unreachable upstream.
     let own = format!("token {REQUEST_TOKEN}");
     for (node, path, auth) in [
-        (&a, "gh/repos/octo/repo0", None),
-        (&a, "gh/repos/octo/repo1", Some(own.as_str())),
-        (&b, "gh/repos/octo/repo0", None),
+        (&a, "gh/repos/octo/swarm/contents/r0", None),
+        (&a, "gh/repos/octo/swarm/contents/r1", Some(own.as_str())),
+        (&b, "gh/repos/octo/swarm/contents/r0", None),
         (&a, "gh/repos/octo/missing", Some(own.as_str())),
     ] {
         let headers: Vec<(&str, &str)> = auth.map(|v| ("authorization", v)).into_iter().collect();
@@ -839,7 +839,7 @@ fn no_token_or_secret_reaches_a_log_an_output_or_a_file() {
     }
     hub.fail_always(Failure::status(502));
     let response = http_get(
-        &format!("{}/gh/repos/octo/repo0", a.api),
+        &format!("{}/gh/repos/octo/swarm/contents/r0", a.api),
         &[("x-peercache-ttl", "0")],
     );
     assert_eq!(response.source(), "stale");
@@ -863,8 +863,8 @@ fn no_token_or_secret_reaches_a_log_an_output_or_a_file() {
         Run::from(cmd.output().unwrap())
     };
     for (node, args) in [
-        (&a, &["fetch", "-i", "repos/octo/repo2"][..]),
-        (&b, &["fetch", "-i", "--no-daemon", "repos/octo/repo2"]),
+        (&a, &["fetch", "-i", "repos/octo/swarm/contents/r2"][..]),
+        (&b, &["fetch", "-i", "--no-daemon", "repos/octo/swarm/contents/r2"]),
         (
             &b,
             &["fetch", "-i", "--no-daemon", "repos/octo/nothing-here"],

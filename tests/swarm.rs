@@ -29,7 +29,7 @@ fn five_nodes_twenty_endpoints_reach_github_twenty_times() {
             .flat_map(|n| (0..20).map(move |e| (n, e)))
             .map(|(n, e)| {
                 let node = &nodes[n];
-                scope.spawn(move || (n, e, node.get(&format!("gh/repos/octo/repo{e}"))))
+                scope.spawn(move || (n, e, node.get(&format!("gh/repos/octo/swarm/contents/r{e}"))))
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -60,7 +60,7 @@ fn five_nodes_twenty_endpoints_reach_github_twenty_times() {
     assert_eq!(total, 20, "each endpoint must reach GitHub once per swarm");
     assert_eq!((upstream, peer), (20, 80));
     for e in 0..20 {
-        assert_eq!(hub.count(&format!("/repos/octo/repo{e}")), 1);
+        assert_eq!(hub.count(&format!("/repos/octo/swarm/contents/r{e}")), 1);
     }
 }
 
@@ -71,7 +71,7 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 4, 2048);
     let nodes = swarm_of(root.path(), &hub, 3, None);
-    assert_eq!(nodes[0].get("gh/repos/octo/repo0").source(), "upstream");
+    assert_eq!(nodes[0].get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
 
     let stranger = start(
         root.path(),
@@ -90,12 +90,12 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
     );
 
     // Its own requests go upstream, even for what the swarm holds.
-    assert_eq!(stranger.get("gh/repos/octo/repo0").source(), "upstream");
-    assert_eq!(hub.count("/repos/octo/repo0"), 2);
+    assert_eq!(stranger.get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 2);
 
     // The swarm keeps serving: node1 fetches, node2 gets it from a peer.
-    assert_eq!(nodes[1].get("gh/repos/octo/repo1").source(), "upstream");
-    let from_peer = nodes[2].get("gh/repos/octo/repo1");
+    assert_eq!(nodes[1].get("gh/repos/octo/swarm/contents/r1").source(), "upstream");
+    let from_peer = nodes[2].get("gh/repos/octo/swarm/contents/r1");
     assert_eq!(from_peer.source(), "peer");
     assert_eq!(from_peer.body, fakehub::repo_body(1, 2048));
 
@@ -114,7 +114,7 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
         );
     }
     assert!(
-        !stranger.log().contains("repos/octo/repo1"),
+        !stranger.log().contains("repos/octo/swarm/contents/r1"),
         "the stranger's log names a swarm URL"
     );
 }
@@ -148,7 +148,7 @@ fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
         Duration::from_secs(20),
         || requester.peer_count() == 1,
     );
-    assert_eq!(slow.get("gh/repos/octo/repo0").source(), "upstream");
+    assert_eq!(slow.get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
     wait_for("the announcement", Duration::from_secs(10), || {
         requester.swarm()["announcements_received"]
             .as_u64()
@@ -158,7 +158,7 @@ fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
 
     let started = Instant::now();
     let answer = std::thread::scope(|scope| {
-        let request = scope.spawn(|| requester.get("gh/repos/octo/repo0"));
+        let request = scope.spawn(|| requester.get("gh/repos/octo/swarm/contents/r0"));
         // The holder is now sitting on the pull; kill it in the middle of the transfer.
         std::thread::sleep(Duration::from_millis(800));
         slow.kill(libc::SIGKILL);
@@ -175,7 +175,7 @@ fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
         started.elapsed() < Duration::from_secs(4),
         "the fallback must not wait for the dead peer's delay"
     );
-    assert_eq!(hub.count("/repos/octo/repo0"), 2);
+    assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 2);
 }
 
 #[test]
@@ -209,7 +209,7 @@ fn a_peer_sending_tampered_entries_is_rejected_counted_and_dropped() {
     );
 
     for e in 0..3 {
-        let path = format!("gh/repos/octo/repo{e}");
+        let path = format!("gh/repos/octo/swarm/contents/r{e}");
         assert_eq!(liar.get(&path).source(), "upstream");
         wait_for("the announcement", Duration::from_secs(10), || {
             honest.swarm()["announcements_received"].as_u64().unwrap() > e as u64
@@ -277,7 +277,7 @@ fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins() {
         Duration::from_secs(20),
         || other.peer_count() == 1,
     );
-    assert_eq!(first.get("gh/repos/octo/repo0").source(), "upstream");
+    assert_eq!(first.get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
 
     let old_id = first.peer_id.clone();
     let stop = Command::new(PEERCACHE)
@@ -306,7 +306,7 @@ fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins() {
     );
     assert_eq!(again.peer_id, old_id, "same identity after a restart");
     assert_eq!(again.cache, first.cache);
-    let cached = again.get("gh/repos/octo/repo0");
+    let cached = again.get("gh/repos/octo/swarm/contents/r0");
     assert_eq!(cached.source(), "local", "the cache survived the restart");
     // The other node re-dials its bootstrap peer with backoff.
     wait_for(
@@ -314,8 +314,8 @@ fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins() {
         Duration::from_secs(30),
         || other.peer_count() == 1 && again.peer_count() == 1,
     );
-    assert_eq!(other.get("gh/repos/octo/repo0").source(), "peer");
-    assert_eq!(hub.count("/repos/octo/repo0"), 1);
+    assert_eq!(other.get("gh/repos/octo/swarm/contents/r0").source(), "peer");
+    assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 1);
 }
 
 fn free_port() -> u16 {
@@ -354,7 +354,7 @@ fn a_node_that_knows_one_member_finds_all_of_them_through_kademlia() {
         );
     }
     // And it shares with the members it was never told about.
-    assert_eq!(nodes[0].get("gh/repos/octo/repo0").source(), "upstream");
-    assert_eq!(late.get("gh/repos/octo/repo0").source(), "peer");
-    assert_eq!(hub.count("/repos/octo/repo0"), 1);
+    assert_eq!(nodes[0].get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(late.get("gh/repos/octo/swarm/contents/r0").source(), "peer");
+    assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 1);
 }

@@ -35,6 +35,9 @@ pub struct ServeArgs {
     /// Discover peers on the LAN with mDNS: true or false [env: PEERCACHE_MDNS; default true]
     #[arg(long, value_name = "BOOL")]
     pub mdns: Option<String>,
+    /// Who shares the swarm: repository (this GITHUB_REPOSITORY), owner, or a swarm name [env: PEERCACHE_SCOPE; default repository]
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: Option<String>,
 }
 
 /// Runs `serve` (in the foreground, or detached with `--daemon`).

@@ -133,7 +133,10 @@ fn percent(rate: f64) -> String {
 fn sharing_text(status: &Value) -> String {
     if status["sharing"]["enabled"].as_bool() == Some(true) {
         let n = num(status, &["peers", "peer_count"]);
-        format!("on, {n} verified peer{}", if n == 1 { "" } else { "s" })
+        let scope = text(status, &["sharing", "scope"])
+            .map(|s| format!(", scope {s}"))
+            .unwrap_or_default();
+        format!("on, {n} verified peer{}{scope}", if n == 1 { "" } else { "s" })
     } else {
         format!(
             "off: {}",

@@ -78,6 +78,43 @@ pub enum SwarmSecret {
     Missing { reason: String },
 }
 
+/// Who shares one swarm: nodes share entries only when their secret and scope are equal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Only jobs of one repository (`GITHUB_REPOSITORY`; `None` when it is not set).
+    Repository(Option<String>),
+    /// Every repository of one owner, with access proofs across tokens.
+    Owner(String),
+    /// An explicit swarm name.
+    Named(String),
+}
+
+impl Scope {
+    /// The text the swarm's keys are derived from: equal for nodes of one swarm only.
+    pub fn key_material(&self) -> String {
+        match self {
+            Scope::Repository(Some(repo)) => format!("repository:{repo}"),
+            Scope::Repository(None) => "repository:".to_string(),
+            Scope::Owner(owner) => format!("owner:{owner}"),
+            Scope::Named(name) => format!("name:{name}"),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scope::Repository(Some(repo)) => write!(f, "repository {repo}"),
+            Scope::Repository(None) => write!(
+                f,
+                "repository (GITHUB_REPOSITORY is not set: shared with every node that lacks it too)"
+            ),
+            Scope::Owner(owner) => write!(f, "owner {owner}"),
+            Scope::Named(name) => write!(f, "name {name}"),
+        }
+    }
+}
+
 /// The flags that map onto settings; `None` when the flag was not given.
 #[derive(Debug, Default, Clone)]
 pub struct Flags {
@@ -99,6 +136,8 @@ pub struct Flags {
     pub mdns: Option<String>,
     /// `--log`
     pub log: Option<String>,
+    /// `--scope`
+    pub scope: Option<String>,
 }
 
 /// Every setting, resolved and validated.
@@ -130,6 +169,11 @@ pub struct Settings {
     pub log: String,
     /// Cache size bound in bytes.
     pub max_size: u64,
+    /// Who shares the swarm.
+    pub scope: Scope,
+    /// This job's repository (`GITHUB_REPOSITORY`, lowercase): every request on this runner comes
+    /// from a job of it, so its entries need no access proof here.
+    pub repository: Option<String>,
 }
 
 /// Reads one environment variable; empty values count as unset (Actions passes empty inputs so).
@@ -305,6 +349,14 @@ impl Settings {
             None => DEFAULT_MAX_SIZE,
         };
 
+        let repository = Settings::repository(env)
+            .map(|r| r.trim().to_ascii_lowercase())
+            .filter(|r| parse::is_owner_repo(r));
+        let scope = match r.pick(("--scope", &flags.scope), &["PEERCACHE_SCOPE"], "scope") {
+            Some(raw) => parse::scope(&raw, repository.as_deref(), env)?,
+            None => Scope::Repository(repository.clone()),
+        };
+
         Ok(Settings {
             home,
             cache_dir,
@@ -319,6 +371,8 @@ impl Settings {
             p2p,
             log,
             max_size,
+            scope,
+            repository,
         })
     }
 

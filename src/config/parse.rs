@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{Port, Raw};
+use super::{Environment, Port, Raw, Scope};
 use crate::error::UserError;
 
 fn invalid(raw: &Raw, expected: &str) -> anyhow::Error {
@@ -148,4 +148,49 @@ pub fn log_filter(raw: &Raw) -> anyhow::Result<String> {
                 "expected a log filter such as info, debug or peercache=debug",
             )
         })
+}
+
+/// Whether `text` looks like `owner/repo` (GitHub's name characters).
+pub fn is_owner_repo(text: &str) -> bool {
+    let name_ok = |part: &str| {
+        !part.is_empty()
+            && part
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    };
+    matches!(text.split_once('/'), Some((owner, repo)) if name_ok(owner) && name_ok(repo))
+}
+
+/// `repository`, `owner`, or an explicit swarm name (letters, digits, `-`, `_`, `.`, `/`).
+pub fn scope(raw: &Raw, repository: Option<&str>, env: &dyn Environment) -> anyhow::Result<Scope> {
+    let value = raw.value.trim();
+    match value.to_ascii_lowercase().as_str() {
+        "repository" | "repo" => return Ok(Scope::Repository(repository.map(str::to_string))),
+        "owner" => {
+            let owner = env
+                .var("GITHUB_REPOSITORY_OWNER")
+                .map(|o| o.trim().to_ascii_lowercase())
+                .or_else(|| repository.and_then(|r| r.split_once('/')).map(|(o, _)| o.to_string()));
+            return match owner {
+                Some(owner) if !owner.is_empty() => Ok(Scope::Owner(owner)),
+                _ => Err(invalid(
+                    raw,
+                    "scope 'owner' needs GITHUB_REPOSITORY_OWNER or GITHUB_REPOSITORY (set in Actions); outside Actions name the swarm instead, e.g. PEERCACHE_SCOPE=my-fleet",
+                )),
+            };
+        }
+        _ => {}
+    }
+    let valid = !value.is_empty()
+        && value.len() <= 100
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'));
+    if !valid {
+        return Err(invalid(
+            raw,
+            "expected 'repository', 'owner' or a swarm name of up to 100 letters, digits, '-', '_', '.' or '/'",
+        ));
+    }
+    Ok(Scope::Named(value.to_string()))
 }

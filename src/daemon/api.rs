@@ -64,6 +64,8 @@ pub struct Api {
     pub peers: Option<crate::p2p::Handle>,
     /// Why sharing is off (`None` when on).
     pub sharing_reason: Option<String>,
+    /// Who shares the swarm (`PEERCACHE_SCOPE`), as shown to people.
+    pub scope: String,
     /// The daemon's peer id.
     pub peer_id: String,
     /// Answers per endpoint and the last rate-limit figures.
@@ -515,7 +517,7 @@ async fn status_json(api: &Api) -> serde_json::Value {
         "started_at": s.started_at,
         "uptime_secs": state::now_secs().saturating_sub(s.started_at),
         "upstream": api.upstream.as_str().trim_end_matches('/'),
-        "sharing": { "enabled": s.sharing, "reason": api.sharing_reason },
+        "sharing": { "enabled": s.sharing, "reason": api.sharing_reason, "scope": api.scope },
         "peers": peers_json(s.sharing, &s.peers),
         "cache": stats_json(&s),
         "requests": {
@@ -585,7 +587,7 @@ async fn status_page(api: &Api) -> Response {
     let c = &s.counters;
     let now = state::now_secs();
     let sharing = match &api.sharing_reason {
-        None => "peer sharing on".to_string(),
+        None => format!("peer sharing on · scope {}", api.scope),
         Some(reason) => format!("peer sharing off: {reason}"),
     };
     let mut rows = String::new();

@@ -161,7 +161,8 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     };
     let handle = node.as_ref().map(crate::p2p::Node::handle);
 
-    let mut resolver = Resolver::new(cache.clone(), GitHub::new()?, &settings.api_url);
+    let mut resolver = Resolver::new(cache.clone(), GitHub::new()?, &settings.api_url)
+        .with_home_repository(settings.repository.clone());
     if let Some(handle) = &handle {
         resolver = resolver.with_peers(handle.clone());
     }
@@ -199,6 +200,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         default_ttl: settings.ttl,
         peers: handle.clone(),
         sharing_reason: sharing_reason.clone(),
+        scope: settings.scope.to_string(),
         peer_id: peer_id.to_string(),
         observer: metrics::Observer::new(),
         libp2p_registry,

@@ -3,6 +3,7 @@
 
 mod endpoint;
 pub mod ratelimit;
+pub mod sharing;
 mod write;
 
 use std::time::Duration;
@@ -98,6 +99,14 @@ impl GitHub {
             &request.api_version,
             request.token.as_ref(),
         )?);
+        // The bytes stored and shared must be the plain representation: ask for no encoding
+        // unless the caller asked for one (and then the answer is passed through, not stored).
+        if !headers.contains_key(reqwest::header::ACCEPT_ENCODING) {
+            headers.insert(
+                reqwest::header::ACCEPT_ENCODING,
+                HeaderValue::from_static("identity"),
+            );
+        }
         if let Some(since) = &request.if_modified_since {
             headers.insert(IF_MODIFIED_SINCE, header_value(since)?);
         }

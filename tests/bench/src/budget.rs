@@ -76,10 +76,10 @@ pub struct BudgetRun {
 pub fn run(bench: &Bench, nodes: usize, endpoints: usize) -> anyhow::Result<BudgetRun> {
     let hub = bench.hub();
     let together_set: Vec<String> = (0..endpoints)
-        .map(|i| format!("repos/octo/together{i}"))
+        .map(|i| format!("repos/octo/swarm/contents/together{i}"))
         .collect();
     let staggered_set: Vec<String> = (0..endpoints)
-        .map(|i| format!("repos/octo/staggered{i}"))
+        .map(|i| format!("repos/octo/swarm/contents/staggered{i}"))
         .collect();
     let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (i, endpoint) in together_set.iter().chain(&staggered_set).enumerate() {

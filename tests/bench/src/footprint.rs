@@ -65,7 +65,7 @@ pub fn run(bench: &Bench, peer_counts: &[usize]) -> anyhow::Result<Footprint> {
     }
     for i in 0..100 {
         hub.put_json(
-            &format!("/repos/octo/footprint{i}"),
+            &format!("/repos/octo/swarm/contents/footprint{i}"),
             fakehub::repo_body(i, BODY),
         );
     }
@@ -73,7 +73,7 @@ pub fn run(bench: &Bench, peer_counts: &[usize]) -> anyhow::Result<Footprint> {
         for node in &nodes {
             scope.spawn(move || {
                 for i in 0..100 {
-                    let r = api_get(node, &format!("repos/octo/footprint{i}"), None);
+                    let r = api_get(node, &format!("repos/octo/swarm/contents/footprint{i}"), None);
                     assert_eq!(r.status, 200, "footprint{i} through {}", node.name);
                 }
             });

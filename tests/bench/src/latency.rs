@@ -91,7 +91,7 @@ pub fn run(bench: &Bench, samples: usize) -> anyhow::Result<Vec<Row>> {
 
     // Local: one entry, fetched once, then read again and again.
     for (way, name) in ways {
-        let endpoint = format!("repos/octo/local-{name}");
+        let endpoint = format!("repos/octo/swarm/contents/local-{name}");
         hub.put_json(&format!("/{endpoint}"), body.clone());
         measure(WARM_UP, way, &endpoint, None)?;
         for _ in 0..samples {
@@ -104,7 +104,7 @@ pub fn run(bench: &Bench, samples: usize) -> anyhow::Result<Vec<Row>> {
     // Upstream: a new endpoint for every sample.
     for (way, name) in ways {
         for i in 0..slow_samples {
-            let endpoint = format!("repos/octo/upstream-{name}-{i}");
+            let endpoint = format!("repos/octo/swarm/contents/upstream-{name}-{i}");
             hub.put_json(&format!("/{endpoint}"), body.clone());
             if let Some(took) = measure("upstream", way, &endpoint, None)? {
                 results.entry(("upstream", name)).or_default().push(took);
@@ -114,7 +114,7 @@ pub fn run(bench: &Bench, samples: usize) -> anyhow::Result<Vec<Row>> {
 
     // Revalidated: one entry, asked for with a TTL of 0, so every request is a conditional GET.
     for (way, name) in ways {
-        let endpoint = format!("repos/octo/revalidated-{name}");
+        let endpoint = format!("repos/octo/swarm/contents/revalidated-{name}");
         hub.put_json(&format!("/{endpoint}"), body.clone());
         measure(WARM_UP, way, &endpoint, None)?;
         for _ in 0..slow_samples {
@@ -127,7 +127,7 @@ pub fn run(bench: &Bench, samples: usize) -> anyhow::Result<Vec<Row>> {
     // Peer: the holder fetches, the reader gets each once (no daemon, no peers: not measured).
     for (way, name) in &ways[1..] {
         let endpoints: Vec<String> = (0..samples)
-            .map(|i| format!("repos/octo/peer-{name}-{i}"))
+            .map(|i| format!("repos/octo/swarm/contents/peer-{name}-{i}"))
             .collect();
         let heard_before = announcements(reader);
         for endpoint in &endpoints {

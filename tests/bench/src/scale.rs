@@ -68,7 +68,7 @@ pub fn run(bench: &Bench, nodes: usize, announcements: usize) -> anyhow::Result<
     let step = (nodes / announcements.max(1)).max(1);
     let origins: Vec<&SwarmNode> = swarm.iter().step_by(step).take(announcements).collect();
     for (k, origin) in origins.iter().enumerate() {
-        let endpoint = format!("repos/octo/scale{k}");
+        let endpoint = format!("repos/octo/swarm/contents/scale{k}");
         hub.put_json(&format!("/{endpoint}"), fakehub::repo_body(k, BODY));
         let r = api_get(origin, &endpoint, None);
         anyhow::ensure!(

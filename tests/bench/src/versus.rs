@@ -61,7 +61,7 @@ pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
     let node = bench.node(&hub, "throughput-node", Vec::new(), Vec::new());
     let www = bench.root.path().join("nginx").join("www");
     for i in 0..HOT_ENDPOINTS {
-        let endpoint = format!("repos/octo/hot{i}");
+        let endpoint = format!("repos/octo/swarm/contents/hot{i}");
         let body = fakehub::repo_body(i, BODY);
         hub.put_json(&format!("/{endpoint}"), body.clone());
         let r = api_get(&node, &endpoint, None);
@@ -120,7 +120,7 @@ function init(args)
   auth = args[3] or ""
 end
 function request()
-  local path = prefix .. "/repos/octo/hot" .. i
+  local path = prefix .. "/repos/octo/swarm/contents/hot" .. i
   i = (i + 1) % count
   return wrk.format("GET", path, { ["Authorization"] = auth })
 end
@@ -283,7 +283,7 @@ http {{
             child,
             origin: format!("http://127.0.0.1:{port}"),
         };
-        let probe = format!("{}/repos/octo/hot0", nginx.origin);
+        let probe = format!("{}/repos/octo/swarm/contents/hot0", nginx.origin);
         anyhow::ensure!(
             wait_until(Duration::from_secs(10), || {
                 std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
@@ -336,7 +336,7 @@ pub fn gh_cache(
     let version = version(Command::new("gh").arg("--version"))?;
     let hub = bench.hub();
     for i in 0..endpoints {
-        hub.put_json(&format!("/repos/octo/gh{i}"), fakehub::repo_body(i, BODY));
+        hub.put_json(&format!("/repos/octo/swarm/contents/gh{i}"), fakehub::repo_body(i, BODY));
     }
     let cache_secs = crate::budget::REVALIDATION_TTL_SECS;
     let gh = |job: usize, endpoint: &str, cache: &str| -> anyhow::Result<Vec<u8>> {
@@ -374,10 +374,10 @@ pub fn gh_cache(
                     let (gh, cache) = (&gh, &cache);
                     scope.spawn(move || -> anyhow::Result<()> {
                         for i in 0..endpoints {
-                            let body = gh(job, &format!("repos/octo/gh{i}"), cache)?;
+                            let body = gh(job, &format!("repos/octo/swarm/contents/gh{i}"), cache)?;
                             anyhow::ensure!(
                                 body == fakehub::repo_body(i, BODY),
-                                "gh printed another body for repos/octo/gh{i}"
+                                "gh printed another body for repos/octo/swarm/contents/gh{i}"
                             );
                         }
                         Ok(())
@@ -404,24 +404,24 @@ pub fn gh_cache(
     let alone = bench.lone_dirs("gh-side-peercache");
     let mut gh_hits = Vec::new();
     let mut peercache_hits = Vec::new();
-    gh(0, "repos/octo/gh0", "1h")?;
+    gh(0, "repos/octo/swarm/contents/gh0", "1h")?;
     fetch_process(
         &bench.binary,
         &hub,
         &FetchIn::Alone(&alone),
-        "repos/octo/gh0",
+        "repos/octo/swarm/contents/gh0",
         None,
     )?;
     let before = hub.total();
     for _ in 0..samples {
         let started = Instant::now();
-        gh(0, "repos/octo/gh0", "1h")?;
+        gh(0, "repos/octo/swarm/contents/gh0", "1h")?;
         gh_hits.push(started.elapsed());
         let (took, source, _) = fetch_process(
             &bench.binary,
             &hub,
             &FetchIn::Alone(&alone),
-            "repos/octo/gh0",
+            "repos/octo/swarm/contents/gh0",
             None,
         )?;
         if source == "local" {

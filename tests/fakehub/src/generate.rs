@@ -7,11 +7,22 @@ use serde_json::json;
 
 use crate::FakeHub;
 
-/// Puts `n` JSON resources `/repos/octo/repo{i}` (i from 0), each `size` bytes when `size` allows.
+/// The repository [`generate_resources`] puts its resources in.
+pub const GENERATED_REPO: &str = "octo/swarm";
+
+/// Puts `n` JSON resources `/repos/octo/swarm/contents/r{i}` (i from 0), each `size` bytes when
+/// `size` allows, and the repository object `/repos/octo/swarm` they belong to (a token shows it
+/// can see the repository with a conditional request for it).
 pub fn generate_resources(hub: &FakeHub, n: usize, size: usize) {
+    hub.put_json(&format!("/repos/{GENERATED_REPO}"), repo_body(n, 0));
     for i in 0..n {
-        hub.put_json(&format!("/repos/octo/repo{i}"), repo_body(i, size));
+        hub.put_json(&generated_path(i), repo_body(i, size));
     }
+}
+
+/// The path of the `i`-th resource of [`generate_resources`].
+pub fn generated_path(i: usize) -> String {
+    format!("/repos/{GENERATED_REPO}/contents/r{i}")
 }
 
 /// The body [`generate_resources`] stores for repository `i`: a repo-like

@@ -41,12 +41,22 @@
 //!   "exhaust_quota": {"authorization": "token abc", "reset_in_secs": 60},
 //!   "reset_stats": true,
 //!   "add_repos": ["octo/hello"],
-//!   "forbid_writes": false
+//!   "forbid_writes": false,
+//!   "private_repos": ["octo/secret"],
+//!   "scoped_tokens": {"job-token-x": ["octo/x"]},
+//!   "admin_tokens": ["pat-of-an-admin"]
 //! }
 //! ```
 //!
 //! `clear_failures` is applied before new failure rules in the same body;
 //! `n` defaults to 1, `reset_in_secs` to 3600, the other inner fields to null.
+//!
+//! # Who asks
+//!
+//! Answers depend on the caller as on GitHub (see the `access` module): `/user` is the caller's
+//! identity, `/rate_limit` its own bucket (free), private repositories answer 404 to tokens that
+//! may not see them, `GET /repos/{o}/{r}` carries the caller's `permissions`, `Range` gets a
+//! 206 and `Accept-Encoding: gzip` a gzip body.
 //!
 //! # Issues
 //!
@@ -63,6 +73,7 @@
 
 #![warn(missing_docs)]
 
+mod access;
 mod generate;
 mod issues;
 mod server;
@@ -77,7 +88,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-pub use generate::{generate_resources, repo_body};
+pub use generate::{GENERATED_REPO, generate_resources, generated_path, repo_body};
 
 use state::Shared;
 
@@ -429,6 +440,24 @@ impl FakeHub {
     /// Quota left in a bucket (`None`: anonymous) in its current window.
     pub fn remaining(&self, authorization: Option<&str>) -> u64 {
         self.shared.remaining(authorization)
+    }
+
+    /// Makes `owner/repo` private: 404 to requests without a token and to tokens scoped to
+    /// other repositories.
+    pub fn set_private(&self, full_name: &str) {
+        self.shared.with_access(|a| a.set_private(full_name, true));
+    }
+
+    /// Limits a token (bare, without its scheme) to these repositories, like a `GITHUB_TOKEN`
+    /// of one repository: other private repositories answer it 404.
+    pub fn scope_token(&self, token: &str, repos: &[&str]) {
+        let repos: Vec<String> = repos.iter().map(|r| r.to_string()).collect();
+        self.shared.with_access(|a| a.scope_token(token, &repos));
+    }
+
+    /// Gives a token (bare) admin permission in the `permissions` of the repositories it sees.
+    pub fn set_admin(&self, token: &str, admin: bool) {
+        self.shared.with_access(|a| a.set_admin(token, admin));
     }
 
     /// Gives `owner/repo` live issues and comments (see the crate docs); idempotent.

@@ -24,7 +24,7 @@ struct Args {
     /// Delay before answering every API request, in milliseconds.
     #[arg(long, default_value_t = 0)]
     latency_ms: u64,
-    /// Number of repositories /repos/octo/repo{0..N} to generate.
+    /// Number of repositories /repos/octo/swarm/contents/r{0..N} to generate.
     #[arg(long, default_value_t = 0)]
     generate: usize,
     /// Body size of each generated repository, in bytes.

@@ -27,6 +27,7 @@ const MAX_PER_PAGE: usize = 100;
 
 const CONTROL_PREFIX: &str = "/_fakehub";
 
+const REQUIRES_AUTH_BODY: &str = r#"{"message":"Requires authentication","documentation_url":"https://docs.github.com/rest/users/users#get-the-authenticated-user","status":"401"}"#;
 const NOT_FOUND_BODY: &str =
     r#"{"message":"Not Found","documentation_url":"https://docs.github.com/rest"}"#;
 const RATE_LIMITED_BODY: &str = r#"{"message":"API rate limit exceeded for this token.","documentation_url":"https://docs.github.com/rest/overview/rate-limits-for-the-rest-api"}"#;
@@ -88,6 +89,10 @@ pub(crate) enum Plan {
         etag: String,
         last_modified: Option<SystemTime>,
         link: Option<String>,
+        /// `Content-Range` of a 206 answer to a `Range` request.
+        content_range: Option<String>,
+        /// The body is gzip-compressed (`Content-Encoding: gzip`).
+        gzipped: bool,
     },
     NotModified {
         etag: String,
@@ -105,6 +110,10 @@ impl Plan {
             Plan::MethodNotAllowed => (405, Cost::Exempt),
             Plan::NotFound => (404, Cost::Spend),
             Plan::Reply { status, .. } => (*status, Cost::Spend),
+            Plan::Found {
+                content_range: Some(_),
+                ..
+            } => (206, Cost::Spend),
             Plan::Found { .. } => (200, Cost::Spend),
             // GitHub only waives the cost of a 304 for authenticated requests.
             Plan::NotModified { .. } if authenticated => (304, Cost::Free),
@@ -154,8 +163,54 @@ fn answer(
         accept: header_string(headers, &header::ACCEPT),
     };
     let authenticated = meta.authorization.is_some();
+    let is_get = method == Method::GET || method == Method::HEAD;
+
+    if is_get && path == "/rate_limit" {
+        // Free, and about the caller's own bucket.
+        let settled = shared.settle(meta, 200, Cost::Exempt);
+        let rate = settled.rate;
+        let body = crate::access::rate_limit_body(rate.limit, rate.remaining, rate.used, rate.reset);
+        let plan = Plan::Reply {
+            status: 200,
+            body: Some(body),
+        };
+        return build_response(plan, &settled, authenticated);
+    }
+    if is_get && path == "/user" {
+        let plan = match meta.authorization.as_deref() {
+            None => Plan::Reply {
+                status: 401,
+                body: Some(Bytes::from_static(REQUIRES_AUTH_BODY.as_bytes())),
+            },
+            Some(authorization) => conditional_answer(
+                &meta,
+                crate::access::user_body(authorization),
+                crate::JSON_CONTENT_TYPE.to_owned(),
+                None,
+                None,
+            ),
+        };
+        let (status, cost) = plan.status_and_cost(authenticated);
+        let settled = shared.settle(meta, status, cost);
+        return build_response(plan, &settled, authenticated);
+    }
+    let repository = crate::access::repository_of(path);
+    if let Some((repo, _)) = &repository
+        && !shared.can_see(meta.authorization.as_deref(), repo)
+    {
+        // GitHub hides a private repository from whoever may not see it: 404, not 403.
+        let plan = Plan::NotFound;
+        let (status, cost) = plan.status_and_cost(authenticated);
+        let settled = shared.settle(meta, status, cost);
+        return build_response(plan, &settled, authenticated);
+    }
 
     let (failure, entry) = shared.begin(path);
+    // The repository object carries the caller's own permissions.
+    let entry = match (&repository, entry) {
+        (Some((repo, true)), Some(entry)) => Some(shared.personalise(&entry, meta.authorization.as_deref(), repo)),
+        (_, entry) => entry,
+    };
     let is_read = method == Method::GET || method == Method::HEAD;
     // Live issues and comments, unless a stored resource answers the read.
     if failure.is_none()
@@ -181,12 +236,48 @@ fn answer(
         (None, None) => Plan::NotFound,
         (None, Some(entry)) => {
             let host = request_host(headers, uri, shared);
-            evaluate(&entry, &meta, uri.query(), &host)
+            represent(evaluate(&entry, &meta, uri.query(), &host), headers)
         }
     };
     let (status, cost) = plan.status_and_cost(authenticated);
     let settled = shared.settle(meta, status, cost);
     build_response(plan, &settled, authenticated)
+}
+
+/// The representation the request's headers ask for: a 206 slice for `Range`, gzip for
+/// `Accept-Encoding: gzip` (the ETag stays the plain body's, as GitHub's weak ETags do).
+fn represent(plan: Plan, headers: &HeaderMap) -> Plan {
+    let Plan::Found {
+        body,
+        content_type,
+        etag,
+        last_modified,
+        link,
+        ..
+    } = plan
+    else {
+        return plan;
+    };
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let (body, content_range) = match crate::access::byte_range(text("range"), &body) {
+        Some((slice, range)) => (slice, Some(range)),
+        None => (body, None),
+    };
+    let gzipped = crate::access::wants_gzip(text("accept-encoding"));
+    let body = if gzipped {
+        crate::access::gzip(&body)
+    } else {
+        body
+    };
+    Plan::Found {
+        body,
+        content_type,
+        etag,
+        last_modified,
+        link,
+        content_range,
+        gzipped,
+    }
 }
 
 /// Resolves a found resource to a full response or a 304.
@@ -229,6 +320,8 @@ pub(crate) fn conditional_answer(
             etag,
             last_modified,
             link,
+            content_range: None,
+            gzipped: false,
         }
     }
 }
@@ -468,13 +561,24 @@ fn build_response_allowing(
             etag,
             last_modified,
             link,
+            content_range,
+            gzipped,
         } => {
             put_header(&mut headers, "content-type", &content_type);
             put_cache_headers(&mut headers, &etag, last_modified, authenticated);
             if let Some(link) = link {
                 put_header(&mut headers, "link", &link);
             }
-            finish(StatusCode::OK, headers, body)
+            if gzipped {
+                put_header(&mut headers, "content-encoding", "gzip");
+            }
+            match content_range {
+                Some(range) => {
+                    put_header(&mut headers, "content-range", &range);
+                    finish(StatusCode::PARTIAL_CONTENT, headers, body)
+                }
+                None => finish(StatusCode::OK, headers, body),
+            }
         }
         Plan::NotModified {
             etag,
@@ -563,6 +667,15 @@ pub(crate) struct ConfigRequest {
     add_repos: Vec<String>,
     /// Make every write to the issues API a 403 (or allow writes again).
     forbid_writes: Option<bool>,
+    /// Make these `owner/repo` private (404 to tokens that may not see them).
+    #[serde(default)]
+    private_repos: Vec<String>,
+    /// Limit these bare tokens to these repositories (like a job's `GITHUB_TOKEN`).
+    #[serde(default)]
+    scoped_tokens: std::collections::BTreeMap<String, Vec<String>>,
+    /// Give these bare tokens admin `permissions`.
+    #[serde(default)]
+    admin_tokens: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -652,6 +765,17 @@ async fn control_config(State(shared): State<Arc<Shared>>, body: Bytes) -> Respo
     if req.reset_quota {
         shared.reset_quota();
     }
+    shared.with_access(|access| {
+        for repo in &req.private_repos {
+            access.set_private(repo, true);
+        }
+        for (token, repos) in &req.scoped_tokens {
+            access.scope_token(token, repos);
+        }
+        for token in &req.admin_tokens {
+            access.set_admin(token, true);
+        }
+    });
     if let Some(spec) = req.exhaust_quota {
         shared.exhaust_quota(
             spec.authorization.as_deref(),

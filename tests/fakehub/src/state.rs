@@ -127,6 +127,8 @@ struct Inner {
     next_request_id: u64,
     /// Live issues and comments of the repositories that have them.
     issues: crate::issues::Store,
+    /// Private repositories, scoped tokens, admins.
+    access: crate::access::Access,
 }
 
 /// State shared between the [`crate::FakeHub`] handle and the server tasks.
@@ -170,6 +172,7 @@ impl Shared {
                 record_limit: None,
                 next_request_id: 1,
                 issues: crate::issues::Store::default(),
+                access: crate::access::Access::default(),
             }),
             addr,
         }
@@ -190,6 +193,32 @@ impl Shared {
         self.lock()
             .resources
             .insert(normalize_path(path), Arc::new(entry));
+    }
+
+    /// Changes the visibility and permission rules.
+    pub fn with_access<T>(&self, change: impl FnOnce(&mut crate::access::Access) -> T) -> T {
+        change(&mut self.lock().access)
+    }
+
+    /// Whether a request with this `Authorization` may see `repo`.
+    pub fn can_see(&self, authorization: Option<&str>, repo: &str) -> bool {
+        self.lock().access.can_see(authorization, repo)
+    }
+
+    /// A repository object's entry as this caller sees it (its own `permissions`).
+    pub fn personalise(&self, entry: &Arc<Entry>, authorization: Option<&str>, repo: &str) -> Arc<Entry> {
+        match &**entry {
+            Entry::Plain {
+                body,
+                content_type,
+                last_modified,
+            } => Arc::new(Entry::Plain {
+                body: self.lock().access.personalise(body, authorization, repo),
+                content_type: content_type.clone(),
+                last_modified: *last_modified,
+            }),
+            Entry::List(_) => entry.clone(),
+        }
     }
 
     pub fn put_list(&self, path: &str, items: Vec<serde_json::Value>) {

@@ -28,11 +28,11 @@ fn now_epoch() -> u64 {
 #[test]
 fn plain_resource_is_served_byte_for_byte_with_github_headers() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let before = now_epoch();
     let r = get(
         &hub.url(),
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         &[("Authorization", "token t1")],
     );
     assert_eq!(r.status, 200);
@@ -57,26 +57,26 @@ fn plain_resource_is_served_byte_for_byte_with_github_headers() {
 #[test]
 fn query_strings_do_not_change_the_resource_but_are_counted() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
-    let r = get(&hub.url(), "/repos/octo/hello?foo=bar", &[]);
+    hub.put_json("/repos/octo/hello/readme", REPO);
+    let r = get(&hub.url(), "/repos/octo/hello/readme?foo=bar", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, REPO);
-    assert_eq!(hub.count("/repos/octo/hello"), 1);
-    assert_eq!(hub.count("/repos/octo/hello?foo=bar"), 1);
+    assert_eq!(hub.count("/repos/octo/hello/readme"), 1);
+    assert_eq!(hub.count("/repos/octo/hello/readme?foo=bar"), 1);
     let stats = hub.stats();
-    assert_eq!(stats.by_path_and_query["/repos/octo/hello?foo=bar"], 1);
-    assert_eq!(stats.requests[0].path(), "/repos/octo/hello");
+    assert_eq!(stats.by_path_and_query["/repos/octo/hello/readme?foo=bar"], 1);
+    assert_eq!(stats.requests[0].path(), "/repos/octo/hello/readme");
 }
 
 #[test]
 fn etag_depends_on_authorization() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let a1 = get(&url, "/repos/octo/hello", &[("Authorization", "token aaa")]);
-    let a2 = get(&url, "/repos/octo/hello", &[("Authorization", "token aaa")]);
-    let b = get(&url, "/repos/octo/hello", &[("Authorization", "token bbb")]);
-    let anon = get(&url, "/repos/octo/hello", &[]);
+    let a1 = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token aaa")]);
+    let a2 = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token aaa")]);
+    let b = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token bbb")]);
+    let anon = get(&url, "/repos/octo/hello/readme", &[]);
     assert_eq!(a1.must("etag"), a2.must("etag"));
     assert_ne!(a1.must("etag"), b.must("etag"));
     assert_ne!(a1.must("etag"), anon.must("etag"));
@@ -90,14 +90,14 @@ fn etag_depends_on_authorization() {
 #[test]
 fn if_none_match_gives_304_without_spending_quota_when_authenticated() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
     let auth = ("Authorization", "Bearer ghp_fake");
-    let first = get(&url, "/repos/octo/hello", &[auth]);
+    let first = get(&url, "/repos/octo/hello/readme", &[auth]);
     let etag = first.must("etag").to_owned();
     assert_eq!(first.num("x-ratelimit-remaining"), 4999);
 
-    let second = get(&url, "/repos/octo/hello", &[auth, ("If-None-Match", &etag)]);
+    let second = get(&url, "/repos/octo/hello/readme", &[auth, ("If-None-Match", &etag)]);
     assert_eq!(second.status, 304);
     assert!(second.body.is_empty());
     assert_eq!(second.must("etag"), etag);
@@ -109,7 +109,7 @@ fn if_none_match_gives_304_without_spending_quota_when_authenticated() {
     let listed = format!("W/\"nope\", {etag}");
     let third = get(
         &url,
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         &[auth, ("If-None-Match", &listed)],
     );
     assert_eq!(third.status, 304);
@@ -129,10 +129,10 @@ fn if_none_match_gives_304_without_spending_quota_when_authenticated() {
 #[test]
 fn unauthenticated_304_spends_quota() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let etag = get(&url, "/repos/octo/hello", &[]).must("etag").to_owned();
-    let r = get(&url, "/repos/octo/hello", &[("If-None-Match", &etag)]);
+    let etag = get(&url, "/repos/octo/hello/readme", &[]).must("etag").to_owned();
+    let r = get(&url, "/repos/octo/hello/readme", &[("If-None-Match", &etag)]);
     assert_eq!(r.status, 304);
     assert_eq!(r.num("x-ratelimit-remaining"), 4998);
     assert_eq!(hub.stats().quota_spent["anonymous"], 2);
@@ -141,14 +141,14 @@ fn unauthenticated_304_spends_quota() {
 #[test]
 fn etag_of_another_token_does_not_match() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let etag = get(&url, "/repos/octo/hello", &[("Authorization", "token a")])
+    let etag = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token a")])
         .must("etag")
         .to_owned();
     let r = get(
         &url,
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         &[("Authorization", "token b"), ("If-None-Match", &etag)],
     );
     assert_eq!(r.status, 200);
@@ -158,14 +158,14 @@ fn etag_of_another_token_does_not_match() {
 #[test]
 fn if_modified_since_gives_304_across_tokens() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let first = get(&url, "/repos/octo/hello", &[("Authorization", "token a")]);
+    let first = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token a")]);
     let lm = first.must("last-modified").to_owned();
 
     let r = get(
         &url,
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         &[("Authorization", "token b"), ("If-Modified-Since", &lm)],
     );
     assert_eq!(r.status, 304);
@@ -176,16 +176,16 @@ fn if_modified_since_gives_304_across_tokens() {
 
     // A later date also counts as "not modified since".
     let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
-    let r = get(&url, "/repos/octo/hello", &[("If-Modified-Since", &later)]);
+    let r = get(&url, "/repos/octo/hello/readme", &[("If-Modified-Since", &later)]);
     assert_eq!(r.status, 304);
 
     // An older date, a malformed one: full response.
     let older = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
-    let r = get(&url, "/repos/octo/hello", &[("If-Modified-Since", &older)]);
+    let r = get(&url, "/repos/octo/hello/readme", &[("If-Modified-Since", &older)]);
     assert_eq!(r.status, 200);
     let r = get(
         &url,
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         &[("If-Modified-Since", "yesterday-ish")],
     );
     assert_eq!(r.status, 200);
@@ -201,15 +201,15 @@ fn if_modified_since_gives_304_across_tokens() {
 #[test]
 fn both_validators_must_match() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let first = get(&url, "/repos/octo/hello", &[("Authorization", "token a")]);
+    let first = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token a")]);
     let etag = first.must("etag").to_owned();
     let lm = first.must("last-modified").to_owned();
     let both = |auth| {
         get(
             &url,
-            "/repos/octo/hello",
+            "/repos/octo/hello/readme",
             &[
                 ("Authorization", auth),
                 ("If-None-Match", &etag),
@@ -481,11 +481,11 @@ fn anonymous_bucket_can_be_exhausted() {
 #[test]
 fn fail_next_with_502_and_retry_after() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", REPO);
+    hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
     hub.fail_next(2, Failure::status(502).with_retry_after(7));
     for _ in 0..2 {
-        let r = get(&url, "/repos/octo/hello", &[("Authorization", "token f")]);
+        let r = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token f")]);
         assert_eq!(r.status, 502);
         assert_eq!(r.must("retry-after"), "7");
         assert_eq!(r.json()["message"], "Bad Gateway");
@@ -496,7 +496,7 @@ fn fail_next_with_502_and_retry_after() {
         );
         assert_eq!(r.header("etag"), None);
     }
-    let r = get(&url, "/repos/octo/hello", &[("Authorization", "token f")]);
+    let r = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token f")]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, REPO);
 
@@ -505,7 +505,7 @@ fn fail_next_with_502_and_retry_after() {
     assert_eq!(stats.status_count(502), 2);
     assert_eq!(stats.status_count(200), 1);
     assert_eq!(stats.spent(Some("token f")), 1);
-    assert_eq!(hub.count("/repos/octo/hello"), 3);
+    assert_eq!(hub.count("/repos/octo/hello/readme"), 3);
 }
 
 #[test]
@@ -703,7 +703,7 @@ fn generated_resources_are_deterministic_json_of_the_requested_size() {
     let hub = FakeHub::start();
     generate_resources(&hub, 3, 4096);
     for i in 0..3 {
-        let r = get(&hub.url(), &format!("/repos/octo/repo{i}"), &[]);
+        let r = get(&hub.url(), &format!("/repos/octo/swarm/contents/r{i}"), &[]);
         assert_eq!(r.status, 200);
         assert_eq!(r.body.len(), 4096);
         assert_eq!(r.body, repo_body(i, 4096));
@@ -712,7 +712,7 @@ fn generated_resources_are_deterministic_json_of_the_requested_size() {
         assert_eq!(v["owner"]["login"], "octo");
     }
     assert_ne!(repo_body(0, 4096), repo_body(1, 4096));
-    assert_eq!(get(&hub.url(), "/repos/octo/repo3", &[]).status, 404);
+    assert_eq!(get(&hub.url(), "/repos/octo/swarm/contents/r3", &[]).status, 404);
     // Too small a size: the bare document, still valid JSON.
     let small = repo_body(5, 10);
     assert!(small.len() > 10);
@@ -757,4 +757,73 @@ fn handle_is_shareable_between_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<FakeHub>();
     assert_send_sync::<fakehub::Stats>();
+}
+
+#[test]
+fn user_is_the_callers_own_identity() {
+    let hub = FakeHub::start();
+    let a = get(&hub.url(), "/user", &[("Authorization", "Bearer tok-a")]);
+    let b = get(&hub.url(), "/user", &[("Authorization", "token tok-b")]);
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["login"], fakehub::login_for("tok-a"));
+    assert_eq!(b.json()["login"], fakehub::login_for("tok-b"));
+    assert_ne!(a.json()["login"], b.json()["login"]);
+    assert_eq!(get(&hub.url(), "/user", &[]).status, 401);
+}
+
+#[test]
+fn rate_limit_is_the_callers_bucket_and_free() {
+    let hub = FakeHub::start();
+    hub.put_json("/repos/octo/hello/readme", REPO);
+    get(&hub.url(), "/repos/octo/hello/readme", &[("Authorization", "token t1")]);
+    let r = get(&hub.url(), "/rate_limit", &[("Authorization", "token t1")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["resources"]["core"]["used"], 1);
+    let other = get(&hub.url(), "/rate_limit", &[("Authorization", "token t2")]);
+    assert_eq!(other.json()["rate"]["used"], 0);
+    assert_eq!(hub.stats().spent(Some("token t1")), 1, "/rate_limit costs nothing");
+}
+
+#[test]
+fn private_repositories_are_hidden_from_tokens_of_other_repositories() {
+    let hub = FakeHub::start();
+    hub.put_json("/repos/octo/secret", br#"{"full_name":"octo/secret"}"#.to_vec());
+    hub.put_json("/repos/octo/secret/readme", REPO);
+    hub.set_private("octo/secret");
+    hub.scope_token("job-x", &["octo/x"]);
+    hub.scope_token("job-secret", &["octo/secret"]);
+    let as_x = get(&hub.url(), "/repos/octo/secret/readme", &[("Authorization", "Bearer job-x")]);
+    assert_eq!(as_x.status, 404);
+    assert_eq!(get(&hub.url(), "/repos/octo/secret/readme", &[]).status, 404);
+    let own = get(&hub.url(), "/repos/octo/secret/readme", &[("Authorization", "Bearer job-secret")]);
+    assert_eq!(own.status, 200);
+    // A token that is not scoped (a PAT of a member) sees it.
+    assert_eq!(get(&hub.url(), "/repos/octo/secret/readme", &[("Authorization", "token pat")]).status, 200);
+}
+
+#[test]
+fn repository_objects_carry_the_callers_permissions() {
+    let hub = FakeHub::start();
+    hub.put_json("/repos/octo/hello", br#"{"full_name":"octo/hello","private":false}"#.to_vec());
+    hub.set_admin("admin-token", true);
+    let admin = get(&hub.url(), "/repos/octo/hello", &[("Authorization", "Bearer admin-token")]);
+    let other = get(&hub.url(), "/repos/octo/hello", &[("Authorization", "Bearer other")]);
+    assert_eq!(admin.json()["permissions"]["admin"], true);
+    assert_eq!(other.json()["permissions"]["admin"], false);
+    assert!(get(&hub.url(), "/repos/octo/hello", &[]).json().get("permissions").is_none());
+}
+
+#[test]
+fn range_and_gzip_change_the_representation() {
+    let hub = FakeHub::start();
+    hub.put_json("/repos/octo/hello/readme", REPO);
+    let r = get(&hub.url(), "/repos/octo/hello/readme", &[("Range", "bytes=0-9")]);
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, &REPO[..10]);
+    assert_eq!(r.must("content-range"), format!("bytes 0-9/{}", REPO.len()));
+    let z = get(&hub.url(), "/repos/octo/hello/readme", &[("Accept-Encoding", "gzip")]);
+    assert_eq!(z.status, 200);
+    assert_eq!(z.must("content-encoding"), "gzip");
+    assert_ne!(z.body, REPO);
+    assert_eq!(&z.body[..2], &[0x1f, 0x8b], "a gzip stream");
 }

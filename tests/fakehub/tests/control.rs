@@ -268,11 +268,11 @@ fn binary_serves_generated_resources_and_stops_on_sigterm() {
         "10",
     ]);
     assert!(bin.url.starts_with("http://127.0.0.1:"));
-    let r = get(&bin.url, "/repos/octo/repo3", &[]);
+    let r = get(&bin.url, "/repos/octo/swarm/contents/r3", &[]);
     assert_eq!(r.status, 200);
     assert_eq!(r.body, fakehub::repo_body(3, 1500));
     assert_eq!(r.num("x-ratelimit-limit"), 10);
-    assert_eq!(get(&bin.url, "/repos/octo/repo4", &[]).status, 404);
+    assert_eq!(get(&bin.url, "/repos/octo/swarm/contents/r4", &[]).status, 404);
     let stats: Stats = serde_json::from_slice(&get(&bin.url, "/_fakehub/stats", &[]).body).unwrap();
     assert_eq!(stats.total, 2);
 
