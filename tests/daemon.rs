@@ -123,7 +123,7 @@ fn serve_daemon_prints_the_api_writes_serve_json_and_stop_ends_it() {
 #[test]
 fn without_the_capability_everything_is_404() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", json_body(1, 100));
+    sb.hub.put_json("/repos/octo/hello/readme", json_body(1, 100));
     let daemon = sb.start_daemon(&[], &[]);
     let root = format!("http://127.0.0.1:{}", daemon.port());
     let cap = daemon.capability();
@@ -136,10 +136,10 @@ fn without_the_capability_everything_is_404() {
         "/".to_string(),
         "/api/peers".to_string(),
         "/api/cache/stats".to_string(),
-        "/gh/repos/octo/hello".to_string(),
+        "/gh/repos/octo/hello/readme".to_string(),
         "/metrics".to_string(),
         format!("/{wrong}/api/peers"),
-        format!("/{wrong}/gh/repos/octo/hello"),
+        format!("/{wrong}/gh/repos/octo/hello/readme"),
         format!("/{}/api/peers", &cap[..31]),
         format!("/{cap}0/api/peers"),
         format!("/{}/api/peers", cap.to_uppercase()),
@@ -154,7 +154,7 @@ fn without_the_capability_everything_is_404() {
     assert_eq!(daemon.get("", &[]).status, 200);
     assert_eq!(daemon.get("/metrics", &[]).status, 200);
     assert_eq!(daemon.get("/nope", &[]).status, 404);
-    let post = http_request("POST", &format!("{}/gh/repos/octo/hello", daemon.api), &[]);
+    let post = http_request("POST", &format!("{}/gh/repos/octo/hello/readme", daemon.api), &[]);
     assert_eq!(post.status, 405);
     let delete = http_request("DELETE", &format!("{}/api/peers", daemon.api), &[]);
     assert_eq!(delete.status, 405);
@@ -169,12 +169,12 @@ fn without_the_capability_everything_is_404() {
 fn the_gh_route_is_github_compatible_and_uses_the_requests_own_authorization() {
     let sb = Sandbox::new();
     let body = json_body(7, 30_000);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
     let daemon = sb.start_daemon(&[("PEERCACHE_TOKEN", DAEMON_TOKEN)], &[]);
 
     let bearer_a = format!("Bearer {TOKEN_A}");
     let first = daemon.get(
-        "/gh/repos/octo/hello",
+        "/gh/repos/octo/hello/readme",
         &[("Authorization", &bearer_a), ("Accept", "*/*")],
     );
     assert_eq!(first.status, 200, "{}", first.text());
@@ -190,21 +190,21 @@ fn the_gh_route_is_github_compatible_and_uses_the_requests_own_authorization() {
     assert!(first.header("etag").is_some());
 
     let token_b = format!("token {TOKEN_B}");
-    let second = daemon.get("/gh/repos/octo/hello", &[("Authorization", &token_b)]);
+    let second = daemon.get("/gh/repos/octo/hello/readme", &[("Authorization", &token_b)]);
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-peercache-source"), Some("local"));
     assert_eq!(second.body, body);
-    assert_eq!(sb.hub.count("/repos/octo/hello"), 1, "the second is local");
+    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 1, "the second is local");
 
     // No Authorization: the daemon's own token; x-peercache-ttl: 0 forces a revalidation.
-    let third = daemon.get("/gh/repos/octo/hello", &[("x-peercache-ttl", "0")]);
+    let third = daemon.get("/gh/repos/octo/hello/readme", &[("x-peercache-ttl", "0")]);
     assert_eq!(third.status, 200);
     assert_eq!(third.header("x-peercache-source"), Some("revalidated"));
     assert_eq!(third.body, body);
 
     // Another representation is another entry; its headers reach GitHub.
     let raw = daemon.get(
-        "/gh/repos/octo/hello",
+        "/gh/repos/octo/hello/readme",
         &[
             ("Accept", "application/vnd.github.raw+json"),
             ("X-GitHub-Api-Version", "2022-11-28"),
@@ -218,7 +218,7 @@ fn the_gh_route_is_github_compatible_and_uses_the_requests_own_authorization() {
     let records: Vec<_> = stats
         .requests
         .iter()
-        .filter(|r| r.path() == "/repos/octo/hello")
+        .filter(|r| r.path() == "/repos/octo/hello/readme")
         .collect();
     assert_eq!(records.len(), 3, "{records:?}");
     assert_eq!(
@@ -261,7 +261,7 @@ fn an_unreachable_upstream_is_a_502_and_fetch_exits_3() {
     let dead = format!("http://127.0.0.1:{}", closed_port());
     let daemon = sb.start_daemon(&[("PEERCACHE_API_URL", &dead)], &[]);
 
-    let response = daemon.get("/gh/repos/octo/hello", &[]);
+    let response = daemon.get("/gh/repos/octo/hello/readme", &[]);
     assert_eq!(response.status, 502);
     assert_eq!(response.header("x-peercache-error"), Some("unreachable"));
     let message: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
@@ -273,7 +273,7 @@ fn an_unreachable_upstream_is_a_502_and_fetch_exits_3() {
         "{message}"
     );
 
-    let mut cmd = sb.command(&["fetch", "repos/octo/hello"]);
+    let mut cmd = sb.command(&["fetch", "repos/octo/hello/readme"]);
     cmd.env("PEERCACHE_API_URL", &dead);
     let run = Run::from(cmd.output().unwrap());
     let line = run.fails_with(3);
@@ -289,13 +289,13 @@ fn an_unreachable_upstream_is_a_502_and_fetch_exits_3() {
 fn fetch_goes_through_the_daemon_and_falls_back_when_it_is_gone() {
     let sb = Sandbox::new();
     let body = json_body(3, 5000);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
     let daemon = sb.start_daemon(&[], &[]);
 
-    let first = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let first = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(first.source(), "upstream");
     assert_eq!(first.body(), body.as_slice());
-    let second = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let second = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(second.source(), "local");
     assert_eq!(second.body(), body.as_slice());
     assert!(
@@ -303,7 +303,7 @@ fn fetch_goes_through_the_daemon_and_falls_back_when_it_is_gone() {
         "the daemon's own Date is not shown"
     );
     assert!(second.header("content-length").is_none());
-    assert_eq!(sb.hub.count("/repos/octo/hello"), 1);
+    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 1);
     assert_eq!(
         sb.hub.stats().requests[0].authorization.as_deref(),
         Some(format!("Bearer {TOKEN_A}").as_str()),
@@ -319,14 +319,14 @@ fn fetch_goes_through_the_daemon_and_falls_back_when_it_is_gone() {
 
     // --ttl reaches the daemon: a revalidation.
     let fresh = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(fresh.source(), "revalidated");
     assert_eq!(daemon.json("/api/cache/stats")["revalidated"], 1);
 
     // --no-daemon: the cache directly; the daemon sees nothing.
     let direct = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--no-daemon"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--no-daemon"])
         .ok();
     assert_eq!(direct.source(), "local");
     assert_eq!(daemon.json("/api/cache/stats")["local_hits"], 1);
@@ -335,10 +335,10 @@ fn fetch_goes_through_the_daemon_and_falls_back_when_it_is_gone() {
     send_signal(daemon.pid, libc::SIGKILL);
     assert!(wait_until(WAIT, || !pid_alive(daemon.pid)));
     assert!(sb.serve_json().is_some());
-    let after = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let after = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(after.source(), "local");
     assert_eq!(after.body(), body.as_slice());
-    assert_eq!(sb.hub.count("/repos/octo/hello"), 2, "one call + one 304");
+    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 2, "one call + one 304");
     // `stop` cleans up after the dead daemon.
     let stop = sb.run(None, &["stop"]).ok();
     assert!(String::from_utf8_lossy(&stop.stdout).contains("no peercache daemon"));
@@ -349,7 +349,7 @@ fn fetch_goes_through_the_daemon_and_falls_back_when_it_is_gone() {
 fn fetch_falls_back_silently_when_the_daemons_port_refuses() {
     let sb = Sandbox::new();
     let body = json_body(4, 500);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
     let daemon = sb.start_daemon(&[], &[]);
 
     // The daemon lives, but serve.json points at a port nobody listens on.
@@ -357,13 +357,13 @@ fn fetch_falls_back_silently_when_the_daemons_port_refuses() {
     info["api_url"] = format!("http://127.0.0.1:{}/{}", closed_port(), daemon.capability()).into();
     std::fs::write(sb.home().join("serve.json"), info.to_string()).unwrap();
 
-    let first = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let first = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(first.source(), "upstream");
     assert_eq!(first.body(), body.as_slice());
     assert_eq!(first.stderr, "", "the fallback is silent");
-    let second = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let second = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(second.source(), "local");
-    assert_eq!(sb.hub.count("/repos/octo/hello"), 1);
+    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 1);
 
     let stats = daemon.json("/api/cache/stats");
     assert_eq!(
@@ -668,8 +668,8 @@ fn the_daemon_hashes_a_hot_entry_once_and_a_body_changed_on_disk_never_reaches_a
     let sb = Sandbox::new();
     let daemon = sb.start_daemon(&[("PEERCACHE_TOKEN", DAEMON_TOKEN)], &[]);
     let body = json_body(4, 20_000);
-    sb.hub.put_json("/repos/octo/hot", body.clone());
-    let first = daemon.get("/gh/repos/octo/hot", &[]);
+    sb.hub.put_json("/repos/octo/hot/readme", body.clone());
+    let first = daemon.get("/gh/repos/octo/hot/readme", &[]);
     assert_eq!((first.status, first.source().as_str()), (200, "upstream"));
 
     // A bit flips in the stored body after the daemon verified it.
@@ -681,15 +681,15 @@ fn the_daemon_hashes_a_hot_entry_once_and_a_body_changed_on_disk_never_reaches_a
 
     // The daemon answers with the bytes it verified, not the changed ones, without GitHub.
     for _ in 0..3 {
-        let hit = daemon.get("/gh/repos/octo/hot", &[]);
+        let hit = daemon.get("/gh/repos/octo/hot/readme", &[]);
         assert_eq!((hit.status, hit.source().as_str()), (200, "local"));
         assert_eq!(hit.body, body, "the verified body, byte for byte");
     }
-    assert_eq!(sb.hub.count("/repos/octo/hot"), 1);
+    assert_eq!(sb.hub.count("/repos/octo/hot/readme"), 1);
 
     // A process without that memory reads the disk, finds the flip, and fetches again.
     let direct = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hot", &["--no-daemon"])
+        .fetch(Some(TOKEN_A), "repos/octo/hot/readme", &["--no-daemon"])
         .ok();
     assert_eq!(direct.source(), "upstream");
     assert!(

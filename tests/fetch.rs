@@ -18,23 +18,23 @@ fn bearer(token: &str) -> String {
 fn second_fetch_within_ttl_is_local_and_byte_identical() {
     let sb = Sandbox::new();
     let body = json_body(1, 20_000);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
 
-    let first = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let first = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(first.source(), "upstream");
     assert_eq!(first.body(), body.as_slice());
 
-    let second = sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    let second = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(second.source(), "local");
     assert_eq!(second.body(), body.as_slice());
     assert_eq!(
-        sb.hub.count("/repos/octo/hello"),
+        sb.hub.count("/repos/octo/hello/readme"),
         1,
         "the second fetch must not reach GitHub"
     );
 
     // Without -i the body alone, byte for byte.
-    let plain = sb.run(Some(TOKEN_A), &["fetch", "/repos/octo/hello"]).ok();
+    let plain = sb.run(Some(TOKEN_A), &["fetch", "/repos/octo/hello/readme"]).ok();
     assert_eq!(plain.stdout, body);
     assert_eq!(sb.hub.total(), 1);
 }
@@ -43,19 +43,19 @@ fn second_fetch_within_ttl_is_local_and_byte_identical() {
 fn after_the_ttl_an_unchanged_resource_is_revalidated_for_free_under_any_token() {
     let sb = Sandbox::new();
     let body = json_body(2, 3000);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
-    sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
+    sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
 
     // Same token: If-None-Match and If-Modified-Since both apply.
     let again = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(again.source(), "revalidated");
     assert_eq!(again.body(), body.as_slice());
 
     // The next job has another token: its ETag would not match, If-Modified-Since still does.
     let next_job = sb
-        .fetch(Some(TOKEN_B), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_B), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(next_job.source(), "revalidated");
     assert_eq!(next_job.body(), body.as_slice());
@@ -64,7 +64,7 @@ fn after_the_ttl_an_unchanged_resource_is_revalidated_for_free_under_any_token()
     let records: Vec<_> = stats
         .requests
         .iter()
-        .filter(|r| r.path() == "/repos/octo/hello")
+        .filter(|r| r.path() == "/repos/octo/hello/readme")
         .collect();
     assert_eq!(
         records.iter().map(|r| r.status).collect::<Vec<_>>(),
@@ -92,7 +92,7 @@ fn after_the_ttl_an_unchanged_resource_is_revalidated_for_free_under_any_token()
 
     // The renewed entry is fresh again.
     assert_eq!(
-        sb.fetch(Some(TOKEN_B), "repos/octo/hello", &[])
+        sb.fetch(Some(TOKEN_B), "repos/octo/hello/readme", &[])
             .ok()
             .source(),
         "local"
@@ -103,17 +103,17 @@ fn after_the_ttl_an_unchanged_resource_is_revalidated_for_free_under_any_token()
 fn a_changed_resource_is_fetched_again_after_the_ttl() {
     let sb = Sandbox::new();
     sb.hub.put_resource(
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         fakehub::Resource::json(json_body(3, 100)).with_last_modified(None),
     );
-    sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     let changed = json_body(4, 120);
     sb.hub.put_resource(
-        "/repos/octo/hello",
+        "/repos/octo/hello/readme",
         fakehub::Resource::json(changed.clone()).with_last_modified(None),
     );
     let run = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(run.source(), "upstream");
     assert_eq!(run.body(), changed.as_slice());
@@ -123,13 +123,13 @@ fn a_changed_resource_is_fetched_again_after_the_ttl() {
 fn upstream_502_serves_stale_and_with_nothing_cached_exits_1_with_the_body() {
     let sb = Sandbox::new();
     let body = json_body(5, 500);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
-    sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
+    sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
 
     sb.hub
         .fail_always(Failure::status(502).with_body("{\"message\":\"Server Error\"}"));
     let stale = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(stale.source(), "stale");
     assert_eq!(stale.body(), body.as_slice());
@@ -144,8 +144,8 @@ fn upstream_502_serves_stale_and_with_nothing_cached_exits_1_with_the_body() {
 fn unreachable_upstream_serves_stale_or_exits_3() {
     let mut sb = Sandbox::new();
     let body = json_body(6, 500);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
-    sb.fetch(None, "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
+    sb.fetch(None, "repos/octo/hello/readme", &[]).ok();
     let url = sb.hub.url();
     // Stop the stand-in: connections are refused from now on, on the same URL.
     sb.hub = fakehub::FakeHub::start();
@@ -159,7 +159,7 @@ fn unreachable_upstream_serves_stale_or_exits_3() {
                 .unwrap(),
         )
     };
-    let stale = dead(&sb, "repos/octo/hello", &["--ttl", "0"]).ok();
+    let stale = dead(&sb, "repos/octo/hello/readme", &["--ttl", "0"]).ok();
     assert_eq!(stale.source(), "stale");
     assert_eq!(stale.body(), body.as_slice());
 
@@ -175,13 +175,13 @@ fn unreachable_upstream_serves_stale_or_exits_3() {
 fn a_spent_rate_limit_serves_stale_and_calls_nothing_before_the_reset() {
     let sb = Sandbox::new();
     let body = json_body(7, 800);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
-    sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
+    sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
 
     sb.hub
         .exhaust_quota(Some(&bearer(TOKEN_A)), Duration::from_secs(120));
     let stale = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(stale.source(), "stale");
     assert_eq!(stale.body(), body.as_slice());
@@ -190,7 +190,7 @@ fn a_spent_rate_limit_serves_stale_and_calls_nothing_before_the_reset() {
 
     // Until x-ratelimit-reset: no upstream call at all, stale entries still served.
     let again = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
         .ok();
     assert_eq!(again.source(), "stale");
     let nothing = sb.run(Some(TOKEN_A), &["fetch", "repos/octo/uncached"]);
@@ -204,7 +204,7 @@ fn a_spent_rate_limit_serves_stale_and_calls_nothing_before_the_reset() {
 
     // Another token (the next job) has its own quota.
     assert_eq!(
-        sb.fetch(Some(TOKEN_B), "repos/octo/hello", &["--ttl", "0"])
+        sb.fetch(Some(TOKEN_B), "repos/octo/hello/readme", &["--ttl", "0"])
             .ok()
             .source(),
         "revalidated"
@@ -215,20 +215,20 @@ fn a_spent_rate_limit_serves_stale_and_calls_nothing_before_the_reset() {
 fn retry_after_is_honoured_then_calls_resume() {
     let sb = Sandbox::new();
     let body = json_body(8, 800);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
-    sb.fetch(Some(TOKEN_A), "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
+    sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
 
     sb.hub
         .fail_next(1, Failure::status(429).with_retry_after(2));
     assert_eq!(
-        sb.fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
             .ok()
             .source(),
         "stale"
     );
     let count = sb.hub.total();
     assert_eq!(
-        sb.fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
             .ok()
             .source(),
         "stale"
@@ -241,7 +241,7 @@ fn retry_after_is_honoured_then_calls_resume() {
 
     std::thread::sleep(Duration::from_millis(2200));
     assert_eq!(
-        sb.fetch(Some(TOKEN_A), "repos/octo/hello", &["--ttl", "0"])
+        sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--ttl", "0"])
             .ok()
             .source(),
         "revalidated"
@@ -253,8 +253,8 @@ fn retry_after_is_honoured_then_calls_resume() {
 fn a_flipped_or_truncated_body_is_never_served_and_is_fetched_again() {
     let sb = Sandbox::new();
     let body = json_body(9, 20_000);
-    sb.hub.put_json("/repos/octo/hello", body.clone());
-    sb.fetch(None, "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", body.clone());
+    sb.fetch(None, "repos/octo/hello/readme", &[]).ok();
 
     let objects = object_files(&sb.cache_dir());
     assert_eq!(objects.len(), 1);
@@ -262,7 +262,7 @@ fn a_flipped_or_truncated_body_is_never_served_and_is_fetched_again() {
     bytes[10_000] ^= 0x20;
     std::fs::write(&objects[0], &bytes).unwrap();
 
-    let run = sb.fetch(None, "repos/octo/hello", &[]).ok();
+    let run = sb.fetch(None, "repos/octo/hello/readme", &[]).ok();
     assert_eq!(
         run.source(),
         "upstream",
@@ -272,17 +272,17 @@ fn a_flipped_or_truncated_body_is_never_served_and_is_fetched_again() {
     assert!(run.stderr.contains("failed verification"), "{}", run.stderr);
 
     std::fs::write(&objects[0], &body[..body.len() / 2]).unwrap();
-    let run = sb.fetch(None, "repos/octo/hello", &[]).ok();
+    let run = sb.fetch(None, "repos/octo/hello/readme", &[]).ok();
     assert_eq!(run.source(), "upstream");
     assert_eq!(run.body(), body.as_slice());
-    assert_eq!(sb.hub.count("/repos/octo/hello"), 3);
+    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 3);
 
     let counters: serde_json::Value =
         serde_json::from_slice(&std::fs::read(sb.cache_dir().join("counters.json")).unwrap())
             .unwrap();
     assert_eq!(counters["integrity_failures"], 2);
     assert_eq!(
-        sb.fetch(None, "repos/octo/hello", &[]).ok().source(),
+        sb.fetch(None, "repos/octo/hello/readme", &[]).ok().source(),
         "local"
     );
 }
@@ -293,7 +293,7 @@ fn eight_processes_fetching_fifty_endpoints_at_once_share_one_cache_dir() {
     sb.hub.set_latency(Duration::from_millis(5));
     let bodies: Vec<Vec<u8>> = (0..50).map(|i| json_body(i, 200 + i * 97)).collect();
     for (i, body) in bodies.iter().enumerate() {
-        sb.hub.put_json(&format!("/repos/octo/r{i}"), body.clone());
+        sb.hub.put_json(&format!("/repos/octo/r{i}/readme"), body.clone());
     }
     std::thread::scope(|scope| {
         for worker in 0..8usize {
@@ -304,7 +304,7 @@ fn eight_processes_fetching_fifty_endpoints_at_once_share_one_cache_dir() {
                     // processes at the same moment.
                     let i = if worker % 2 == 0 { step } else { 49 - step };
                     let run = sb
-                        .run(Some(TOKEN_A), &["fetch", &format!("repos/octo/r{i}")])
+                        .run(Some(TOKEN_A), &["fetch", &format!("repos/octo/r{i}/readme")])
                         .ok();
                     assert_eq!(
                         run.stdout, bodies[i],
@@ -367,8 +367,8 @@ mod sha2_check {
 #[test]
 fn bad_input_exits_2_with_one_line_and_loses_nothing() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", json_body(10, 300));
-    sb.fetch(None, "repos/octo/hello", &[]).ok();
+    sb.hub.put_json("/repos/octo/hello/readme", json_body(10, 300));
+    sb.fetch(None, "repos/octo/hello/readme", &[]).ok();
     let before = snapshot(&sb.cache_dir());
 
     // (arguments, extra variables, what the one-line message must name)
@@ -386,38 +386,41 @@ fn bad_input_exits_2_with_one_line_and_loses_nothing() {
             "GITHUB_REPOSITORY",
         ),
         (
-            vec!["fetch", "--no-such-flag", "repos/octo/hello"],
+            vec!["fetch", "--no-such-flag", "repos/octo/hello/readme"],
             vec![],
             "--no-such-flag",
         ),
         (
-            vec!["fetch", "--ttl", "abc", "repos/octo/hello"],
+            vec!["fetch", "--ttl", "abc", "repos/octo/hello/readme"],
             vec![],
             "--ttl",
         ),
         (
-            vec!["fetch", "-H", "no colon", "repos/octo/hello"],
+            vec!["fetch", "-H", "no colon", "repos/octo/hello/readme"],
             vec![],
             "-H",
         ),
         (
-            vec!["fetch", "repos/octo/hello"],
+            vec!["fetch", "repos/octo/hello/readme"],
             vec![("PEERCACHE_TTL", "-5".into())],
             "PEERCACHE_TTL",
         ),
         (
-            vec!["fetch", "repos/octo/hello"],
+            vec!["fetch", "repos/octo/hello/readme"],
             vec![("PEERCACHE_API_URL", "not a url".into())],
             "PEERCACHE_API_URL",
         ),
         (
-            vec!["fetch", "repos/octo/hello"],
+            vec!["fetch", "repos/octo/hello/readme"],
             vec![("PEERCACHE_MAX_SIZE", "huge".into())],
             "PEERCACHE_MAX_SIZE",
         ),
     ];
     for (args, vars, names) in cases {
         let mut cmd = sb.command(&args);
+        if args.iter().any(|a| a.contains("{owner}")) {
+            cmd.env_remove("GITHUB_REPOSITORY");
+        }
         for (k, v) in &vars {
             cmd.env(k, v);
         }
@@ -431,7 +434,7 @@ fn bad_input_exits_2_with_one_line_and_loses_nothing() {
     let file = sb.root.path().join("a-file");
     std::fs::write(&file, b"x").unwrap();
     let run = common::Run::from(
-        sb.command(&["fetch", "repos/octo/hello"])
+        sb.command(&["fetch", "repos/octo/hello/readme"])
             .env("PEERCACHE_CACHE_DIR", file.join("cache"))
             .output()
             .unwrap(),
@@ -445,7 +448,7 @@ fn bad_input_exits_2_with_one_line_and_loses_nothing() {
     // A malformed settings file.
     std::fs::create_dir_all(sb.home()).unwrap();
     std::fs::write(sb.home().join("peercache.yml"), "ttl: [1, 2\nport: {").unwrap();
-    let run = sb.run(None, &["fetch", "repos/octo/hello"]);
+    let run = sb.run(None, &["fetch", "repos/octo/hello/readme"]);
     let line = run.fails_with(2);
     assert!(
         line.contains("peercache.yml") && line.contains("fix or remove"),
@@ -464,13 +467,13 @@ fn bad_input_exits_2_with_one_line_and_loses_nothing() {
 #[test]
 fn settings_file_and_legacy_aliases_are_honoured() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", json_body(11, 300));
+    sb.hub.put_json("/repos/octo/hello/readme", json_body(11, 300));
     std::fs::create_dir_all(sb.home()).unwrap();
     let other_cache = sb.root.path().join("legacy-cache");
     std::fs::write(sb.home().join("peercache.yml"), "ttl: 0\n").unwrap();
     // CACHE_DIR (legacy) is used when PEERCACHE_CACHE_DIR is not set.
     let run = |extra: &[(&str, &str)]| {
-        let mut cmd = sb.command(&["fetch", "-i", "repos/octo/hello"]);
+        let mut cmd = sb.command(&["fetch", "-i", "repos/octo/hello/readme"]);
         cmd.env_remove("PEERCACHE_CACHE_DIR")
             .env("CACHE_DIR", &other_cache);
         for (k, v) in extra {
@@ -562,16 +565,16 @@ fn paginate_follows_links_and_merges_one_array() {
 #[test]
 fn tokens_never_reach_the_cache_dir_or_stderr() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", json_body(12, 300));
+    sb.hub.put_json("/repos/octo/hello/readme", json_body(12, 300));
     let run = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello", &["--log", "debug"])
+        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--log", "debug"])
         .ok();
     assert!(!run.stderr.contains(TOKEN_A));
     sb.hub.fail_always(Failure::status(502));
     let run = sb
         .fetch(
             Some(TOKEN_A),
-            "repos/octo/hello",
+            "repos/octo/hello/readme",
             &["--ttl", "0", "--log", "trace"],
         )
         .ok();

@@ -691,9 +691,9 @@ fn the_status_page_shows_peers_and_figures_in_a_browser() {
 #[test]
 fn in_actions_warnings_become_escaped_annotations_and_the_startup_is_a_group() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", json_body(1, 300));
+    sb.hub.put_json("/repos/octo/hello/readme", json_body(1, 300));
     let run = |extra: &[&str]| {
-        let mut args = vec!["fetch", "--no-daemon", "repos/octo/hello?q=100%25"];
+        let mut args = vec!["fetch", "--no-daemon", "repos/octo/hello/readme?q=100%25"];
         args.extend_from_slice(extra);
         let mut cmd = sb.command(&args);
         cmd.env("GITHUB_ACTIONS", "true");
@@ -729,7 +729,7 @@ fn in_actions_warnings_become_escaped_annotations_and_the_startup_is_a_group() {
     let mut cmd = sb.command(&[
         "fetch",
         "--no-daemon",
-        "repos/octo/hello?q=100%25",
+        "repos/octo/hello/readme?q=100%25",
         "--ttl",
         "0",
     ]);

@@ -53,7 +53,9 @@ impl Sandbox {
             .env("HOME", self.root.path())
             .env("PEERCACHE_HOME", self.home())
             .env("PEERCACHE_CACHE_DIR", self.cache_dir())
-            .env("PEERCACHE_API_URL", self.hub.url());
+            .env("PEERCACHE_API_URL", self.hub.url())
+            // A job of the repository the tests' resources are in (as in Actions).
+            .env("GITHUB_REPOSITORY", "octo/hello");
         cmd
     }
 

@@ -93,6 +93,9 @@ pub fn start_node(root: &Path, name: &str, hub: &FakeHub, spec: NodeSpec) -> Swa
         .env("PEERCACHE_REGISTRY", "none")
         .env("PEERCACHE_MDNS", "false")
         .env("RUNNER_NAME", name)
+        // Jobs of one repository, as a swarm of one scope is; fakehub's generated resources
+        // are in it.
+        .env("GITHUB_REPOSITORY", fakehub::GENERATED_REPO)
         .env("PEERCACHE_BOOTSTRAP_PEERS", spec.bootstrap.join(","));
     if let Some(secret) = spec.secret {
         cmd.env("PEERCACHE_SECRET", secret);

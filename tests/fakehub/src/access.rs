@@ -105,20 +105,26 @@ impl Access {
         }))
     }
 
-    /// A repository object's body with the caller's `permissions` put in (or taken out, without
-    /// a token); other bodies unchanged.
+    /// A repository object's body with the caller's `permissions` put in (taken out without a
+    /// token) and `private` set for private repositories; otherwise the bytes as stored.
     pub fn personalise(&self, body: &Bytes, authorization: Option<&str>, repo: &str) -> Bytes {
         let Ok(serde_json::Value::Object(mut object)) = serde_json::from_slice(body) else {
             return body.clone();
         };
-        match self.permissions(authorization, repo) {
-            Some(permissions) => object.insert("permissions".into(), permissions),
-            None => object.remove("permissions"),
+        let mut changed = match self.permissions(authorization, repo) {
+            Some(permissions) => {
+                object.insert("permissions".into(), permissions);
+                true
+            }
+            None => object.remove("permissions").is_some(),
         };
-        object.insert(
-            "private".into(),
-            serde_json::Value::Bool(self.private.contains(repo)),
-        );
+        if self.private.contains(repo) {
+            object.insert("private".into(), serde_json::Value::Bool(true));
+            changed = true;
+        }
+        if !changed {
+            return body.clone();
+        }
         Bytes::from(serde_json::to_vec(&serde_json::Value::Object(object)).unwrap_or_default())
     }
 }
