@@ -129,7 +129,10 @@ impl AccessProofs {
             verdict,
         };
         if let Err(e) = self.persist(&id, &record) {
-            tracing::debug!("could not keep an access proof in {}: {e}", self.dir.display());
+            tracing::debug!(
+                "could not keep an access proof in {}: {e}",
+                self.dir.display()
+            );
         }
         self.lock().insert(id, record);
     }
@@ -186,7 +189,10 @@ mod tests {
         let proofs = AccessProofs::new(dir.path());
         assert_eq!(proofs.lookup("tag-a", "octo/secret"), None);
         proofs.record("tag-a", "octo/secret", Verdict::Allowed, PROOF_LIFETIME);
-        assert_eq!(proofs.lookup("tag-a", "octo/secret"), Some(Verdict::Allowed));
+        assert_eq!(
+            proofs.lookup("tag-a", "octo/secret"),
+            Some(Verdict::Allowed)
+        );
         assert_eq!(proofs.lookup("tag-b", "octo/secret"), None);
         // Another process (a new handle) reads the file.
         let other = AccessProofs::new(dir.path());
@@ -194,7 +200,10 @@ mod tests {
         // No file names the token tag or the repository.
         for file in fs::read_dir(dir.path().join("access")).unwrap() {
             let name = file.unwrap().file_name().into_string().unwrap();
-            assert!(!name.contains("tag-a") && !name.contains("secret"), "{name}");
+            assert!(
+                !name.contains("tag-a") && !name.contains("secret"),
+                "{name}"
+            );
         }
     }
 

@@ -100,7 +100,12 @@ impl Request {
 
     /// The key of this request's answer for this token alone.
     pub fn per_token_key(&self) -> CacheKey {
-        CacheKey::per_token(&self.url, &self.accept, &self.api_version, &self.token_tag())
+        CacheKey::per_token(
+            &self.url,
+            &self.accept,
+            &self.api_version,
+            &self.token_tag(),
+        )
     }
 
     /// The one-way tag of the request's token (or of "no token").
@@ -115,7 +120,9 @@ impl Request {
         self.extra_headers.iter().all(|(name, value)| {
             name == reqwest::header::USER_AGENT
                 || (name == reqwest::header::ACCEPT_ENCODING
-                    && value.to_str().is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")))
+                    && value
+                        .to_str()
+                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")))
         })
     }
 }
@@ -378,14 +385,18 @@ impl Resolver {
             if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(key)
                 && entry.is_fresh(request.ttl, now_ms())
             {
-                return self.serve(request, &sharing, Source::Local, entry, body).await;
+                return self
+                    .serve(request, &sharing, Source::Local, entry, body)
+                    .await;
             }
         }
         for key in &keys {
             if let Lookup::Hit { entry, body } = self.lookup(key).await?
                 && entry.is_fresh(request.ttl, now_ms())
             {
-                return self.serve(request, &sharing, Source::Local, entry, body).await;
+                return self
+                    .serve(request, &sharing, Source::Local, entry, body)
+                    .await;
             }
         }
 
@@ -399,7 +410,9 @@ impl Resolver {
         for key in &keys {
             match self.lookup(key).await? {
                 Lookup::Hit { entry, body } if entry.is_fresh(request.ttl, now_ms()) => {
-                    return self.serve(request, &sharing, Source::Local, entry, body).await;
+                    return self
+                        .serve(request, &sharing, Source::Local, entry, body)
+                        .await;
                 }
                 Lookup::Hit { entry, body } => {
                     cached = Some((key.clone(), entry, body));
@@ -413,16 +426,17 @@ impl Resolver {
             return self.upstream(request, &sharing, &keys, cached).await;
         };
         if let Some((entry, body)) = peers.obtain(&shared_key, request.ttl).await {
-            return self.serve(request, &sharing, Source::Peer, entry, body).await;
+            return self
+                .serve(request, &sharing, Source::Peer, entry, body)
+                .await;
         }
         let result = self.upstream(request, &sharing, &keys, cached).await;
         // Tell the swarm: announce what is now fresh here under the shared key, or release the
         // claim.
         let fresh = match &result {
-            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => r
-                .entry
-                .as_ref()
-                .filter(|e| e.key == shared_key.canonical()),
+            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => {
+                r.entry.as_ref().filter(|e| e.key == shared_key.canonical())
+            }
             _ => None,
         };
         peers.finished(&shared_key, fresh);
@@ -517,7 +531,10 @@ impl Resolver {
         };
         let limits = self.limits(request.token.as_ref());
         if let Some((until_ms, reason)) = limits.blocked() {
-            return Err(cannot(format!("{reason}; no call to GitHub before {}", format_time(until_ms))));
+            return Err(cannot(format!(
+                "{reason}; no call to GitHub before {}",
+                format_time(until_ms)
+            )));
         }
         let url = Url::parse(&format!("{}/repos/{repo}", self.api_base))
             .map_err(|e| cannot(e.to_string()))?;
@@ -545,8 +562,12 @@ impl Resolver {
                 {
                     self.proofs.record_visibility(repo, public);
                 }
-                self.proofs.record(&tag, repo, Access::Allowed, PROOF_LIFETIME);
-                tracing::debug!("this token may see {repo} (GitHub answered {})", response.status);
+                self.proofs
+                    .record(&tag, repo, Access::Allowed, PROOF_LIFETIME);
+                tracing::debug!(
+                    "this token may see {repo} (GitHub answered {})",
+                    response.status
+                );
                 Ok(Admission::Allowed)
             }
             401 | 403 | 404 if !matches!(verdict, Verdict::Limited { .. }) => {

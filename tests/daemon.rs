@@ -123,7 +123,8 @@ fn serve_daemon_prints_the_api_writes_serve_json_and_stop_ends_it() {
 #[test]
 fn without_the_capability_everything_is_404() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello/readme", json_body(1, 100));
+    sb.hub
+        .put_json("/repos/octo/hello/readme", json_body(1, 100));
     let daemon = sb.start_daemon(&[], &[]);
     let root = format!("http://127.0.0.1:{}", daemon.port());
     let cap = daemon.capability();
@@ -154,7 +155,11 @@ fn without_the_capability_everything_is_404() {
     assert_eq!(daemon.get("", &[]).status, 200);
     assert_eq!(daemon.get("/metrics", &[]).status, 200);
     assert_eq!(daemon.get("/nope", &[]).status, 404);
-    let post = http_request("POST", &format!("{}/gh/repos/octo/hello/readme", daemon.api), &[]);
+    let post = http_request(
+        "POST",
+        &format!("{}/gh/repos/octo/hello/readme", daemon.api),
+        &[],
+    );
     assert_eq!(post.status, 405);
     let delete = http_request("DELETE", &format!("{}/api/peers", daemon.api), &[]);
     assert_eq!(delete.status, 405);
@@ -190,11 +195,18 @@ fn the_gh_route_is_github_compatible_and_uses_the_requests_own_authorization() {
     assert!(first.header("etag").is_some());
 
     let token_b = format!("token {TOKEN_B}");
-    let second = daemon.get("/gh/repos/octo/hello/readme", &[("Authorization", &token_b)]);
+    let second = daemon.get(
+        "/gh/repos/octo/hello/readme",
+        &[("Authorization", &token_b)],
+    );
     assert_eq!(second.status, 200);
     assert_eq!(second.header("x-peercache-source"), Some("local"));
     assert_eq!(second.body, body);
-    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 1, "the second is local");
+    assert_eq!(
+        sb.hub.count("/repos/octo/hello/readme"),
+        1,
+        "the second is local"
+    );
 
     // No Authorization: the daemon's own token; x-peercache-ttl: 0 forces a revalidation.
     let third = daemon.get("/gh/repos/octo/hello/readme", &[("x-peercache-ttl", "0")]);
@@ -338,7 +350,11 @@ fn fetch_goes_through_the_daemon_and_falls_back_when_it_is_gone() {
     let after = sb.fetch(Some(TOKEN_A), "repos/octo/hello/readme", &[]).ok();
     assert_eq!(after.source(), "local");
     assert_eq!(after.body(), body.as_slice());
-    assert_eq!(sb.hub.count("/repos/octo/hello/readme"), 2, "one call + one 304");
+    assert_eq!(
+        sb.hub.count("/repos/octo/hello/readme"),
+        2,
+        "one call + one 304"
+    );
     // `stop` cleans up after the dead daemon.
     let stop = sb.run(None, &["stop"]).ok();
     assert!(String::from_utf8_lossy(&stop.stdout).contains("no peercache daemon"));

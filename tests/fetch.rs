@@ -34,7 +34,9 @@ fn second_fetch_within_ttl_is_local_and_byte_identical() {
     );
 
     // Without -i the body alone, byte for byte.
-    let plain = sb.run(Some(TOKEN_A), &["fetch", "/repos/octo/hello/readme"]).ok();
+    let plain = sb
+        .run(Some(TOKEN_A), &["fetch", "/repos/octo/hello/readme"])
+        .ok();
     assert_eq!(plain.stdout, body);
     assert_eq!(sb.hub.total(), 1);
 }
@@ -293,7 +295,8 @@ fn eight_processes_fetching_fifty_endpoints_at_once_share_one_cache_dir() {
     sb.hub.set_latency(Duration::from_millis(5));
     let bodies: Vec<Vec<u8>> = (0..50).map(|i| json_body(i, 200 + i * 97)).collect();
     for (i, body) in bodies.iter().enumerate() {
-        sb.hub.put_json(&format!("/repos/octo/r{i}/readme"), body.clone());
+        sb.hub
+            .put_json(&format!("/repos/octo/r{i}/readme"), body.clone());
     }
     std::thread::scope(|scope| {
         for worker in 0..8usize {
@@ -304,7 +307,10 @@ fn eight_processes_fetching_fifty_endpoints_at_once_share_one_cache_dir() {
                     // processes at the same moment.
                     let i = if worker % 2 == 0 { step } else { 49 - step };
                     let run = sb
-                        .run(Some(TOKEN_A), &["fetch", &format!("repos/octo/r{i}/readme")])
+                        .run(
+                            Some(TOKEN_A),
+                            &["fetch", &format!("repos/octo/r{i}/readme")],
+                        )
                         .ok();
                     assert_eq!(
                         run.stdout, bodies[i],
@@ -367,7 +373,8 @@ mod sha2_check {
 #[test]
 fn bad_input_exits_2_with_one_line_and_loses_nothing() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello/readme", json_body(10, 300));
+    sb.hub
+        .put_json("/repos/octo/hello/readme", json_body(10, 300));
     sb.fetch(None, "repos/octo/hello/readme", &[]).ok();
     let before = snapshot(&sb.cache_dir());
 
@@ -467,7 +474,8 @@ fn bad_input_exits_2_with_one_line_and_loses_nothing() {
 #[test]
 fn settings_file_and_legacy_aliases_are_honoured() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello/readme", json_body(11, 300));
+    sb.hub
+        .put_json("/repos/octo/hello/readme", json_body(11, 300));
     std::fs::create_dir_all(sb.home()).unwrap();
     let other_cache = sb.root.path().join("legacy-cache");
     std::fs::write(sb.home().join("peercache.yml"), "ttl: 0\n").unwrap();
@@ -565,9 +573,14 @@ fn paginate_follows_links_and_merges_one_array() {
 #[test]
 fn tokens_never_reach_the_cache_dir_or_stderr() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello/readme", json_body(12, 300));
+    sb.hub
+        .put_json("/repos/octo/hello/readme", json_body(12, 300));
     let run = sb
-        .fetch(Some(TOKEN_A), "repos/octo/hello/readme", &["--log", "debug"])
+        .fetch(
+            Some(TOKEN_A),
+            "repos/octo/hello/readme",
+            &["--log", "debug"],
+        )
         .ok();
     assert!(!run.stderr.contains(TOKEN_A));
     sb.hub.fail_always(Failure::status(502));

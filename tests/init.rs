@@ -408,7 +408,9 @@ fn state_is_private_settings_hold_no_secret_and_fetch_reads_them() {
     // The settings layer reads the file back: fetch works with it present.
     sb.hub
         .put_json("/repos/octo/hello/readme", common::json_body(7, 500));
-    let first = sb.fetch(None, "repos/octo/hello/readme", &["--no-daemon"]).ok();
+    let first = sb
+        .fetch(None, "repos/octo/hello/readme", &["--no-daemon"])
+        .ok();
     assert_eq!(first.body(), common::json_body(7, 500).as_slice());
 }
 

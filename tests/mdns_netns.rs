@@ -193,7 +193,10 @@ fn two_hosts_find_each_other_by_mdns_and_share_an_entry() {
 
     let get = |ns: &str, node: &Node| {
         in_ns(ns, || {
-            http_get(&format!("{}/gh/repos/octo/swarm/contents/r0", node.api), &[])
+            http_get(
+                &format!("{}/gh/repos/octo/swarm/contents/r0", node.api),
+                &[],
+            )
         })
     };
     let from_upstream = get(&ns_a, &a);

@@ -459,7 +459,11 @@ fn a_scripted_swarm_shows_the_known_figures_everywhere() {
     let top0 = top0["endpoints"]["top"].as_array().unwrap().clone();
     assert_eq!(top0.len(), 10);
     for (i, row) in top0.iter().take(5).enumerate() {
-        assert_eq!(row["endpoint"], format!("/repos/octo/swarm/contents/r{i}"), "{row}");
+        assert_eq!(
+            row["endpoint"],
+            format!("/repos/octo/swarm/contents/r{i}"),
+            "{row}"
+        );
         assert_eq!(row["hits"], 1, "{row}");
         assert_eq!(row["requests"], 2, "{row}");
     }
@@ -691,7 +695,8 @@ fn the_status_page_shows_peers_and_figures_in_a_browser() {
 #[test]
 fn in_actions_warnings_become_escaped_annotations_and_the_startup_is_a_group() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello/readme", json_body(1, 300));
+    sb.hub
+        .put_json("/repos/octo/hello/readme", json_body(1, 300));
     let run = |extra: &[&str]| {
         let mut args = vec!["fetch", "--no-daemon", "repos/octo/hello/readme?q=100%25"];
         args.extend_from_slice(extra);
@@ -864,7 +869,10 @@ fn no_token_or_secret_reaches_a_log_an_output_or_a_file() {
     };
     for (node, args) in [
         (&a, &["fetch", "-i", "repos/octo/swarm/contents/r2"][..]),
-        (&b, &["fetch", "-i", "--no-daemon", "repos/octo/swarm/contents/r2"]),
+        (
+            &b,
+            &["fetch", "-i", "--no-daemon", "repos/octo/swarm/contents/r2"],
+        ),
         (
             &b,
             &["fetch", "-i", "--no-daemon", "repos/octo/nothing-here"],

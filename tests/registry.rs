@@ -163,7 +163,10 @@ fn assert_peer_addrs(joined: &str) -> Vec<String> {
 fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() {
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello/readme", br#"{"id":1,"name":"hello"}"#.to_vec());
+    hub.put_json(
+        "/repos/octo/hello/readme",
+        br#"{"id":1,"name":"hello"}"#.to_vec(),
+    );
     let peers = root.path().join("peers");
     let registry = format!("dir:{}", peers.display());
     // No bootstrap setting: the registry is the only way they can meet.
@@ -222,7 +225,10 @@ fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() 
     assert!(!stdout(&run).contains(&nodes[0].peer_id));
 
     // They share: one call upstream, the others answered by a peer.
-    assert_eq!(nodes[0].get("gh/repos/octo/hello/readme").source(), "upstream");
+    assert_eq!(
+        nodes[0].get("gh/repos/octo/hello/readme").source(),
+        "upstream"
+    );
     assert_eq!(nodes[1].get("gh/repos/octo/hello/readme").source(), "peer");
     assert_eq!(nodes[2].get("gh/repos/octo/hello/readme").source(), "peer");
     assert_eq!(hub.count("/repos/octo/hello/readme"), 1);

@@ -29,7 +29,13 @@ fn five_nodes_twenty_endpoints_reach_github_twenty_times() {
             .flat_map(|n| (0..20).map(move |e| (n, e)))
             .map(|(n, e)| {
                 let node = &nodes[n];
-                scope.spawn(move || (n, e, node.get(&format!("gh/repos/octo/swarm/contents/r{e}"))))
+                scope.spawn(move || {
+                    (
+                        n,
+                        e,
+                        node.get(&format!("gh/repos/octo/swarm/contents/r{e}")),
+                    )
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -71,7 +77,10 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
     let hub = FakeHub::start();
     fakehub::generate_resources(&hub, 4, 2048);
     let nodes = swarm_of(root.path(), &hub, 3, None);
-    assert_eq!(nodes[0].get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(
+        nodes[0].get("gh/repos/octo/swarm/contents/r0").source(),
+        "upstream"
+    );
 
     let stranger = start(
         root.path(),
@@ -90,11 +99,17 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
     );
 
     // Its own requests go upstream, even for what the swarm holds.
-    assert_eq!(stranger.get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(
+        stranger.get("gh/repos/octo/swarm/contents/r0").source(),
+        "upstream"
+    );
     assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 2);
 
     // The swarm keeps serving: node1 fetches, node2 gets it from a peer.
-    assert_eq!(nodes[1].get("gh/repos/octo/swarm/contents/r1").source(), "upstream");
+    assert_eq!(
+        nodes[1].get("gh/repos/octo/swarm/contents/r1").source(),
+        "upstream"
+    );
     let from_peer = nodes[2].get("gh/repos/octo/swarm/contents/r1");
     assert_eq!(from_peer.source(), "peer");
     assert_eq!(from_peer.body, fakehub::repo_body(1, 2048));
@@ -148,7 +163,10 @@ fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
         Duration::from_secs(20),
         || requester.peer_count() == 1,
     );
-    assert_eq!(slow.get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(
+        slow.get("gh/repos/octo/swarm/contents/r0").source(),
+        "upstream"
+    );
     wait_for("the announcement", Duration::from_secs(10), || {
         requester.swarm()["announcements_received"]
             .as_u64()
@@ -277,7 +295,10 @@ fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins() {
         Duration::from_secs(20),
         || other.peer_count() == 1,
     );
-    assert_eq!(first.get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(
+        first.get("gh/repos/octo/swarm/contents/r0").source(),
+        "upstream"
+    );
 
     let old_id = first.peer_id.clone();
     let stop = Command::new(PEERCACHE)
@@ -314,7 +335,10 @@ fn a_restarted_node_keeps_its_identity_and_cache_and_rejoins() {
         Duration::from_secs(30),
         || other.peer_count() == 1 && again.peer_count() == 1,
     );
-    assert_eq!(other.get("gh/repos/octo/swarm/contents/r0").source(), "peer");
+    assert_eq!(
+        other.get("gh/repos/octo/swarm/contents/r0").source(),
+        "peer"
+    );
     assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 1);
 }
 
@@ -354,7 +378,10 @@ fn a_node_that_knows_one_member_finds_all_of_them_through_kademlia() {
         );
     }
     // And it shares with the members it was never told about.
-    assert_eq!(nodes[0].get("gh/repos/octo/swarm/contents/r0").source(), "upstream");
+    assert_eq!(
+        nodes[0].get("gh/repos/octo/swarm/contents/r0").source(),
+        "upstream"
+    );
     assert_eq!(late.get("gh/repos/octo/swarm/contents/r0").source(), "peer");
     assert_eq!(hub.count("/repos/octo/swarm/contents/r0"), 1);
 }

@@ -671,10 +671,22 @@ fn is_hex_id(id: &str) -> bool {
 }
 
 /// A short, non-reversible tag of a token, stored beside an ETag to know which token it is for.
+/// The token itself decides it, however it is written (`X`, `Bearer X`, `token X`): a daemon's
+/// own token and the same token in a client's `Authorization` are one caller to GitHub.
 pub fn token_tag(token: Option<&str>) -> String {
+    let token = token.unwrap_or("").trim();
+    let bare = ["bearer ", "token "]
+        .iter()
+        .find_map(|scheme| {
+            token
+                .get(..scheme.len())
+                .filter(|head| head.eq_ignore_ascii_case(scheme))
+                .map(|_| token[scheme.len()..].trim_start())
+        })
+        .unwrap_or(token);
     let mut hasher = Sha256::new();
     hasher.update(b"peercache etag token v1\0");
-    hasher.update(token.unwrap_or("").as_bytes());
+    hasher.update(bare.as_bytes());
     hex::encode(&hasher.finalize()[..16])
 }
 
@@ -694,6 +706,16 @@ mod tests {
             content_type: Some("application/json".into()),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_token_has_one_tag_however_it_is_written() {
+        let tag = token_tag(Some("abc"));
+        assert_eq!(token_tag(Some("Bearer abc")), tag);
+        assert_eq!(token_tag(Some("token abc")), tag);
+        assert_eq!(token_tag(Some("  BEARER   abc ")), tag);
+        assert_ne!(token_tag(Some("abd")), tag);
+        assert_ne!(token_tag(None), tag);
     }
 
     #[test]

@@ -136,7 +136,10 @@ fn sharing_text(status: &Value) -> String {
         let scope = text(status, &["sharing", "scope"])
             .map(|s| format!(", scope {s}"))
             .unwrap_or_default();
-        format!("on, {n} verified peer{}{scope}", if n == 1 { "" } else { "s" })
+        format!(
+            "on, {n} verified peer{}{scope}",
+            if n == 1 { "" } else { "s" }
+        )
     } else {
         format!(
             "off: {}",

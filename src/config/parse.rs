@@ -170,7 +170,11 @@ pub fn scope(raw: &Raw, repository: Option<&str>, env: &dyn Environment) -> anyh
             let owner = env
                 .var("GITHUB_REPOSITORY_OWNER")
                 .map(|o| o.trim().to_ascii_lowercase())
-                .or_else(|| repository.and_then(|r| r.split_once('/')).map(|(o, _)| o.to_string()));
+                .or_else(|| {
+                    repository
+                        .and_then(|r| r.split_once('/'))
+                        .map(|(o, _)| o.to_string())
+                });
             return match owner {
                 Some(owner) if !owner.is_empty() => Ok(Scope::Owner(owner)),
                 _ => Err(invalid(

@@ -28,22 +28,49 @@ pub enum Sharing {
 /// Endpoints whose answer depends on who asks, with why. Each entry matches the path itself
 /// and everything below it.
 const PER_TOKEN_PREFIXES: &[(&str, &str)] = &[
-    ("/user", "the authenticated user and what it owns, follows, stars or can see"),
-    ("/installation", "the installation the token belongs to and its repositories"),
+    (
+        "/user",
+        "the authenticated user and what it owns, follows, stars or can see",
+    ),
+    (
+        "/installation",
+        "the installation the token belongs to and its repositories",
+    ),
     ("/app", "the GitHub App the JWT belongs to"),
     ("/apps", "apps as the caller may see them"),
     ("/notifications", "the caller's own notifications"),
     ("/authorizations", "the caller's own OAuth authorizations"),
-    ("/applications", "grants and tokens of the caller's OAuth apps"),
-    ("/search", "search results cover what the caller can see, private repositories included"),
-    ("/orgs", "organisation answers depend on membership (members, teams, private repositories, billing)"),
-    ("/enterprises", "enterprise answers depend on the caller's role"),
-    ("/repositories", "repository lists embed the caller's permissions"),
-    ("/gists", "a gist list is the caller's own; starred and secret gists depend on the caller"),
+    (
+        "/applications",
+        "grants and tokens of the caller's OAuth apps",
+    ),
+    (
+        "/search",
+        "search results cover what the caller can see, private repositories included",
+    ),
+    (
+        "/orgs",
+        "organisation answers depend on membership (members, teams, private repositories, billing)",
+    ),
+    (
+        "/enterprises",
+        "enterprise answers depend on the caller's role",
+    ),
+    (
+        "/repositories",
+        "repository lists embed the caller's permissions",
+    ),
+    (
+        "/gists",
+        "a gist list is the caller's own; starred and secret gists depend on the caller",
+    ),
     ("/issues", "issues assigned to the caller"),
     ("/feeds", "the caller's own feed URLs"),
     ("/projects", "classic projects as the caller may see them"),
-    ("/teams", "teams are visible to their organisation's members only"),
+    (
+        "/teams",
+        "teams are visible to their organisation's members only",
+    ),
     ("/graphql", "the GraphQL API answers per caller"),
 ];
 
@@ -61,8 +88,14 @@ const PUBLIC_PREFIXES: &[&str] = &[
 
 /// Below `/repos/{owner}/{repo}`: answers that embed the caller's own view.
 const PER_TOKEN_IN_REPOSITORY: &[(&str, &str)] = &[
-    ("", "the repository object carries the caller's `permissions`"),
-    ("/forks", "forks are repository objects with the caller's `permissions`"),
+    (
+        "",
+        "the repository object carries the caller's `permissions`",
+    ),
+    (
+        "/forks",
+        "forks are repository objects with the caller's `permissions`",
+    ),
     ("/subscription", "the caller's own watch state"),
     ("/notifications", "the caller's own notifications"),
     ("/invitations", "invitations as the caller may see them"),
@@ -189,7 +222,10 @@ mod tests {
 
     fn class(path: &str) -> Sharing {
         let base = Url::parse("https://api.github.com").unwrap();
-        classify(&base, &Url::parse(&format!("https://api.github.com{path}")).unwrap())
+        classify(
+            &base,
+            &Url::parse(&format!("https://api.github.com{path}")).unwrap(),
+        )
     }
 
     #[test]
@@ -243,7 +279,13 @@ mod tests {
 
     #[test]
     fn public_endpoints() {
-        for path in ["/meta", "/emojis", "/licenses/mit", "/users/octo", "/users/octo/followers"] {
+        for path in [
+            "/meta",
+            "/emojis",
+            "/licenses/mit",
+            "/users/octo",
+            "/users/octo/followers",
+        ] {
             assert_eq!(class(path), Sharing::Public, "{path}");
         }
     }

@@ -73,7 +73,11 @@ pub fn run(bench: &Bench, peer_counts: &[usize]) -> anyhow::Result<Footprint> {
         for node in &nodes {
             scope.spawn(move || {
                 for i in 0..100 {
-                    let r = api_get(node, &format!("repos/octo/swarm/contents/footprint{i}"), None);
+                    let r = api_get(
+                        node,
+                        &format!("repos/octo/swarm/contents/footprint{i}"),
+                        None,
+                    );
                     assert_eq!(r.status, 200, "footprint{i} through {}", node.name);
                 }
             });

@@ -336,7 +336,10 @@ pub fn gh_cache(
     let version = version(Command::new("gh").arg("--version"))?;
     let hub = bench.hub();
     for i in 0..endpoints {
-        hub.put_json(&format!("/repos/octo/swarm/contents/gh{i}"), fakehub::repo_body(i, BODY));
+        hub.put_json(
+            &format!("/repos/octo/swarm/contents/gh{i}"),
+            fakehub::repo_body(i, BODY),
+        );
     }
     let cache_secs = crate::budget::REVALIDATION_TTL_SECS;
     let gh = |job: usize, endpoint: &str, cache: &str| -> anyhow::Result<Vec<u8>> {

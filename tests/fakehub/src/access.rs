@@ -88,7 +88,11 @@ impl Access {
     }
 
     /// The caller's `permissions` object on a repository it can see (`None` without a token).
-    pub fn permissions(&self, authorization: Option<&str>, repo: &str) -> Option<serde_json::Value> {
+    pub fn permissions(
+        &self,
+        authorization: Option<&str>,
+        repo: &str,
+    ) -> Option<serde_json::Value> {
         let token = bare_token(authorization?);
         let admin = self.admins.contains(token);
         let push = admin
@@ -229,7 +233,10 @@ mod tests {
         assert!(access.can_see(Some("Bearer job-x"), "octo/public"));
         assert!(access.can_see(Some("token pat"), "octo/secret"));
         assert_eq!(repository_of("/repos/a/b"), Some(("a/b".into(), true)));
-        assert_eq!(repository_of("/repos/A/b/issues"), Some(("a/b".into(), false)));
+        assert_eq!(
+            repository_of("/repos/A/b/issues"),
+            Some(("a/b".into(), false))
+        );
         assert_eq!(repository_of("/repos/a"), None);
     }
 

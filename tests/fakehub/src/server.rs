@@ -169,7 +169,8 @@ fn answer(
         // Free, and about the caller's own bucket.
         let settled = shared.settle(meta, 200, Cost::Exempt);
         let rate = settled.rate;
-        let body = crate::access::rate_limit_body(rate.limit, rate.remaining, rate.used, rate.reset);
+        let body =
+            crate::access::rate_limit_body(rate.limit, rate.remaining, rate.used, rate.reset);
         let plan = Plan::Reply {
             status: 200,
             body: Some(body),
@@ -208,7 +209,9 @@ fn answer(
     let (failure, entry) = shared.begin(path);
     // The repository object carries the caller's own permissions.
     let entry = match (&repository, entry) {
-        (Some((repo, true)), Some(entry)) => Some(shared.personalise(&entry, meta.authorization.as_deref(), repo)),
+        (Some((repo, true)), Some(entry)) => {
+            Some(shared.personalise(&entry, meta.authorization.as_deref(), repo))
+        }
         (_, entry) => entry,
     };
     let is_read = method == Method::GET || method == Method::HEAD;

@@ -206,7 +206,12 @@ impl Shared {
     }
 
     /// A repository object's entry as this caller sees it (its own `permissions`).
-    pub fn personalise(&self, entry: &Arc<Entry>, authorization: Option<&str>, repo: &str) -> Arc<Entry> {
+    pub fn personalise(
+        &self,
+        entry: &Arc<Entry>,
+        authorization: Option<&str>,
+        repo: &str,
+    ) -> Arc<Entry> {
         match &**entry {
             Entry::Plain {
                 body,

@@ -64,7 +64,10 @@ fn query_strings_do_not_change_the_resource_but_are_counted() {
     assert_eq!(hub.count("/repos/octo/hello/readme"), 1);
     assert_eq!(hub.count("/repos/octo/hello/readme?foo=bar"), 1);
     let stats = hub.stats();
-    assert_eq!(stats.by_path_and_query["/repos/octo/hello/readme?foo=bar"], 1);
+    assert_eq!(
+        stats.by_path_and_query["/repos/octo/hello/readme?foo=bar"],
+        1
+    );
     assert_eq!(stats.requests[0].path(), "/repos/octo/hello/readme");
 }
 
@@ -73,9 +76,21 @@ fn etag_depends_on_authorization() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let a1 = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token aaa")]);
-    let a2 = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token aaa")]);
-    let b = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token bbb")]);
+    let a1 = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token aaa")],
+    );
+    let a2 = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token aaa")],
+    );
+    let b = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token bbb")],
+    );
     let anon = get(&url, "/repos/octo/hello/readme", &[]);
     assert_eq!(a1.must("etag"), a2.must("etag"));
     assert_ne!(a1.must("etag"), b.must("etag"));
@@ -97,7 +112,11 @@ fn if_none_match_gives_304_without_spending_quota_when_authenticated() {
     let etag = first.must("etag").to_owned();
     assert_eq!(first.num("x-ratelimit-remaining"), 4999);
 
-    let second = get(&url, "/repos/octo/hello/readme", &[auth, ("If-None-Match", &etag)]);
+    let second = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[auth, ("If-None-Match", &etag)],
+    );
     assert_eq!(second.status, 304);
     assert!(second.body.is_empty());
     assert_eq!(second.must("etag"), etag);
@@ -131,8 +150,14 @@ fn unauthenticated_304_spends_quota() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let etag = get(&url, "/repos/octo/hello/readme", &[]).must("etag").to_owned();
-    let r = get(&url, "/repos/octo/hello/readme", &[("If-None-Match", &etag)]);
+    let etag = get(&url, "/repos/octo/hello/readme", &[])
+        .must("etag")
+        .to_owned();
+    let r = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("If-None-Match", &etag)],
+    );
     assert_eq!(r.status, 304);
     assert_eq!(r.num("x-ratelimit-remaining"), 4998);
     assert_eq!(hub.stats().quota_spent["anonymous"], 2);
@@ -143,9 +168,13 @@ fn etag_of_another_token_does_not_match() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let etag = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token a")])
-        .must("etag")
-        .to_owned();
+    let etag = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token a")],
+    )
+    .must("etag")
+    .to_owned();
     let r = get(
         &url,
         "/repos/octo/hello/readme",
@@ -160,7 +189,11 @@ fn if_modified_since_gives_304_across_tokens() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let first = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token a")]);
+    let first = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token a")],
+    );
     let lm = first.must("last-modified").to_owned();
 
     let r = get(
@@ -176,12 +209,20 @@ fn if_modified_since_gives_304_across_tokens() {
 
     // A later date also counts as "not modified since".
     let later = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(60));
-    let r = get(&url, "/repos/octo/hello/readme", &[("If-Modified-Since", &later)]);
+    let r = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("If-Modified-Since", &later)],
+    );
     assert_eq!(r.status, 304);
 
     // An older date, a malformed one: full response.
     let older = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
-    let r = get(&url, "/repos/octo/hello/readme", &[("If-Modified-Since", &older)]);
+    let r = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("If-Modified-Since", &older)],
+    );
     assert_eq!(r.status, 200);
     let r = get(
         &url,
@@ -203,7 +244,11 @@ fn both_validators_must_match() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
     let url = hub.url();
-    let first = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token a")]);
+    let first = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token a")],
+    );
     let etag = first.must("etag").to_owned();
     let lm = first.must("last-modified").to_owned();
     let both = |auth| {
@@ -485,7 +530,11 @@ fn fail_next_with_502_and_retry_after() {
     let url = hub.url();
     hub.fail_next(2, Failure::status(502).with_retry_after(7));
     for _ in 0..2 {
-        let r = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token f")]);
+        let r = get(
+            &url,
+            "/repos/octo/hello/readme",
+            &[("Authorization", "token f")],
+        );
         assert_eq!(r.status, 502);
         assert_eq!(r.must("retry-after"), "7");
         assert_eq!(r.json()["message"], "Bad Gateway");
@@ -496,7 +545,11 @@ fn fail_next_with_502_and_retry_after() {
         );
         assert_eq!(r.header("etag"), None);
     }
-    let r = get(&url, "/repos/octo/hello/readme", &[("Authorization", "token f")]);
+    let r = get(
+        &url,
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token f")],
+    );
     assert_eq!(r.status, 200);
     assert_eq!(r.body, REPO);
 
@@ -712,7 +765,10 @@ fn generated_resources_are_deterministic_json_of_the_requested_size() {
         assert_eq!(v["owner"]["login"], "octo");
     }
     assert_ne!(repo_body(0, 4096), repo_body(1, 4096));
-    assert_eq!(get(&hub.url(), "/repos/octo/swarm/contents/r3", &[]).status, 404);
+    assert_eq!(
+        get(&hub.url(), "/repos/octo/swarm/contents/r3", &[]).status,
+        404
+    );
     // Too small a size: the bare document, still valid JSON.
     let small = repo_body(5, 10);
     assert!(small.len() > 10);
@@ -775,53 +831,107 @@ fn user_is_the_callers_own_identity() {
 fn rate_limit_is_the_callers_bucket_and_free() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
-    get(&hub.url(), "/repos/octo/hello/readme", &[("Authorization", "token t1")]);
+    get(
+        &hub.url(),
+        "/repos/octo/hello/readme",
+        &[("Authorization", "token t1")],
+    );
     let r = get(&hub.url(), "/rate_limit", &[("Authorization", "token t1")]);
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["resources"]["core"]["used"], 1);
     let other = get(&hub.url(), "/rate_limit", &[("Authorization", "token t2")]);
     assert_eq!(other.json()["rate"]["used"], 0);
-    assert_eq!(hub.stats().spent(Some("token t1")), 1, "/rate_limit costs nothing");
+    assert_eq!(
+        hub.stats().spent(Some("token t1")),
+        1,
+        "/rate_limit costs nothing"
+    );
 }
 
 #[test]
 fn private_repositories_are_hidden_from_tokens_of_other_repositories() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/secret", br#"{"full_name":"octo/secret"}"#.to_vec());
+    hub.put_json(
+        "/repos/octo/secret",
+        br#"{"full_name":"octo/secret"}"#.to_vec(),
+    );
     hub.put_json("/repos/octo/secret/readme", REPO);
     hub.set_private("octo/secret");
     hub.scope_token("job-x", &["octo/x"]);
     hub.scope_token("job-secret", &["octo/secret"]);
-    let as_x = get(&hub.url(), "/repos/octo/secret/readme", &[("Authorization", "Bearer job-x")]);
+    let as_x = get(
+        &hub.url(),
+        "/repos/octo/secret/readme",
+        &[("Authorization", "Bearer job-x")],
+    );
     assert_eq!(as_x.status, 404);
-    assert_eq!(get(&hub.url(), "/repos/octo/secret/readme", &[]).status, 404);
-    let own = get(&hub.url(), "/repos/octo/secret/readme", &[("Authorization", "Bearer job-secret")]);
+    assert_eq!(
+        get(&hub.url(), "/repos/octo/secret/readme", &[]).status,
+        404
+    );
+    let own = get(
+        &hub.url(),
+        "/repos/octo/secret/readme",
+        &[("Authorization", "Bearer job-secret")],
+    );
     assert_eq!(own.status, 200);
     // A token that is not scoped (a PAT of a member) sees it.
-    assert_eq!(get(&hub.url(), "/repos/octo/secret/readme", &[("Authorization", "token pat")]).status, 200);
+    assert_eq!(
+        get(
+            &hub.url(),
+            "/repos/octo/secret/readme",
+            &[("Authorization", "token pat")]
+        )
+        .status,
+        200
+    );
 }
 
 #[test]
 fn repository_objects_carry_the_callers_permissions() {
     let hub = FakeHub::start();
-    hub.put_json("/repos/octo/hello", br#"{"full_name":"octo/hello","private":false}"#.to_vec());
+    hub.put_json(
+        "/repos/octo/hello",
+        br#"{"full_name":"octo/hello","private":false}"#.to_vec(),
+    );
     hub.set_admin("admin-token", true);
-    let admin = get(&hub.url(), "/repos/octo/hello", &[("Authorization", "Bearer admin-token")]);
-    let other = get(&hub.url(), "/repos/octo/hello", &[("Authorization", "Bearer other")]);
+    let admin = get(
+        &hub.url(),
+        "/repos/octo/hello",
+        &[("Authorization", "Bearer admin-token")],
+    );
+    let other = get(
+        &hub.url(),
+        "/repos/octo/hello",
+        &[("Authorization", "Bearer other")],
+    );
     assert_eq!(admin.json()["permissions"]["admin"], true);
     assert_eq!(other.json()["permissions"]["admin"], false);
-    assert!(get(&hub.url(), "/repos/octo/hello", &[]).json().get("permissions").is_none());
+    assert!(
+        get(&hub.url(), "/repos/octo/hello", &[])
+            .json()
+            .get("permissions")
+            .is_none()
+    );
 }
 
 #[test]
 fn range_and_gzip_change_the_representation() {
     let hub = FakeHub::start();
     hub.put_json("/repos/octo/hello/readme", REPO);
-    let r = get(&hub.url(), "/repos/octo/hello/readme", &[("Range", "bytes=0-9")]);
+    let r = get(
+        &hub.url(),
+        "/repos/octo/hello/readme",
+        &[("Range", "bytes=0-9")],
+    );
     assert_eq!(r.status, 206);
     assert_eq!(r.body, &REPO[..10]);
     assert_eq!(r.must("content-range"), format!("bytes 0-9/{}", REPO.len()));
-    let z = get(&hub.url(), "/repos/octo/hello/readme", &[("Accept-Encoding", "gzip")]);
+    let z = get(
+        &hub.url(),
+        "/repos/octo/hello/readme",
+        &[("Accept-Encoding", "gzip")],
+    );
     assert_eq!(z.status, 200);
     assert_eq!(z.must("content-encoding"), "gzip");
     assert_ne!(z.body, REPO);

@@ -272,7 +272,10 @@ fn binary_serves_generated_resources_and_stops_on_sigterm() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body, fakehub::repo_body(3, 1500));
     assert_eq!(r.num("x-ratelimit-limit"), 10);
-    assert_eq!(get(&bin.url, "/repos/octo/swarm/contents/r4", &[]).status, 404);
+    assert_eq!(
+        get(&bin.url, "/repos/octo/swarm/contents/r4", &[]).status,
+        404
+    );
     let stats: Stats = serde_json::from_slice(&get(&bin.url, "/_fakehub/stats", &[]).body).unwrap();
     assert_eq!(stats.total, 2);
 
