@@ -78,6 +78,17 @@ impl Bench {
     /// `n` nodes named `{prefix}{i}`, each bootstrapping to the first only (as a job given one
     /// registry address would), waited for until every node has verified every other.
     pub fn swarm(&self, hub: &FakeHub, prefix: &str, n: usize) -> Vec<SwarmNode> {
+        self.swarm_with(hub, prefix, n, |_| Vec::new())
+    }
+
+    /// [`Bench::swarm`] with variables of node i's own (its repository, the scope).
+    pub fn swarm_with(
+        &self,
+        hub: &FakeHub,
+        prefix: &str,
+        n: usize,
+        env: impl Fn(usize) -> Vec<(&'static str, String)>,
+    ) -> Vec<SwarmNode> {
         let mut nodes: Vec<SwarmNode> = Vec::with_capacity(n);
         for i in 0..n {
             let bootstrap = nodes
@@ -85,7 +96,7 @@ impl Bench {
                 .map(SwarmNode::bootstrap_addr)
                 .into_iter()
                 .collect();
-            nodes.push(self.node(hub, &format!("{prefix}{i}"), bootstrap, Vec::new()));
+            nodes.push(self.node(hub, &format!("{prefix}{i}"), bootstrap, env(i)));
         }
         for node in &nodes {
             wait_for(

@@ -55,6 +55,18 @@ pub struct Revalidation {
     pub free_share: f64,
 }
 
+/// Jobs of different repositories of one owner (scope `owner`) asking for another
+/// repository's endpoints: each token proves once that it can see that repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct OwnerScope {
+    /// The round (all jobs at once).
+    pub round: Round,
+    /// Conditional requests for the repository object that proved a token's access.
+    pub proofs: u64,
+    /// Of those, the ones answered by a 304 that cost no quota.
+    pub free_proofs: u64,
+}
+
 /// Every round for one swarm size.
 #[derive(Debug, Clone, Serialize)]
 pub struct BudgetRun {
@@ -70,6 +82,8 @@ pub struct BudgetRun {
     pub staggered: Round,
     /// The together round's endpoints again, after the TTL.
     pub revalidation: Revalidation,
+    /// The same size of swarm in scope `owner`, with access proofs.
+    pub owner_scope: OwnerScope,
 }
 
 /// The rounds for `nodes` nodes × `endpoints` endpoints, on a swarm of their own.
@@ -158,6 +172,8 @@ pub fn run(bench: &Bench, nodes: usize, endpoints: usize) -> anyhow::Result<Budg
     for node in &swarm {
         anyhow::ensure!(node.alive(), "{} died during the rounds", node.name);
     }
+    drop(swarm);
+    let owner_scope = owner_round(bench, nodes, endpoints)?;
     Ok(BudgetRun {
         nodes,
         endpoints,
@@ -165,6 +181,69 @@ pub fn run(bench: &Bench, nodes: usize, endpoints: usize) -> anyhow::Result<Budg
         together,
         staggered,
         revalidation,
+        owner_scope,
+    })
+}
+
+/// The repository the owner-scope round reads: none of its jobs belongs to it.
+const LIBRARY: &str = "octo/library";
+
+/// N jobs of N repositories of `octo` (scope `owner`) ask at once for E endpoints of
+/// [`LIBRARY`]: E calls, plus one conditional request for the repository per token that was
+/// served another token's copy.
+fn owner_round(bench: &Bench, nodes: usize, endpoints: usize) -> anyhow::Result<OwnerScope> {
+    let hub = bench.hub();
+    hub.put_json(
+        &format!("/repos/{LIBRARY}"),
+        format!(r#"{{"full_name":"{LIBRARY}","private":true}}"#).into_bytes(),
+    );
+    hub.set_private(LIBRARY);
+    let set: Vec<String> = (0..endpoints)
+        .map(|i| format!("repos/{LIBRARY}/contents/owner{i}"))
+        .collect();
+    let mut bodies: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (i, endpoint) in set.iter().enumerate() {
+        let body = fakehub::repo_body(i, BODY);
+        hub.put_json(&format!("/{endpoint}"), body.clone());
+        bodies.insert(endpoint.clone(), body);
+    }
+    let swarm = bench.swarm_with(&hub, &format!("owner{nodes}-node"), nodes, |i| {
+        vec![
+            ("PEERCACHE_SCOPE", "owner".to_string()),
+            ("GITHUB_REPOSITORY", format!("octo/job{i}")),
+        ]
+    });
+    let round = round(
+        &hub,
+        &swarm,
+        &set,
+        &bodies,
+        "owner scope",
+        Duration::ZERO,
+        None,
+    )?;
+    let stats = hub.stats();
+    let proof_path = format!("/repos/{LIBRARY}");
+    let proofs: Vec<_> = stats
+        .requests
+        .iter()
+        .filter(|r| r.path() == proof_path)
+        .collect();
+    let free_proofs = proofs
+        .iter()
+        .filter(|r| r.status == 304 && !r.quota_spent)
+        .count() as u64;
+    for node in &swarm {
+        anyhow::ensure!(
+            node.alive(),
+            "{} died during the owner-scope round",
+            node.name
+        );
+    }
+    Ok(OwnerScope {
+        round,
+        proofs: proofs.len() as u64,
+        free_proofs,
     })
 }
 

@@ -241,6 +241,25 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
             "≥ 95%",
             r.free_share >= 0.95,
         ));
+        let o = &b.owner_scope;
+        budget.push(judged(
+            format!(
+                "  scope owner, {} of other repositories: upstream calls, paid, access proofs",
+                jobs(b.nodes)
+            ),
+            format!(
+                "{} of {}, {} paid, {} proofs ({} free 304s)",
+                o.round.upstream_calls,
+                b.without_sharing,
+                o.round.paid_calls,
+                o.proofs,
+                o.free_proofs
+            ),
+            &format!("≤ {} + 1 free 304 per token", b.endpoints),
+            o.round.paid_calls <= b.endpoints as u64
+                && o.proofs == o.free_proofs
+                && o.proofs <= b.nodes as u64,
+        ));
     }
     if let Some(gh) = report.gh.measured() {
         budget.push(line(
