@@ -83,6 +83,7 @@ settings=(
   "cache-dir       PEERCACHE_CACHE_DIR        -        yes"
   "ttl             PEERCACHE_TTL              300      yes"
   "mdns            PEERCACHE_MDNS             true     yes"
+  "scope           PEERCACHE_SCOPE            repository yes"
   "log-level       PEERCACHE_LOG              info     yes"
 )
 for row in "${settings[@]}"; do

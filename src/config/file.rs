@@ -56,6 +56,7 @@ struct Keys {
     p2p: Option<Value>,
     log: Option<Value>,
     max_size: Option<Value>,
+    scope: Option<Value>,
 }
 
 /// The parsed settings file: key → text value.
@@ -113,6 +114,7 @@ impl FileSettings {
             ("p2p", keys.p2p),
             ("log", keys.log),
             ("max_size", keys.max_size),
+            ("scope", keys.scope),
         ];
         for (key, value) in pairs {
             if let Some(value) = value {
@@ -139,6 +141,7 @@ const ALLOWED_KEYS: &[&str] = &[
     "p2p",
     "log",
     "max_size",
+    "scope",
 ];
 
 fn one_line(text: &str) -> String {
