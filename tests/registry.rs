@@ -164,7 +164,7 @@ fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() 
     let root = tempfile::tempdir().unwrap();
     let hub = FakeHub::start();
     hub.put_json(
-        "/repos/octo/hello/readme",
+        "/repos/octo/fleet/contents/hello",
         br#"{"id":1,"name":"hello"}"#.to_vec(),
     );
     let peers = root.path().join("peers");
@@ -226,12 +226,18 @@ fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() 
 
     // They share: one call upstream, the others answered by a peer.
     assert_eq!(
-        nodes[0].get("gh/repos/octo/hello/readme").source(),
+        nodes[0].get("gh/repos/octo/fleet/contents/hello").source(),
         "upstream"
     );
-    assert_eq!(nodes[1].get("gh/repos/octo/hello/readme").source(), "peer");
-    assert_eq!(nodes[2].get("gh/repos/octo/hello/readme").source(), "peer");
-    assert_eq!(hub.count("/repos/octo/hello/readme"), 1);
+    assert_eq!(
+        nodes[1].get("gh/repos/octo/fleet/contents/hello").source(),
+        "peer"
+    );
+    assert_eq!(
+        nodes[2].get("gh/repos/octo/fleet/contents/hello").source(),
+        "peer"
+    );
+    assert_eq!(hub.count("/repos/octo/fleet/contents/hello"), 1);
 
     // A fourth node with a registry of its own (so it cannot read theirs) that knows only one of
     // them: Kademlia brings it to all three.
@@ -242,7 +248,11 @@ fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() 
         &hub,
         NodeSpec {
             bootstrap: vec![nodes[2].bootstrap_addr()],
-            env: vec![("PEERCACHE_REGISTRY", elsewhere)],
+            // Another job of the same repository: the same scope.
+            env: vec![
+                ("PEERCACHE_REGISTRY", elsewhere),
+                ("GITHUB_REPOSITORY", REPO.to_string()),
+            ],
             ..NodeSpec::default()
         },
     );
@@ -258,8 +268,11 @@ fn three_daemons_on_one_host_find_each_other_through_a_dir_registry_and_share() 
             || n.peer_count() == 3,
         );
     }
-    assert_eq!(fourth.get("gh/repos/octo/hello/readme").source(), "peer");
-    assert_eq!(hub.count("/repos/octo/hello/readme"), 1);
+    assert_eq!(
+        fourth.get("gh/repos/octo/fleet/contents/hello").source(),
+        "peer"
+    );
+    assert_eq!(hub.count("/repos/octo/fleet/contents/hello"), 1);
 }
 
 #[test]

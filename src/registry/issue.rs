@@ -247,7 +247,8 @@ impl IssueRegistry {
         })?;
         let github = GitHub::new()?;
         let base = ctx.api_url.as_str().trim_end_matches('/').to_string();
-        let mut shared = Resolver::new(ctx.cache.clone(), github.clone(), &ctx.api_url);
+        let mut shared = Resolver::new(ctx.cache.clone(), github.clone(), &ctx.api_url)
+            .with_home_repository(ctx.home_repository.clone());
         if let Some(peers) = &ctx.peers {
             shared = shared.with_peers(peers.clone());
         }
@@ -260,7 +261,8 @@ impl IssueRegistry {
             token: ctx.token.clone(),
             key: registry_key(secret),
             shared,
-            direct: Resolver::new(ctx.cache.clone(), github.clone(), &ctx.api_url),
+            direct: Resolver::new(ctx.cache.clone(), github.clone(), &ctx.api_url)
+                .with_home_repository(ctx.home_repository.clone()),
             github,
             limits: RateLimits::new(
                 ctx.cache.dir(),

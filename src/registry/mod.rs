@@ -439,6 +439,8 @@ pub struct Context {
     pub peers: Option<crate::p2p::Handle>,
     /// [`INTERVAL_VAR`], when set.
     pub interval_override: Option<Duration>,
+    /// This job's repository (its entries need no access proof here).
+    pub home_repository: Option<String>,
 }
 
 impl Context {
@@ -458,6 +460,7 @@ impl Context {
             },
             peers,
             interval_override: interval_override()?,
+            home_repository: settings.repository.clone(),
         })
     }
 }

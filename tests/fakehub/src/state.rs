@@ -358,8 +358,23 @@ impl Shared {
         }
     }
 
+    /// Gives a repository live issues; it exists, so its repository object answers too.
     pub fn add_repo(&self, full_name: &str) {
-        self.lock().issues.add_repo(full_name);
+        let mut inner = self.lock();
+        inner.issues.add_repo(full_name);
+        let path = normalize_path(&format!("/repos/{full_name}"));
+        inner.resources.entry(path).or_insert_with(|| {
+            let body = serde_json::json!({
+                "full_name": full_name,
+                "private": false,
+                "has_issues": true,
+            });
+            Arc::new(Entry::Plain {
+                body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
+                content_type: crate::JSON_CONTENT_TYPE.to_owned(),
+                last_modified: Some(crate::truncate_to_secs(SystemTime::now())),
+            })
+        });
     }
 
     pub fn set_writes_forbidden(&self, forbidden: bool) {
