@@ -132,7 +132,7 @@ enum Admission {
     /// Yes: it may see the repository (or needs no proof).
     Allowed,
     /// No: GitHub's own answer to it (its 404) instead.
-    Denied(Resolved),
+    Denied(Box<Resolved>),
 }
 
 /// An answer: status, headers to show, body, and where it came from.
@@ -462,7 +462,7 @@ impl Resolver {
     ) -> Result<Resolved, ResolveError> {
         match self.admit(request, sharing, &entry).await? {
             Admission::Allowed => Ok(Resolved::from_entry(source, entry, body)),
-            Admission::Denied(answer) => Ok(answer),
+            Admission::Denied(answer) => Ok(*answer),
         }
     }
 
@@ -492,7 +492,7 @@ impl Resolver {
                 status,
                 body,
                 content_type,
-            } => Some(Admission::Denied(Resolved {
+            } => Some(Admission::Denied(Box::new(Resolved {
                 source: Source::Local,
                 status,
                 headers: content_type
@@ -500,7 +500,7 @@ impl Resolver {
                     .unwrap_or_default(),
                 body: body.into_bytes(),
                 entry: None,
-            })),
+            }))),
         }
     }
 
@@ -582,7 +582,9 @@ impl Resolver {
                     request.url,
                     response.status
                 );
-                Ok(Admission::Denied(Resolved::from_response(response, None)))
+                Ok(Admission::Denied(Box::new(Resolved::from_response(
+                    response, None,
+                ))))
             }
             status => Err(cannot(format!("GitHub answered {status}"))),
         }
@@ -715,10 +717,19 @@ impl Resolver {
         {
             let etag = response.header("etag");
             let cache = self.cache.clone();
+            let kept = entry.clone();
             let renewed =
                 tokio::task::spawn_blocking(move || cache.renew(&key, &entry, etag, Some(tag)))
                     .await
-                    .map_err(anyhow::Error::from)??;
+                    .map_err(anyhow::Error::from)?;
+            let renewed = renewed.unwrap_or_else(|e| {
+                // GitHub said the body is current: it is the answer, kept or not.
+                tracing::warn!("could not renew the cache entry for {}: {e:#}", request.url);
+                Entry {
+                    fetched_at_ms: now_ms(),
+                    ..kept
+                }
+            });
             return Ok(Resolved::from_entry(Source::Revalidated, renewed, body));
         }
 

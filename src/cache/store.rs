@@ -105,8 +105,9 @@ pub struct Counters {
 }
 
 /// A held fetch stripe: while it lives, no other process fetches keys of this stripe upstream.
+/// (In a read-only cache dir there is nothing to hold, and nothing to store either.)
 pub struct KeyLock {
-    _file: File,
+    _file: Option<File>,
 }
 
 /// A handle on one cache dir.
@@ -116,6 +117,8 @@ pub struct Cache {
     max_size: u64,
     /// Bodies already verified, when this process keeps them (the daemon).
     verified: Option<Arc<VerifiedBodies>>,
+    /// The dir holds a cache but cannot be written: entries are read, nothing is stored.
+    read_only: bool,
 }
 
 /// How stale an entry's last-use time may get before a read renews it.
@@ -150,20 +153,45 @@ impl Cache {
             ))
             .into()
         };
-        for sub in ["objects", "entries", "locks"] {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir.join(sub))
-                .map_err(unusable)?;
-        }
-        // O_TMPFILE: proves we may create files here without leaving one behind.
-        tempfile::tempfile_in(dir).map_err(unusable)?;
+        let prepared = (|| -> io::Result<()> {
+            for sub in ["objects", "entries", "locks"] {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir.join(sub))?;
+            }
+            // O_TMPFILE: proves we may create files here without leaving one behind.
+            tempfile::tempfile_in(dir).map(drop)
+        })();
+        let read_only = match prepared {
+            Ok(()) => false,
+            // A cache that can still be read (a read-only mount, a full or broken disk) keeps
+            // answering from what it holds; misses go upstream and are not stored.
+            Err(e) if fs::read_dir(dir.join("entries")).is_ok() => {
+                tracing::warn!(
+                    "cache dir {} cannot be written ({e}): its entries are still served, but nothing new is stored; make it writable or set PEERCACHE_CACHE_DIR to a writable directory",
+                    dir.display()
+                );
+                true
+            }
+            Err(e) => return Err(unusable(e)),
+        };
         Ok(Cache {
             dir: dir.to_path_buf(),
             max_size,
             verified: None,
+            read_only,
         })
+    }
+
+    /// Fails when the cache dir is read-only, naming the fix.
+    fn writable(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.read_only,
+            "the cache dir {} is read-only; make it writable or set PEERCACHE_CACHE_DIR",
+            self.dir.display()
+        );
+        Ok(())
     }
 
     /// Keeps up to `budget` bytes of verified bodies in memory, shared by every clone: for a
@@ -318,6 +346,7 @@ impl Cache {
         body: &[u8],
         ttl: Duration,
     ) -> anyhow::Result<Entry> {
+        self.writable()?;
         let entry = Entry {
             key: key.canonical().to_string(),
             url: url.to_string(),
@@ -344,17 +373,21 @@ impl Cache {
 
     /// Stores an entry received whole (for example from a peer) after checking the body matches it.
     pub fn put_entry(&self, key_id: &str, entry: &Entry, body: &[u8]) -> anyhow::Result<()> {
+        self.writable()?;
         anyhow::ensure!(is_hex_id(key_id), "invalid key id");
         anyhow::ensure!(
             body.len() as u64 == entry.size && hex::encode(Sha256::digest(body)) == entry.digest,
             "body does not match its digest"
         );
+        // A peer's clock may run ahead: an entry is never younger here than its arrival.
+        let mut entry = entry.clone();
+        entry.fetched_at_ms = entry.fetched_at_ms.min(now_ms());
         let (added, record) = {
             let _shared = self.writer_lock()?;
             let added = self.write_object(&entry.digest, body)?;
-            (added, self.write_entry(key_id, entry)?)
+            (added, self.write_entry(key_id, &entry)?)
         };
-        self.keep_written(key_id, &record, entry, Some(body));
+        self.keep_written(key_id, &record, &entry, Some(body));
         self.account(added)
     }
 
@@ -366,6 +399,7 @@ impl Cache {
         etag: Option<String>,
         etag_token: Option<String>,
     ) -> anyhow::Result<Entry> {
+        self.writable()?;
         let mut renewed = entry.clone();
         renewed.fetched_at_ms = now_ms();
         if etag.is_some() {
@@ -397,6 +431,9 @@ impl Cache {
 
     /// Takes the fetch stripe of `key`, blocking until other processes release it.
     pub fn lock_key(&self, key: &CacheKey) -> anyhow::Result<KeyLock> {
+        if self.read_only {
+            return Ok(KeyLock { _file: None });
+        }
         let path = self
             .dir
             .join("locks")
@@ -407,7 +444,7 @@ impl Cache {
             .write(true)
             .open(&path)?;
         file.lock()?;
-        Ok(KeyLock { _file: file })
+        Ok(KeyLock { _file: Some(file) })
     }
 
     /// Writers hold `cache.lock` shared so that eviction (exclusive) never sees half a store.
