@@ -177,3 +177,121 @@ fn a_read_only_cache_dir_still_answers_from_what_it_holds() {
     let r = daemon.get("/gh/repos/octo/hello/contents/uncached", &[]);
     assert_eq!((r.status, r.body == uncached), (200, true));
 }
+
+/// libfaketime, which shifts a dynamically linked process's wall clock (Debian `faketime`).
+const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[test]
+fn a_peer_whose_clock_is_ten_minutes_off_never_makes_a_stale_entry_fresh() {
+    use common::swarm::{NodeSpec, serial, start_node, wait_for};
+    use std::time::Duration;
+    if !Path::new(LIBFAKETIME).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run the clock-skew test, but {LIBFAKETIME} is missing (Debian package faketime)"
+        );
+        eprintln!(
+            "skipping the clock-skew test: {LIBFAKETIME} is missing (apt-get install faketime)"
+        );
+        return;
+    }
+    let _serial = serial();
+    let hub = fakehub::FakeHub::start();
+    fakehub::generate_resources(&hub, 4, 2048);
+    let root = tempfile::tempdir().unwrap();
+    let skewed = |offset: &str| {
+        vec![
+            ("LD_PRELOAD", LIBFAKETIME.to_string()),
+            ("FAKETIME", offset.to_string()),
+            // Timers keep the real monotonic clock; only the wall clock is off.
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1".to_string()),
+        ]
+    };
+    let honest = start_node(root.path(), "honest", &hub, NodeSpec::default());
+    let ahead = start_node(
+        root.path(),
+        "ahead",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![honest.bootstrap_addr()],
+            env: skewed("+600s"),
+            ..NodeSpec::default()
+        },
+    );
+    let behind = start_node(
+        root.path(),
+        "behind",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![honest.bootstrap_addr()],
+            env: skewed("-600s"),
+            ..NodeSpec::default()
+        },
+    );
+    for node in [&honest, &ahead, &behind] {
+        wait_for(
+            &format!("{} to verify its peers", node.name),
+            Duration::from_secs(60),
+            || node.peer_count() == 2,
+        );
+    }
+    let ttl = |node: &common::swarm::SwarmNode, path: &str, secs: u64| {
+        let auth = format!("Bearer token-of-{}", node.name);
+        common::http_get(
+            &format!("{}/gh/{}", node.api, &path[1..]),
+            &[
+                ("authorization", &auth),
+                ("x-peercache-ttl", &secs.to_string()),
+            ],
+        )
+    };
+    for (i, (first, second)) in [
+        (&ahead, &honest),
+        (&behind, &honest),
+        (&honest, &ahead),
+        (&honest, &behind),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = fakehub::generated_path(i);
+        let body = fakehub::repo_body(i, 2048);
+        let a = ttl(first, &path, 2);
+        assert_eq!(
+            (a.status, a.body == body),
+            (200, true),
+            "{}: {}",
+            first.name,
+            a.text()
+        );
+        let b = ttl(second, &path, 2);
+        assert_eq!(
+            (b.status, b.body == body),
+            (200, true),
+            "{}: {}",
+            second.name,
+            b.text()
+        );
+        // Past the TTL by the asker's clock, the entry is not served as fresh, wherever it came
+        // from and whatever its fetcher's clock said.
+        std::thread::sleep(Duration::from_millis(2500));
+        let later = ttl(second, &path, 2);
+        assert_eq!((later.status, later.body == body), (200, true));
+        let source = later.source();
+        assert!(
+            source == "revalidated" || source == "upstream",
+            "{} served a stale entry as {source} ({} fetched it)",
+            second.name,
+            first.name
+        );
+    }
+    for node in [&honest, &ahead, &behind] {
+        assert!(node.alive(), "{} died", node.name);
+    }
+    // A clear line says why a peer's entry was not taken.
+    let logs = honest.log() + &ahead.log() + &behind.log();
+    assert!(
+        logs.contains("in the future") || logs.contains("clock"),
+        "no line names the clock:\n{logs}"
+    );
+}
