@@ -359,15 +359,16 @@ impl Resolver {
         result
     }
 
-    /// How the request's answers may be shared, and the keys it is looked up under, most
-    /// specific first. The last key is the one the swarm knows, when it may be shared.
+    /// How the request's answers may be shared, and the keys it is looked up under. The first is
+    /// the one the swarm knows (when it may be shared); a repository answer that embedded the
+    /// caller's permissions was kept under the second, this token's own.
     fn keys(&self, request: &Request) -> (Sharing, Vec<CacheKey>) {
         let sharing = sharing::classify(&self.api_url, &request.url);
         let keys = match &sharing {
             Sharing::PassThrough => Vec::new(),
             Sharing::PerToken(_) => vec![request.per_token_key()],
-            // A repository answer that embedded the caller's permissions was kept per token.
-            Sharing::Repository(_) => vec![request.per_token_key(), request.key()],
+            // Shared first: the hot path of a shared hit looks up one key.
+            Sharing::Repository(_) => vec![request.key(), request.per_token_key()],
             Sharing::Public => vec![request.key()],
         };
         (sharing, keys)
@@ -378,7 +379,7 @@ impl Resolver {
         if keys.is_empty() || !request.is_storable() {
             return self.pass_through(request).await;
         }
-        let shared_key = keys.last().expect("one key at least").clone();
+        let shared_key = keys[0].clone();
 
         // The daemon's hot path: an entry it read before, unchanged on disk, still fresh.
         for key in &keys {
@@ -735,7 +736,7 @@ impl Resolver {
 
         // Only a full, plain answer is stored: not a 206, a 204 or another 2xx.
         if response.status == 200 {
-            let shared_key = keys.last().expect("one key at least");
+            let shared_key = &keys[0];
             let personal = matches!(sharing, Sharing::Repository(_))
                 && sharing::embeds_caller_permissions(&response.body);
             if personal {
@@ -744,7 +745,11 @@ impl Resolver {
                     request.url
                 );
             }
-            let key = if personal { &keys[0] } else { shared_key };
+            let key = if personal {
+                keys.last().unwrap_or(shared_key)
+            } else {
+                shared_key
+            };
             let meta = ResponseMeta {
                 status: response.status,
                 content_type: response.header("content-type"),
