@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::api::{ERROR_HEADER, SOURCE_HEADER, TTL_HEADER, unrewrite_link};
+use super::api::{ERROR_HEADER, SOURCE_HEADER, TTL_HEADER};
+use super::gh::RAW_HEADER;
+use super::gh::rewrite::unlink;
 use super::client::{self, ClientError, Endpoint};
 use super::state;
 use crate::config::Settings;
@@ -88,6 +90,7 @@ impl Remote {
             ("Accept", &request.accept),
             ("X-GitHub-Api-Version", &request.api_version),
             (TTL_HEADER, &ttl),
+            (RAW_HEADER, "1"),
         ];
         if let Some(value) = &authorization {
             headers.push(("Authorization", value));
@@ -100,6 +103,21 @@ impl Remote {
                 .and_then(|v| v.get("message")?.as_str().map(str::to_string))
                 .unwrap_or_else(|| "GitHub could not be reached, and nothing is cached".into());
             return Ok(Err(ResolveError::Unreachable(message)));
+        }
+        if matches!(response.status, 403 | 429)
+            && response.header(ERROR_HEADER) == Some("rate-limited")
+        {
+            let body = serde_json::from_slice::<serde_json::Value>(&response.body).ok();
+            let reason = body
+                .as_ref()
+                .and_then(|v| v.get("peercache")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| "GitHub's rate limit forbids calls, and nothing is cached".into());
+            let wait: u64 = response
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let until_ms = crate::cache::now_ms() + wait * 1000;
+            return Ok(Err(ResolveError::RateLimited { until_ms, reason }));
         }
         let Some(source) = response.header(SOURCE_HEADER).and_then(parse_source) else {
             // Not an answer of the tiers (a 404 for a stale capability, a 500): unusable.
@@ -128,7 +146,7 @@ impl Remote {
             })
             .map(|(name, value)| {
                 if name == "link" {
-                    let value = unrewrite_link(&value, &self.upstream, &self.base_url);
+                    let value = unlink(&value, &self.upstream, &self.base_url);
                     (name, value)
                 } else {
                     (name, value)

@@ -3,6 +3,7 @@
 
 mod endpoint;
 pub mod ratelimit;
+mod forward;
 mod write;
 
 use std::time::Duration;
