@@ -64,6 +64,7 @@
 #![warn(missing_docs)]
 
 mod generate;
+mod graphql;
 mod issues;
 mod server;
 mod state;

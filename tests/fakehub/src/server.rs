@@ -156,6 +156,12 @@ fn answer(
     let authenticated = meta.authorization.is_some();
 
     let (failure, entry) = shared.begin(path);
+    if failure.is_none() && path == "/graphql" && method == Method::POST {
+        let plan = crate::graphql::plan(&meta, body);
+        let (status, cost) = plan.status_and_cost(authenticated);
+        let settled = shared.settle(meta, status, cost);
+        return build_response_allowing(plan, &settled, authenticated, &[Method::POST]);
+    }
     let is_read = method == Method::GET || method == Method::HEAD;
     // Live issues and comments, unless a stored resource answers the read.
     if failure.is_none()
