@@ -60,15 +60,33 @@ fn print_value(value: &Val, out: &mut Vec<u8>) -> Result<(), String> {
     match value {
         Val::Null => {}
         Val::TStr(text) | Val::BStr(text) => out.extend_from_slice(text),
-        Val::Bool(_) | Val::Num(_) => out.extend_from_slice(value.to_string().as_bytes()),
-        Val::Arr(_) | Val::Obj(_) => {
-            let parsed: serde_json::Value = serde_json::from_str(&value.to_string())
+        Val::Bool(_) | Val::Num(_) | Val::Arr(_) | Val::Obj(_) => {
+            let mut parsed: serde_json::Value = serde_json::from_str(&value.to_string())
                 .map_err(|e| format!("a jq result is not JSON: {e}"))?;
+            go_numbers(&mut parsed);
             let text = serde_json::to_string(&parsed).map_err(|e| e.to_string())?;
             out.extend_from_slice(go_escape(&text).as_bytes());
         }
     }
     Ok(())
+}
+
+/// gh decodes every number as a float64 and Go prints an integral one without a fraction
+/// (`0.0` → `0`, below 1e21).
+fn go_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *n = serde_json::Number::from(f as i64);
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(go_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(go_numbers),
+        _ => {}
+    }
 }
 
 /// Go's `json.Marshal` escapes these even inside strings (they only ever occur inside strings
@@ -94,6 +112,7 @@ mod tests {
         let input = r#"[{"name":"a","n":1,"x":null,"o":{"b":2,"a":"<&>"}},{"name":"b","n":2.5,"x":true,"o":[]}]"#;
         assert_eq!(jq(".[].name", input), "a\nb\n");
         assert_eq!(jq(".[].n", input), "1\n2.5\n");
+        assert_eq!(jq("[1.0, 2.50]", "null"), "[1,2.5]\n");
         assert_eq!(jq(".[].x", input), "\ntrue\n");
         assert_eq!(
             jq(".[0].o", input),
