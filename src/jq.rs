@@ -37,8 +37,8 @@ impl Filter {
 
     /// Runs the filter on a JSON document and returns what gh would print for it.
     pub fn run(&self, input: &[u8]) -> Result<Vec<u8>, String> {
-        let input =
-            jaq_json::read::parse_single(input).map_err(|e| format!("the answer is not JSON: {e}"))?;
+        let input = jaq_json::read::parse_single(input)
+            .map_err(|e| format!("the answer is not JSON: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
         let mut out = Vec::new();
         for value in self.filter.id.run((ctx, input)).map(unwrap_valr) {
@@ -52,7 +52,9 @@ impl Filter {
 
 fn describe(code: &str, count: usize) -> String {
     let plural = if count == 1 { "" } else { "s" };
-    format!("cannot compile the jq filter {code:?} ({count} error{plural}); see https://jqlang.org/manual/")
+    format!(
+        "cannot compile the jq filter {code:?} ({count} error{plural}); see https://jqlang.org/manual/"
+    )
 }
 
 /// One result as gh prints it.

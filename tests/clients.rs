@@ -74,7 +74,10 @@ fn run_job(mut cmd: Command, base: &str) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("no JSON from the job ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "no JSON from the job ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -120,7 +123,10 @@ fn octokit_runs_a_whole_job_against_the_gh_base_url() {
     let out = run_job(cmd, &base);
 
     assert_eq!(out["repo_url"], format!("{base}/repos/octo/hello"));
-    assert_eq!(out["issue_titles"], serde_json::json!(["three", "two", "one"]));
+    assert_eq!(
+        out["issue_titles"],
+        serde_json::json!(["three", "two", "one"])
+    );
     assert_eq!(out["created_status"], 201);
     assert_eq!(out["read_back_title"], "from octokit");
     assert_eq!(out["conditional_status"], 304);
@@ -142,9 +148,15 @@ fn pygithub_runs_a_whole_job_against_the_gh_base_url() {
     let out = run_job(cmd, &base);
 
     assert_eq!(out["repo_url"], format!("{base}/repos/octo/hello"));
-    assert_eq!(out["issue_titles"], serde_json::json!(["three", "two", "one"]));
+    assert_eq!(
+        out["issue_titles"],
+        serde_json::json!(["three", "two", "one"])
+    );
     assert_eq!(out["read_back_title"], "from PyGithub");
-    assert_eq!(out["changed_since"], false, "the conditional request got a 304");
+    assert_eq!(
+        out["changed_since"], false,
+        "the conditional request got a 304"
+    );
     let limits = out["rate_limiting"].as_array().unwrap();
     let (remaining, limit) = (limits[0].as_i64().unwrap(), limits[1].as_i64().unwrap());
     assert_eq!(limit, 5000);
@@ -175,5 +187,9 @@ fn octokit_and_curl_share_one_upstream_call_for_one_resource() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(sb.hub.total(), 0, "curl's request was served from octokit's entry");
+    assert_eq!(
+        sb.hub.total(),
+        0,
+        "curl's request was served from octokit's entry"
+    );
 }

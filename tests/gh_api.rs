@@ -32,9 +32,8 @@ impl Answer {
     }
 
     fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body))
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 }
 
@@ -134,9 +133,7 @@ fn urls_in_bodies_and_links_point_back_at_the_daemon_and_fetch_keeps_githubs_byt
     // The stored body is GitHub's too.
     let objects = common::object_files(&sb.cache_dir());
     assert!(
-        objects
-            .iter()
-            .any(|p| std::fs::read(p).unwrap() == stored),
+        objects.iter().any(|p| std::fs::read(p).unwrap() == stored),
         "the cache holds GitHub's bytes"
     );
 }
@@ -144,21 +141,34 @@ fn urls_in_bodies_and_links_point_back_at_the_daemon_and_fetch_keeps_githubs_byt
 #[test]
 fn head_gives_the_headers_of_get_and_no_body() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub
+        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[], &[]);
     let url = format!("{}/gh/repos/octo/hello", daemon.api);
     let head = curl(&["-I"], &url);
     assert_eq!(head.status, 200);
     // On the wire: the head, then nothing (Connection: close ends it).
     let mut stream = connect(&daemon);
-    let path = url.strip_prefix(&format!("http://127.0.0.1:{}", daemon.port())).unwrap();
+    let path = url
+        .strip_prefix(&format!("http://127.0.0.1:{}", daemon.port()))
+        .unwrap();
     let request = format!("HEAD {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).unwrap();
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).unwrap();
-    assert!(raw.ends_with(b"\r\n\r\n"), "HEAD has no body: {:?}", String::from_utf8_lossy(&raw));
+    assert!(
+        raw.ends_with(b"\r\n\r\n"),
+        "HEAD has no body: {:?}",
+        String::from_utf8_lossy(&raw)
+    );
     let get = curl(&[], &url);
-    for name in ["content-type", "etag", "content-length", "cache-control", "vary"] {
+    for name in [
+        "content-type",
+        "etag",
+        "content-length",
+        "cache-control",
+        "vary",
+    ] {
         assert_eq!(head.header(name), get.header(name), "{name}");
     }
     assert_eq!(
@@ -171,7 +181,8 @@ fn head_gives_the_headers_of_get_and_no_body() {
 #[test]
 fn clients_get_304_for_the_daemons_etag_whatever_their_token() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub
+        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[], &[]);
     let url = format!("{}/gh/repos/octo/hello", daemon.api);
 
@@ -179,7 +190,10 @@ fn clients_get_304_for_the_daemons_etag_whatever_their_token() {
     assert_eq!(first.status, 200);
     let etag = first.header("etag").expect("an ETag").to_string();
     assert!(etag.starts_with("W/\"pc-"), "the daemon's own ETag: {etag}");
-    let last_modified = first.header("last-modified").expect("Last-Modified").to_string();
+    let last_modified = first
+        .header("last-modified")
+        .expect("Last-Modified")
+        .to_string();
 
     // Another token, same ETag: GitHub's would differ, the daemon's does not.
     let other = curl(&["-H", &bearer(TOKEN_B)], &url);
@@ -208,12 +222,16 @@ fn clients_get_304_for_the_daemons_etag_whatever_their_token() {
 #[test]
 fn cached_answers_keep_githubs_headers_and_the_callers_rate_limit_figures() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub
+        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[], &[]);
     let url = format!("{}/gh/repos/octo/hello", daemon.api);
     let upstream = curl(&["-H", &bearer(TOKEN_A)], &url);
     assert_eq!(upstream.header("x-peercache-source"), Some("upstream"));
-    let remaining = upstream.header("x-ratelimit-remaining").unwrap().to_string();
+    let remaining = upstream
+        .header("x-ratelimit-remaining")
+        .unwrap()
+        .to_string();
 
     let cached = curl(&["-H", &bearer(TOKEN_A)], &url);
     assert_eq!(cached.header("x-peercache-source"), Some("local"));
@@ -233,7 +251,10 @@ fn cached_answers_keep_githubs_headers_and_the_callers_rate_limit_figures() {
         Some("Accept, Authorization, Cookie, X-GitHub-OTP")
     );
     assert_eq!(cached.header("etag"), upstream.header("etag"));
-    assert_eq!(cached.header("last-modified"), upstream.header("last-modified"));
+    assert_eq!(
+        cached.header("last-modified"),
+        upstream.header("last-modified")
+    );
     assert!(cached.header("content-type").unwrap().contains("json"));
     // Another token's bucket was never seen: no figures are made up for it.
     let other = curl(&["-H", &bearer(TOKEN_B)], &url);
@@ -249,8 +270,7 @@ fn during_a_rate_limit_block_a_miss_gets_githubs_403_with_retry_after() {
     sb.hub.put_json("/repos/octo/two", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[], &[]);
     let auth = format!("Bearer {TOKEN_A}");
-    sb.hub
-        .exhaust_quota(Some(&auth), Duration::from_secs(600));
+    sb.hub.exhaust_quota(Some(&auth), Duration::from_secs(600));
     // GitHub's own refusal, passed on as it is; it blocks the bucket.
     let first = curl(
         &["-H", &bearer(TOKEN_A)],
@@ -263,7 +283,12 @@ fn during_a_rate_limit_block_a_miss_gets_githubs_403_with_retry_after() {
         &["-H", &bearer(TOKEN_A)],
         &format!("{}/gh/repos/octo/two", daemon.api),
     );
-    assert_eq!(second.status, 403, "{}", String::from_utf8_lossy(&second.body));
+    assert_eq!(
+        second.status,
+        403,
+        "{}",
+        String::from_utf8_lossy(&second.body)
+    );
     let retry: u64 = second.header("retry-after").unwrap().parse().unwrap();
     assert!(retry > 500 && retry <= 601, "retry-after {retry}");
     assert_eq!(second.header("x-ratelimit-remaining"), Some("0"));
@@ -311,7 +336,12 @@ fn writes_pass_through_with_the_callers_token_and_expire_what_they_change() {
         ],
         &issues,
     );
-    assert_eq!(created.status, 201, "{}", String::from_utf8_lossy(&created.body));
+    assert_eq!(
+        created.status,
+        201,
+        "{}",
+        String::from_utf8_lossy(&created.body)
+    );
     let issue = created.json();
     assert_eq!(
         issue["user"]["login"],
@@ -407,11 +437,13 @@ fn no_body_is_read_before_the_capability_is_checked() {
     let sb = Sandbox::new();
     let daemon = sb.start_daemon(&[], &[]);
     // A wrong path announcing 2 MB that never come: the 404 must not wait for them.
-    for path in ["/0123456789abcdef0123456789abcdef/api/connect", "/gh/graphql"] {
+    for path in [
+        "/0123456789abcdef0123456789abcdef/api/connect",
+        "/gh/graphql",
+    ] {
         let mut stream = connect(&daemon);
-        let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000\r\n\r\n"
-        );
+        let head =
+            format!("POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2000000\r\n\r\n");
         stream.write_all(head.as_bytes()).unwrap();
         let answer = String::from_utf8_lossy(&read_some(&mut stream)).into_owned();
         assert!(answer.starts_with("HTTP/1.1 404"), "{path}: {answer:?}");
@@ -434,7 +466,8 @@ fn no_body_is_read_before_the_capability_is_checked() {
 #[test]
 fn the_capability_header_stands_in_for_the_path_prefix() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub
+        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[], &[]);
     let root = format!("http://127.0.0.1:{}", daemon.port());
     let cap = format!("x-peercache-capability: {}", daemon.capability());
@@ -451,7 +484,10 @@ fn the_capability_header_stands_in_for_the_path_prefix() {
         curl(&["-H", wrong], &format!("{root}/gh/repos/octo/hello")).status,
         404
     );
-    assert_eq!(curl(&[], &format!("{root}/gh/repos/octo/hello")).status, 404);
+    assert_eq!(
+        curl(&[], &format!("{root}/gh/repos/octo/hello")).status,
+        404
+    );
     // A client that calls it localhost gets localhost URLs back.
     let local = format!("http://localhost:{}", daemon.port());
     let answer = curl(&["-H", &cap], &format!("{local}/gh/repos/octo/hello"));
@@ -469,7 +505,7 @@ fn idle_connections_are_closed_after_the_header_timeout() {
     idle.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 256];
-    let closed = matches!(idle.read(&mut buf), Ok(_));
+    let closed = idle.read(&mut buf).is_ok();
     assert!(closed, "the daemon closed the connection");
     let took = started.elapsed();
     assert!(
@@ -488,7 +524,8 @@ fn open_fds(pid: u32) -> usize {
 #[test]
 fn connections_past_the_limit_are_refused_at_once_and_cannot_starve_the_daemon() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub
+        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[("PEERCACHE_API_MAX_CONNECTIONS", "32")], &[]);
     let before = open_fds(daemon.pid);
     let mut flood: Vec<TcpStream> = (0..32).map(|_| connect(&daemon)).collect();
@@ -532,7 +569,11 @@ fn serve_raises_the_open_files_limit_to_the_hard_limit() {
         });
     }
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pid = sb.serve_json().unwrap()["pid"].as_u64().unwrap() as u32;
     let _daemon = Daemon {
         api: String::new(),
@@ -551,7 +592,8 @@ fn serve_raises_the_open_files_limit_to_the_hard_limit() {
 #[test]
 fn fetch_gives_up_on_a_daemon_that_accepts_but_never_answers() {
     let sb = Sandbox::new();
-    sb.hub.put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub
+        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     // A "daemon" that accepts connections and never answers, named in serve.json.
     let wedged = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = wedged.local_addr().unwrap().port();

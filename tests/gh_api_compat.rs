@@ -71,7 +71,15 @@ fn fetch_prints_what_gh_api_prints() {
     seed(&sb);
     // Not compared: a fractional number printed on its own, which gh 2.23 rounds to two
     // decimals (0.5 → "0.50") and newer gh prints in full, as fetch does.
-    for jq in [".[].name", ".[0]", ".[].description", ".[] | .stars, .private", "map(.id) | add", ".[0].owner | keys", "[.[].ratio]"] {
+    for jq in [
+        ".[].name",
+        ".[0]",
+        ".[].description",
+        ".[] | .stars, .private",
+        "map(.id) | add",
+        ".[0].owner | keys",
+        "[.[].ratio]",
+    ] {
         assert_eq!(
             text(&fetch(&sb, &["orgs/octo/repos", "--jq", jq])),
             text(&gh(&sb, &["orgs/octo/repos", "--jq", jq])),
@@ -79,13 +87,49 @@ fn fetch_prints_what_gh_api_prints() {
         );
     }
     assert_eq!(
-        text(&fetch(&sb, &["orgs/octo/repos", "-q", ".[].name", "-f", "per_page=5"])),
-        text(&gh(&sb, &["-X", "GET", "orgs/octo/repos", "-q", ".[].name", "-f", "per_page=5"])),
+        text(&fetch(
+            &sb,
+            &["orgs/octo/repos", "-q", ".[].name", "-f", "per_page=5"]
+        )),
+        text(&gh(
+            &sb,
+            &[
+                "-X",
+                "GET",
+                "orgs/octo/repos",
+                "-q",
+                ".[].name",
+                "-f",
+                "per_page=5"
+            ]
+        )),
         "-f per_page=5"
     );
     assert_eq!(
-        fetch(&sb, &["-X", "GET", "orgs/octo/repos", "-F", "per_page=5", "-F", "page=2"]),
-        gh(&sb, &["-X", "GET", "orgs/octo/repos", "-F", "per_page=5", "-F", "page=2"]),
+        fetch(
+            &sb,
+            &[
+                "-X",
+                "GET",
+                "orgs/octo/repos",
+                "-F",
+                "per_page=5",
+                "-F",
+                "page=2"
+            ]
+        ),
+        gh(
+            &sb,
+            &[
+                "-X",
+                "GET",
+                "orgs/octo/repos",
+                "-F",
+                "per_page=5",
+                "-F",
+                "page=2"
+            ]
+        ),
         "-F per_page=5 -F page=2"
     );
     assert_eq!(
@@ -94,19 +138,61 @@ fn fetch_prints_what_gh_api_prints() {
         "--cache 1h"
     );
     assert_eq!(
-        text(&fetch(&sb, &["orgs/octo/repos", "--paginate", "-f", "per_page=5", "--jq", ".[].name"])),
-        text(&gh(&sb, &["-X", "GET", "orgs/octo/repos", "--paginate", "-f", "per_page=5", "--jq", ".[].name"])),
+        text(&fetch(
+            &sb,
+            &[
+                "orgs/octo/repos",
+                "--paginate",
+                "-f",
+                "per_page=5",
+                "--jq",
+                ".[].name"
+            ]
+        )),
+        text(&gh(
+            &sb,
+            &[
+                "-X",
+                "GET",
+                "orgs/octo/repos",
+                "--paginate",
+                "-f",
+                "per_page=5",
+                "--jq",
+                ".[].name"
+            ]
+        )),
         "--paginate --jq"
     );
     // --paginate --slurp: the pages gh prints, as one array of pages.
     let pages: Vec<String> = (1..=3)
         .map(|page| {
             let page = format!("page={page}");
-            text(&gh(&sb, &["-X", "GET", "orgs/octo/repos", "-f", "per_page=5", "-f", &page]))
+            text(&gh(
+                &sb,
+                &[
+                    "-X",
+                    "GET",
+                    "orgs/octo/repos",
+                    "-f",
+                    "per_page=5",
+                    "-f",
+                    &page,
+                ],
+            ))
         })
         .collect();
     assert_eq!(
-        text(&fetch(&sb, &["orgs/octo/repos", "--paginate", "--slurp", "-f", "per_page=5"])),
+        text(&fetch(
+            &sb,
+            &[
+                "orgs/octo/repos",
+                "--paginate",
+                "--slurp",
+                "-f",
+                "per_page=5"
+            ]
+        )),
         format!("[{}]", pages.join(","))
     );
     // --silent prints nothing and still succeeds.
@@ -119,7 +205,7 @@ fn fetch_refuses_what_it_cannot_do_with_the_fix() {
     seed(&sb);
     let post = sb.run(None, &["fetch", "-X", "POST", "orgs/octo/repos"]);
     assert!(post.fails_with(2).contains("/gh"));
-    let bad_jq = sb.run(None, &["fetch", "orgs/octo/repos", "--jq", ".[" ]);
+    let bad_jq = sb.run(None, &["fetch", "orgs/octo/repos", "--jq", ".["]);
     assert!(bad_jq.fails_with(2).contains("jq"));
     let bad_cache = sb.run(None, &["fetch", "orgs/octo/repos", "--cache", "soon"]);
     assert!(bad_cache.fails_with(2).contains("--cache"));

@@ -138,7 +138,12 @@ pub fn run(settings: &Settings, args: FetchArgs) -> anyhow::Result<Exit> {
     loop {
         let resolved = match tiers.resolve(&request)? {
             Ok(resolved) => resolved,
-            Err(ResolveError::Unreachable(message) | ResolveError::RateLimited { reason: message, .. }) => {
+            Err(
+                ResolveError::Unreachable(message)
+                | ResolveError::RateLimited {
+                    reason: message, ..
+                },
+            ) => {
                 return Err(UserError::unreachable(message).into());
             }
             Err(ResolveError::Local(e)) => return Err(e),
@@ -258,7 +263,11 @@ fn build_request(settings: &Settings, args: &FetchArgs) -> anyhow::Result<Reques
         ttl: settings.ttl,
     };
     if let Some(ttl) = args.ttl_flag()? {
-        let flag = if args.ttl.is_some() { "--ttl" } else { "--cache" };
+        let flag = if args.ttl.is_some() {
+            "--ttl"
+        } else {
+            "--cache"
+        };
         request.ttl = parse_ttl(&Raw {
             value: ttl,
             origin: Origin::Flag(flag),
@@ -293,7 +302,11 @@ fn build_request(settings: &Settings, args: &FetchArgs) -> anyhow::Result<Reques
 }
 
 /// `-f`/`-F` fields as query parameters, in the order given (`gh api -X GET` does the same).
-fn add_fields(url: &mut url::Url, args: &FetchArgs, repository: Option<&str>) -> anyhow::Result<()> {
+fn add_fields(
+    url: &mut url::Url,
+    args: &FetchArgs,
+    repository: Option<&str>,
+) -> anyhow::Result<()> {
     let (owner, repo) = repository
         .and_then(|r| r.split_once('/'))
         .map_or((None, None), |(o, r)| (Some(o), Some(r)));

@@ -109,7 +109,11 @@ const MAX_OWN_BODY: usize = 256 << 10;
 /// header) before anything else, and no body is read before that, nor on routes that take none.
 async fn dispatch(State(api): State<Arc<Api>>, request: axum::extract::Request) -> Response {
     let (parts, body) = request.into_parts();
-    let path = parts.uri.path().strip_prefix('/').unwrap_or(parts.uri.path());
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix('/')
+        .unwrap_or(parts.uri.path());
     let (first, rest) = match path.split_once('/') {
         Some((first, rest)) => (first, Some(rest)),
         None => (path, None),

@@ -194,7 +194,12 @@ fn read_ping_answer(stream: &mut TcpStream, raw: &mut Vec<u8>) -> Result<usize, 
                 ));
             }
             Ok(n) => raw.extend_from_slice(&chunk[..n]),
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 break;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -10,9 +10,9 @@ use std::time::Duration;
 use url::Url;
 
 use super::api::{ERROR_HEADER, SOURCE_HEADER, TTL_HEADER};
+use super::client::{self, ClientError, Endpoint};
 use super::gh::RAW_HEADER;
 use super::gh::rewrite::unlink;
-use super::client::{self, ClientError, Endpoint};
 use super::state;
 use crate::config::Settings;
 use crate::github::authorization_value;
@@ -111,7 +111,9 @@ impl Remote {
             let reason = body
                 .as_ref()
                 .and_then(|v| v.get("peercache")?.as_str().map(str::to_string))
-                .unwrap_or_else(|| "GitHub's rate limit forbids calls, and nothing is cached".into());
+                .unwrap_or_else(|| {
+                    "GitHub's rate limit forbids calls, and nothing is cached".into()
+                });
             let wait: u64 = response
                 .header("retry-after")
                 .and_then(|v| v.parse().ok())

@@ -2,8 +2,8 @@
 //! conditional requests, and pagination links.
 
 mod endpoint;
-pub mod ratelimit;
 mod forward;
+pub mod ratelimit;
 mod write;
 
 use std::time::Duration;

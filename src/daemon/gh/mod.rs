@@ -381,7 +381,11 @@ fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) {
         } else {
             "public"
         };
-        append(out, "cache-control", &format!("{scope}, max-age=60, s-maxage=60"));
+        append(
+            out,
+            "cache-control",
+            &format!("{scope}, max-age=60, s-maxage=60"),
+        );
     }
     if !out.contains_key("vary") {
         append(out, "vary", GITHUB_VARY);

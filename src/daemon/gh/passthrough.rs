@@ -63,13 +63,7 @@ fn graphql_url(upstream: &Url) -> Option<Url> {
 }
 
 /// Passes one request through to GitHub.
-pub async fn forward(
-    api: &Api,
-    base: &str,
-    endpoint: &str,
-    parts: &Parts,
-    body: Body,
-) -> Response {
+pub async fn forward(api: &Api, base: &str, endpoint: &str, parts: &Parts, body: Body) -> Response {
     let is_graphql = endpoint.trim_end_matches('/') == "graphql";
     let url = if is_graphql {
         graphql_url(&api.upstream).ok_or_else(|| "no GraphQL endpoint for this API base".into())
@@ -105,8 +99,7 @@ pub async fn forward(
         Some(value) => value.to_str().ok().map(Secret::new),
         None => match &api.default_token {
             Some(token) => {
-                if let Ok(mut value) = HeaderValue::from_str(&authorization_value(token.expose()))
-                {
+                if let Ok(mut value) = HeaderValue::from_str(&authorization_value(token.expose())) {
                     value.set_sensitive(true);
                     headers.insert("authorization", value);
                 }
@@ -137,7 +130,10 @@ pub async fn forward(
         Err(why) => {
             let mut response = json_error(
                 StatusCode::BAD_GATEWAY,
-                &format!("GitHub could not be reached ({why}); {method} {} was not sent", url.path()),
+                &format!(
+                    "GitHub could not be reached ({why}); {method} {} was not sent",
+                    url.path()
+                ),
             );
             response
                 .headers_mut()
@@ -163,7 +159,9 @@ pub async fn forward(
             continue;
         }
         match (lower, value.to_str()) {
-            ("link", Ok(text)) => append(&mut out, "link", &rewrite::link(text, &api.upstream, base)),
+            ("link", Ok(text)) => {
+                append(&mut out, "link", &rewrite::link(text, &api.upstream, base))
+            }
             _ => {
                 out.append(name.clone(), value.clone());
             }
@@ -176,7 +174,10 @@ pub async fn forward(
             Err(why) => {
                 return json_error(
                     StatusCode::BAD_GATEWAY,
-                    &format!("GitHub's answer to {method} {} broke off: {why}", url.path()),
+                    &format!(
+                        "GitHub's answer to {method} {} broke off: {why}",
+                        url.path()
+                    ),
                 );
             }
         };
