@@ -181,11 +181,11 @@ pub async fn forward(api: &Api, base: &str, endpoint: &str, parts: &Parts, body:
                 );
             }
         };
-        limits.record(status.as_u16(), &answer_headers, &bytes);
+        record(limits, status.as_u16(), &answer_headers, Some(&bytes)).await;
         let bytes = rewrite::urls(&bytes, &api.upstream, base).unwrap_or(bytes);
         Body::from(bytes)
     } else {
-        limits.record(status.as_u16(), &answer_headers, b"");
+        record(limits, status.as_u16(), &answer_headers, None).await;
         Body::from_stream(answer.bytes_stream())
     };
 
@@ -205,6 +205,20 @@ pub async fn forward(api: &Api, base: &str, endpoint: &str, parts: &Parts, body:
     *response.status_mut() = status;
     *response.headers_mut() = out;
     response
+}
+
+/// Keeps what the answer says about the caller's rate limit (the state file is locked and
+/// written, so off the async threads); `body`, when read, lets a refusal be recognised by its
+/// message.
+async fn record(
+    limits: crate::github::ratelimit::RateLimits,
+    status: u16,
+    headers: &HeaderMap,
+    body: Option<&[u8]>,
+) {
+    let headers = headers.clone();
+    let body = body.map(|b| b[..b.len().min(4096)].to_vec()).unwrap_or_default();
+    let _ = tokio::task::spawn_blocking(move || limits.record(status, &headers, &body)).await;
 }
 
 /// A body stream that fails once more than `max` bytes went through it.
