@@ -594,24 +594,31 @@ fn fetch_gives_up_on_a_daemon_that_accepts_but_never_answers() {
     let sb = Sandbox::new();
     sb.hub
         .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
-    // A "daemon" that accepts connections and never answers, named in serve.json.
-    let wedged = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = wedged.local_addr().unwrap().port();
-    std::fs::create_dir_all(sb.home()).unwrap();
-    let info = serde_json::json!({
-        "pid": std::process::id(),
-        "peer_id": "12D3KooWDpJ7As7BWAwRMfu1VU2WCqNjvq387JEYKDBj4kx6nXTN",
-        "listen_addrs": [],
-        "api_url": format!("http://127.0.0.1:{port}/0123456789abcdef0123456789abcdef"),
-        "started_at": 1,
-        "sharing": false,
-        "upstream_url": sb.hub.url(),
-    });
-    std::fs::write(sb.home().join("serve.json"), info.to_string()).unwrap();
+    let daemon = sb.start_daemon(&[], &[]);
+    // A wedged daemon: alive, its socket still accepting into the backlog, answering nothing.
+    common::send_signal(daemon.pid, libc::SIGSTOP);
     let started = Instant::now();
-    let run = sb.fetch(None, "repos/octo/hello", &[]).ok();
+    let mut child = sb
+        .command(&["fetch", "-i", "repos/octo/hello"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_until(Duration::from_secs(20), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    if !finished {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    common::send_signal(daemon.pid, libc::SIGCONT);
+    assert!(
+        finished,
+        "fetch still waited for the wedged daemon after 20 s"
+    );
     let took = started.elapsed();
+    let run = common::Run::from(out).ok();
     assert_eq!(run.source(), "upstream", "answered by the direct path");
+    assert!(run.stderr.contains("did not answer"), "{}", run.stderr);
     assert!(took < Duration::from_secs(10), "fetch waited {took:?}");
-    drop(wedged);
 }

@@ -217,7 +217,9 @@ async fn record(
     body: Option<&[u8]>,
 ) {
     let headers = headers.clone();
-    let body = body.map(|b| b[..b.len().min(4096)].to_vec()).unwrap_or_default();
+    let body = body
+        .map(|b| b[..b.len().min(4096)].to_vec())
+        .unwrap_or_default();
     let _ = tokio::task::spawn_blocking(move || limits.record(status, &headers, &body)).await;
 }
 
