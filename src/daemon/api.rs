@@ -71,6 +71,8 @@ pub struct Api {
     pub peer_id: String,
     /// Answers per endpoint and the last rate-limit figures.
     pub observer: Observer,
+    /// Each token's rate-limit figures for cached answers.
+    pub limit_figures: super::gh::LimitFigures,
     /// libp2p's own metrics (empty when sharing is off).
     pub libp2p_registry: prometheus_client::registry::Registry,
 }

@@ -212,6 +212,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         sharing_reason: sharing_reason.clone(),
         peer_id: peer_id.to_string(),
         observer: metrics::Observer::new(),
+        limit_figures: gh::LimitFigures::default(),
         libp2p_registry,
     });
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();

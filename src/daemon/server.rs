@@ -114,11 +114,11 @@ pub async fn serve(
             }
         };
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            let _ = stream.try_write(BUSY);
             tracing::debug!(
                 "local API: {} connections open; refused one more",
                 limits.max_connections
             );
+            tokio::spawn(refuse(stream));
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -132,4 +132,24 @@ pub async fn serve(
     drop(listener);
     // The caller bounds the drain (and aborts this task when it takes too long).
     graceful.shutdown().await;
+}
+
+/// Answers a connection past the limit with a 503 and closes it. What the client already sent
+/// is read (briefly, a little) first: closing a socket with unread data would reset it, and the
+/// client would never see the 503 and its `retry-after`.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = tokio::time::timeout(Duration::from_millis(200), async {
+        let _ = stream.write_all(BUSY).await;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let mut left = 16usize;
+        while left > 0 {
+            match stream.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => left -= 1,
+            }
+        }
+    })
+    .await;
 }

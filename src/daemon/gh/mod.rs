@@ -111,6 +111,41 @@ async fn observe(api: &Api, request: &Request, result: &Result<Resolved, Resolve
     }
 }
 
+/// The rate-limit figures of each token's bucket as last read from the cache dir, re-read at
+/// most once a second: cached answers carry them, and reading the state file for every hit
+/// would cost more than the hit itself.
+#[derive(Debug, Default)]
+pub struct LimitFigures {
+    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LimitState)>>,
+}
+
+/// How old the figures on a cached answer may be.
+const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
+/// Buckets remembered at most (then the memory starts over).
+const FIGURES_MAX_BUCKETS: usize = 1024;
+
+impl LimitFigures {
+    /// The bucket's figures, at most [`FIGURES_MAX_AGE`] old.
+    fn get(&self, api: &Api, token: Option<&Secret>) -> LimitState {
+        let tag = crate::cache::token_tag(token.map(Secret::expose));
+        let now = std::time::Instant::now();
+        if let Ok(seen) = self.seen.lock()
+            && let Some((at, state)) = seen.get(&tag)
+            && now.duration_since(*at) < FIGURES_MAX_AGE
+        {
+            return state.clone();
+        }
+        let state = limits_of(api, token).state();
+        if let Ok(mut seen) = self.seen.lock() {
+            if seen.len() >= FIGURES_MAX_BUCKETS {
+                seen.clear();
+            }
+            seen.insert(tag, (now, state.clone()));
+        }
+        state
+    }
+}
+
 fn limits_of(api: &Api, token: Option<&Secret>) -> RateLimits {
     RateLimits::new(
         api.cache.dir(),
@@ -390,7 +425,7 @@ fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) {
     if !out.contains_key("vary") {
         append(out, "vary", GITHUB_VARY);
     }
-    let state = limits_of(api, request.token.as_ref()).state();
+    let state = api.limit_figures.get(api, request.token.as_ref());
     if ratelimit_headers(&state, out) {
         append(out, RATELIMIT_MARK_HEADER, "cached");
     }
