@@ -494,3 +494,22 @@ fn http_error_line(resolved: &Resolved) -> String {
         .unwrap_or_default();
     format!("GitHub answered {} {reason}{message}", resolved.status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_go_duration;
+
+    #[test]
+    fn durations_as_gh_takes_them() {
+        assert_eq!(parse_go_duration("1h"), Some(3600));
+        assert_eq!(parse_go_duration("60m"), Some(3600));
+        assert_eq!(parse_go_duration("3600s"), Some(3600));
+        assert_eq!(parse_go_duration("1h30m"), Some(5400));
+        assert_eq!(parse_go_duration("1.5h"), Some(5400));
+        assert_eq!(parse_go_duration("500ms"), Some(1));
+        assert_eq!(parse_go_duration("0"), Some(0));
+        for bad in ["", "1", "h", "1d", "soon", "1h-5m", "1e400h"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
+}
