@@ -1,6 +1,6 @@
 //! `<base>/gh/…`: a base URL that behaves like `https://api.github.com` for real clients.
 //!
-//! - `GET` and `HEAD` go through the cache tiers ([`read`]); the answer keeps the headers
+//! - `GET` and `HEAD` go through the cache tiers ([`read`], [`answer`], [`limits`]); the answer keeps the headers
 //!   clients rely on, carries an ETag of the daemon's own (the same for every token), answers
 //!   a matching `If-None-Match`/`If-Modified-Since` with 304, and has the upstream API's URLs
 //!   in its body and `Link` pointing back at the daemon ([`rewrite`]).
@@ -8,24 +8,26 @@
 //!
 //! `fetch` asks with `x-peercache-raw: 1` and gets GitHub's bytes and headers unchanged.
 
+mod answer;
+mod limits;
 mod passthrough;
 pub mod rewrite;
+
+pub use limits::LimitFigures;
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
-use serde_json::json;
-use sha2::{Digest, Sha256};
+use axum::response::Response;
 use url::Url;
 
-use super::api::{Api, ERROR_HEADER, SOURCE_HEADER, TTL_HEADER, json_error};
+use super::api::{Api, ERROR_HEADER, TTL_HEADER, json_error};
 use super::metrics::Outcome;
 use crate::cache::{DEFAULT_ACCEPT, DEFAULT_API_VERSION};
 use crate::github::on_api_host;
-use crate::github::ratelimit::{LimitState, RateLimits};
+use crate::github::ratelimit::RateLimits;
 use crate::resolver::{Request, ResolveError, Resolved, Source};
 use crate::secret::Secret;
 
@@ -73,8 +75,8 @@ async fn read(api: &Api, base: &str, endpoint: &str, parts: &Parts) -> Response 
     observe(api, &request, &result).await;
     let raw = parts.headers.contains_key(RAW_HEADER);
     match result {
-        Ok(resolved) if raw => respond_raw(api, base, resolved),
-        Ok(resolved) => respond(api, base, &request, &parts.headers, resolved),
+        Ok(resolved) if raw => answer::respond_raw(api, base, resolved),
+        Ok(resolved) => answer::respond(api, base, &request, &parts.headers, resolved),
         Err(ResolveError::Unreachable(message)) => {
             let mut response = json_error(StatusCode::BAD_GATEWAY, &message);
             response
@@ -83,7 +85,7 @@ async fn read(api: &Api, base: &str, endpoint: &str, parts: &Parts) -> Response 
             response
         }
         Err(ResolveError::RateLimited { until_ms, reason }) => {
-            rate_limited(api, &request, until_ms, &reason)
+            limits::rate_limited(api, &request, until_ms, &reason)
         }
         Err(ResolveError::Local(error)) => {
             let message = format!("{error:#}");
@@ -108,41 +110,6 @@ async fn observe(api: &Api, request: &Request, result: &Result<Resolved, Resolve
     let limits = limits_of(api, request.token.as_ref());
     if let Ok(state) = tokio::task::spawn_blocking(move || limits.state()).await {
         api.observer.record_rate_limit(&state);
-    }
-}
-
-/// The rate-limit figures of each token's bucket as last read from the cache dir, re-read at
-/// most once a second: cached answers carry them, and reading the state file for every hit
-/// would cost more than the hit itself.
-#[derive(Debug, Default)]
-pub struct LimitFigures {
-    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LimitState)>>,
-}
-
-/// How old the figures on a cached answer may be.
-const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
-/// Buckets remembered at most (then the memory starts over).
-const FIGURES_MAX_BUCKETS: usize = 1024;
-
-impl LimitFigures {
-    /// The bucket's figures, at most [`FIGURES_MAX_AGE`] old.
-    fn get(&self, api: &Api, token: Option<&Secret>) -> LimitState {
-        let tag = crate::cache::token_tag(token.map(Secret::expose));
-        let now = std::time::Instant::now();
-        if let Ok(seen) = self.seen.lock()
-            && let Some((at, state)) = seen.get(&tag)
-            && now.duration_since(*at) < FIGURES_MAX_AGE
-        {
-            return state.clone();
-        }
-        let state = limits_of(api, token).state();
-        if let Ok(mut seen) = self.seen.lock() {
-            if seen.len() >= FIGURES_MAX_BUCKETS {
-                seen.clear();
-            }
-            seen.insert(tag, (now, state.clone()));
-        }
-        state
     }
 }
 
@@ -253,49 +220,6 @@ fn to_request(
     })
 }
 
-/// Headers never passed on: hyper frames the body itself, and the daemon sets its own.
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "upgrade",
-    SOURCE_HEADER,
-    ERROR_HEADER,
-    RATELIMIT_MARK_HEADER,
-];
-
-/// What GitHub sends on every 200 and 304 of the REST API.
-const GITHUB_VARY: &str = "Accept, Authorization, Cookie, X-GitHub-OTP";
-
-/// The answer for `fetch`: status, headers and body as GitHub sent them (`Link` pointing at
-/// the daemon, which `fetch` maps back), and `x-peercache-source`.
-fn respond_raw(api: &Api, base: &str, resolved: Resolved) -> Response {
-    let Ok(status) = StatusCode::from_u16(resolved.status) else {
-        return invalid_status(resolved.status);
-    };
-    let mut response = Response::new(Body::from(resolved.body));
-    *response.status_mut() = status;
-    let out = response.headers_mut();
-    for (name, value) in &resolved.headers {
-        let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str()) {
-            continue;
-        }
-        let value = if lower == "link" {
-            rewrite::link(value, &api.upstream, base)
-        } else {
-            value.clone()
-        };
-        append(out, &lower, &value);
-    }
-    out.insert(
-        SOURCE_HEADER,
-        HeaderValue::from_static(resolved.source.as_str()),
-    );
-    response
-}
-
 fn invalid_status(status: u16) -> Response {
     json_error(
         StatusCode::BAD_GATEWAY,
@@ -310,187 +234,4 @@ fn append(out: &mut HeaderMap, name: &str, value: &str) {
     ) {
         out.append(name, value);
     }
-}
-
-/// The daemon's ETag for a body: the same whoever asks and whichever member stored it (GitHub's
-/// own depends on the token).
-pub fn etag_of(resolved: &Resolved) -> String {
-    let digest = match &resolved.entry {
-        Some(entry) => entry.digest.clone(),
-        None => hex::encode(Sha256::digest(&resolved.body)),
-    };
-    format!("W/\"pc-{}\"", &digest[..digest.len().min(40)])
-}
-
-/// The answer for a client: GitHub's answer with the daemon's ETag, a 304 when the client's
-/// validators still match, the headers of a GitHub answer on cached ones, and URLs in the body
-/// pointing back at the daemon.
-fn respond(
-    api: &Api,
-    base: &str,
-    request: &Request,
-    asked: &HeaderMap,
-    resolved: Resolved,
-) -> Response {
-    let Ok(status) = StatusCode::from_u16(resolved.status) else {
-        return invalid_status(resolved.status);
-    };
-    let success = resolved.is_success();
-    let etag = success.then(|| etag_of(&resolved));
-    let header_of = |name: &str| {
-        resolved
-            .headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let not_modified = etag
-        .as_deref()
-        .is_some_and(|etag| still_valid(asked, etag, header_of("last-modified")));
-    let is_json = header_of("content-type").is_some_and(|t| t.contains("json"));
-
-    let mut out = HeaderMap::new();
-    for (name, value) in &resolved.headers {
-        let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str()) || (success && lower == "etag") {
-            continue;
-        }
-        if not_modified && lower == "content-type" {
-            continue;
-        }
-        let value = if lower == "link" {
-            rewrite::link(value, &api.upstream, base)
-        } else {
-            value.clone()
-        };
-        append(&mut out, &lower, &value);
-    }
-    if let Some(etag) = &etag {
-        append(&mut out, "etag", etag);
-    }
-    if resolved.source != Source::Upstream {
-        cached_headers(api, request, &mut out);
-    }
-    out.insert(
-        SOURCE_HEADER,
-        HeaderValue::from_static(resolved.source.as_str()),
-    );
-    let body = if not_modified {
-        Vec::new()
-    } else if is_json {
-        rewrite::urls(&resolved.body, &api.upstream, base).unwrap_or(resolved.body)
-    } else {
-        resolved.body
-    };
-    let mut response = Response::new(Body::from(body));
-    *response.status_mut() = if not_modified {
-        StatusCode::NOT_MODIFIED
-    } else {
-        status
-    };
-    *response.headers_mut() = out;
-    response
-}
-
-/// Whether a client's `If-None-Match` (or, without one, `If-Modified-Since`) still matches.
-fn still_valid(asked: &HeaderMap, etag: &str, last_modified: Option<&str>) -> bool {
-    let text = |name| asked.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
-    if let Some(list) = text("if-none-match") {
-        let ours = etag.trim_start_matches("W/");
-        return list
-            .split(',')
-            .map(str::trim)
-            .any(|tag| tag == "*" || tag.trim_start_matches("W/") == ours);
-    }
-    let since = text("if-modified-since").and_then(|v| httpdate::parse_http_date(v.trim()).ok());
-    let modified = last_modified.and_then(|v| httpdate::parse_http_date(v.trim()).ok());
-    matches!((since, modified), (Some(since), Some(modified)) if modified <= since)
-}
-
-/// What GitHub sends with every answer and the cache does not store: `cache-control`, `vary`,
-/// and the caller's rate-limit figures as last seen (marked as such).
-fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) {
-    if !out.contains_key("cache-control") {
-        let scope = if request.token.is_some() {
-            "private"
-        } else {
-            "public"
-        };
-        append(
-            out,
-            "cache-control",
-            &format!("{scope}, max-age=60, s-maxage=60"),
-        );
-    }
-    if !out.contains_key("vary") {
-        append(out, "vary", GITHUB_VARY);
-    }
-    let state = api.limit_figures.get(api, request.token.as_ref());
-    if ratelimit_headers(&state, out) {
-        append(out, RATELIMIT_MARK_HEADER, "cached");
-    }
-}
-
-/// `x-ratelimit-*` from a bucket's last figures; false when none were ever seen.
-fn ratelimit_headers(state: &LimitState, out: &mut HeaderMap) -> bool {
-    let (Some(limit), Some(remaining)) = (state.limit, state.remaining) else {
-        return false;
-    };
-    append(out, "x-ratelimit-limit", &limit.to_string());
-    append(out, "x-ratelimit-remaining", &remaining.to_string());
-    append(
-        out,
-        "x-ratelimit-used",
-        &limit.saturating_sub(remaining).to_string(),
-    );
-    if let Some(reset) = state.reset {
-        append(out, "x-ratelimit-reset", &reset.to_string());
-    }
-    append(out, "x-ratelimit-resource", "core");
-    true
-}
-
-/// During a rate-limit block, with nothing cached: what GitHub itself answers — 403 with
-/// `x-ratelimit-remaining: 0` when the primary limit is spent, else 429 (a secondary limit) —
-/// with `retry-after` and `x-ratelimit-reset`, so throttling plugins know when to retry.
-fn rate_limited(api: &Api, request: &Request, until_ms: u64, reason: &str) -> Response {
-    let state = limits_of(api, request.token.as_ref()).state();
-    let now = crate::cache::now_ms();
-    let wait_secs = until_ms.saturating_sub(now).div_ceil(1000).max(1);
-    let primary = state.remaining == Some(0);
-    let (status, message, docs) = if primary {
-        (
-            StatusCode::FORBIDDEN,
-            "API rate limit exceeded. (peercache makes no call to GitHub before the reset.)",
-            "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api",
-        )
-    } else {
-        (
-            StatusCode::TOO_MANY_REQUESTS,
-            "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
-            "https://docs.github.com/rest/overview/rate-limits-for-the-rest-api#about-secondary-rate-limits",
-        )
-    };
-    let mut response = (
-        status,
-        axum::Json(json!({
-            "message": message,
-            "documentation_url": docs,
-            "peercache": reason,
-        })),
-    )
-        .into_response();
-    let out = response.headers_mut();
-    append(out, "retry-after", &wait_secs.to_string());
-    let reset = state.reset.unwrap_or(until_ms / 1000).max(until_ms / 1000);
-    if let Some(limit) = state.limit {
-        append(out, "x-ratelimit-limit", &limit.to_string());
-    }
-    if primary {
-        append(out, "x-ratelimit-remaining", "0");
-    }
-    append(out, "x-ratelimit-reset", &reset.to_string());
-    append(out, "x-ratelimit-resource", "core");
-    append(out, ERROR_HEADER, "rate-limited");
-    response
 }
