@@ -1,10 +1,10 @@
 //! `<base>/gh/…`: a base URL that behaves like `https://api.github.com` for real clients.
 //!
-//! - `GET` and `HEAD` go through the cache tiers ([`read`], [`answer`], [`limits`]); the answer keeps the headers
+//! - `GET` and `HEAD` go through the cache tiers (`read`, `answer`, `limits`); the answer keeps the headers
 //!   clients rely on, carries an ETag of the daemon's own (the same for every token), answers
 //!   a matching `If-None-Match`/`If-Modified-Since` with 304, and has the upstream API's URLs
 //!   in its body and `Link` pointing back at the daemon ([`rewrite`]).
-//! - Every other method, and `POST /graphql`, is passed through uncached ([`passthrough`]).
+//! - Every other method, and `POST /graphql`, is passed through uncached (`passthrough`).
 //!
 //! `fetch` asks with `x-peercache-raw: 1` and gets GitHub's bytes and headers unchanged.
 
