@@ -162,6 +162,11 @@ pub async fn forward(api: &Api, base: &str, endpoint: &str, parts: &Parts, body:
             ("link", Ok(text)) => {
                 append(&mut out, "link", &rewrite::link(text, &api.upstream, base))
             }
+            ("location", Ok(text)) if !raw => append(
+                &mut out,
+                "location",
+                &rewrite::location(text, &api.upstream, base),
+            ),
             _ => {
                 out.append(name.clone(), value.clone());
             }

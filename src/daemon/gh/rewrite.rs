@@ -20,6 +20,17 @@ pub fn link(link: &str, upstream: &Url, base: &str) -> String {
     link.replace(&from, &to)
 }
 
+/// A `Location` (GitHub sends one with a 201) under the upstream base, pointed at `<base>/gh`.
+pub fn location(value: &str, upstream: &Url, base: &str) -> String {
+    let from = upstream_base(upstream);
+    match value.strip_prefix(from) {
+        Some(rest) if rest.is_empty() || rest.starts_with(['/', '?']) => {
+            format!("{}/gh{rest}", base.trim_end_matches('/'))
+        }
+        _ => value.to_string(),
+    }
+}
+
 /// The inverse of [`link`], for `fetch`, which shows and follows upstream URLs.
 pub fn unlink(link: &str, upstream: &Url, base: &str) -> String {
     let from = format!("<{}/gh/", base.trim_end_matches('/'));
@@ -72,6 +83,18 @@ mod tests {
             r#"<http://127.0.0.1:4000/cap/gh/repos/a/b/issues?page=2>; rel="next", <https://elsewhere.example/x>; rel="help""#
         );
         assert_eq!(unlink(&rewritten, &upstream, base), header);
+        assert_eq!(
+            location(
+                "https://ghe.example/api/v3/repos/a/b/issues/5",
+                &upstream,
+                base
+            ),
+            "http://127.0.0.1:4000/cap/gh/repos/a/b/issues/5"
+        );
+        assert_eq!(
+            location("https://ghe.example/api/v3x/elsewhere", &upstream, base),
+            "https://ghe.example/api/v3x/elsewhere"
+        );
     }
 
     #[test]
