@@ -79,7 +79,21 @@ pub struct Api {
 
 /// The API's router: one handler that routes by hand.
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new().fallback(dispatch).with_state(api)
+    Router::new()
+        .fallback(dispatch)
+        .with_state(api)
+        .layer(axum::middleware::map_response(keep_alive_hint))
+}
+
+/// The server closes a connection idle for 5 s (the header-read timeout); saying so lets
+/// clients with connection pools (undici, urllib3) retire it first instead of reusing a
+/// connection that is being closed.
+async fn keep_alive_hint(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::HeaderName::from_static("keep-alive"),
+        HeaderValue::from_static("timeout=4"),
+    );
+    response
 }
 
 /// 128 random bits as 32 hex digits, from the OS's generator.

@@ -141,7 +141,11 @@ impl Remote {
                 // answers straight from GitHub carry GitHub's own).
                 let ours = matches!(
                     name.as_str(),
-                    "content-length" | "connection" | "transfer-encoding" | SOURCE_HEADER
+                    "content-length"
+                        | "connection"
+                        | "keep-alive"
+                        | "transfer-encoding"
+                        | SOURCE_HEADER
                 );
                 let hypers_date = name == "date" && source != Source::Upstream;
                 !ours && !hypers_date
