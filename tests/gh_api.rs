@@ -527,23 +527,6 @@ fn connections_past_the_limit_are_refused_at_once_and_cannot_starve_the_daemon()
     sb.hub
         .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
     let daemon = sb.start_daemon(&[("PEERCACHE_API_MAX_CONNECTIONS", "32")], &[]);
-    let before = open_fds(daemon.pid);
-    let mut flood: Vec<TcpStream> = (0..32).map(|_| connect(&daemon)).collect();
-    // Past the limit: a 503 at once.
-    let mut extra = connect(&daemon);
-    let answer = String::from_utf8_lossy(&read_some(&mut extra)).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
-    for _ in 0..200 {
-        flood.push(connect(&daemon));
-    }
-    // Refused connections are let go within moments; the flood never holds more than the limit.
-    assert!(
-        wait_until(Duration::from_secs(3), || open_fds(daemon.pid)
-            <= before + 40),
-        "the flood holds {} descriptors",
-        open_fds(daemon.pid).saturating_sub(before)
-    );
-    // The idle flood is dropped after the header timeout; authorised requests then answer.
     let url = format!("{}/gh/repos/octo/hello", daemon.api);
     let status = || {
         let out = Command::new("curl")
@@ -561,8 +544,25 @@ fn connections_past_the_limit_are_refused_at_once_and_cannot_starve_the_daemon()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    // While the flood holds every slot: 503, answered at once.
+    let before = open_fds(daemon.pid);
+    let mut flood: Vec<TcpStream> = (0..32).map(|_| connect(&daemon)).collect();
+    // Past the limit: a 503 at once.
+    let mut extra = connect(&daemon);
+    let answer = String::from_utf8_lossy(&read_some(&mut extra)).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer:?}");
+    // A client that sends its request first sees the 503 too (not a reset).
     assert_eq!(status(), "503");
+    for _ in 0..200 {
+        flood.push(connect(&daemon));
+    }
+    // Refused connections are let go within moments; the flood never holds more than the limit.
+    assert!(
+        wait_until(Duration::from_secs(3), || open_fds(daemon.pid)
+            <= before + 40),
+        "the flood holds {} descriptors",
+        open_fds(daemon.pid).saturating_sub(before)
+    );
+    // The idle flood is dropped after the header timeout; authorised requests then answer.
     assert!(
         wait_until(Duration::from_secs(20), || status() == "200"),
         "an authorised request got through"
