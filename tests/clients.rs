@@ -1,5 +1,5 @@
 //! Real clients, unchanged, pointed at the daemon's `/gh` base URL: octokit (`@octokit/rest`
-//! from npm) and PyGithub (from PyPI), installed into target/clients by
+//! from npm), PyGithub and ghapi (from PyPI), installed into target/clients by
 //! scripts/ensure-tools.sh. Each runs a scripted job (tests/clients/) and the upstream calls
 //! of each scenario are counted.
 
@@ -18,7 +18,9 @@ fn clients_dir() -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/clients"));
     assert!(
-        dir.join("node_modules/@octokit/rest").is_dir() && dir.join("venv/bin/python").is_file(),
+        dir.join("node_modules/@octokit/rest").is_dir()
+            && dir.join("venv/bin/python").is_file()
+            && std::fs::read_to_string(dir.join("pins")).is_ok_and(|p| p.contains("ghapi")),
         "the clients are not installed in {}: run scripts/ensure-tools.sh",
         dir.display()
     );
@@ -162,6 +164,42 @@ fn pygithub_runs_a_whole_job_against_the_gh_base_url() {
     assert_eq!(limit, 5000);
     assert!(remaining > 0 && remaining < 5000, "{limits:?}");
     assert_eq!(calls(&sb), expected_calls());
+}
+
+#[test]
+fn ghapi_runs_a_job_against_the_gh_base_url() {
+    let clients = clients_dir();
+    let sb = Sandbox::new();
+    seed(&sb);
+    let daemon = sb.start_daemon(&[], &[]);
+    let base = format!("{}/gh", daemon.api);
+    let mut cmd = Command::new(clients.join("venv/bin/python"));
+    cmd.arg(script("ghapi_job.py"));
+    let out = run_job(cmd, &base);
+
+    assert_eq!(out["repo_url"], format!("{base}/repos/octo/hello"));
+    assert_eq!(
+        out["issue_titles"],
+        serde_json::json!(["three", "two", "one"])
+    );
+    assert_eq!(out["read_back_title"], "from ghapi");
+    // The write expired the repository: revalidated (a free 304), with the caller's figures.
+    assert_eq!(out["cached_source"], "revalidated");
+    let remaining: u64 = out["cached_remaining"].as_str().unwrap().parse().unwrap();
+    assert!(remaining > 0 && remaining < 5000, "{remaining}");
+    // ghapi's `paged` asks for every page by number, the empty third one too.
+    let expected: Vec<String> = [
+        "GET /repos/octo/hello 200",
+        "GET /repos/octo/hello/issues 200",
+        "GET /repos/octo/hello/issues 200",
+        "GET /repos/octo/hello/issues 200",
+        "POST /repos/octo/hello/issues 201",
+        "GET /repos/octo/hello/issues/4 200",
+        "GET /repos/octo/hello 304",
+    ]
+    .map(String::from)
+    .to_vec();
+    assert_eq!(calls(&sb), expected);
 }
 
 // needs the lead's Accept normalisation (key.rs)
