@@ -131,7 +131,7 @@ pub async fn forward(api: &Api, base: &str, endpoint: &str, parts: &Parts, body:
             let mut response = json_error(
                 StatusCode::BAD_GATEWAY,
                 &format!(
-                    "GitHub could not be reached ({why}); {method} {} was not sent",
+                    "no answer from GitHub to {method} {} ({why}); a write may or may not have been applied",
                     url.path()
                 ),
             );
