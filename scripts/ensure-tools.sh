@@ -43,3 +43,24 @@ if [[ "$(cat "$tools_venv/pins" 2>/dev/null)" != "${tools_pins[*]}" ]]; then
   "$tools_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${tools_pins[@]}" >&2
   echo "${tools_pins[*]}" >"$tools_venv/pins"
 fi
+
+# Real API clients for tests/clients.rs (octokit from npm; PyGithub and ghapi from PyPI, ghapi
+# with the fastcore it still starts with), pinned, in target/clients; and Debian's gh, which
+# tests/gh_api_compat.rs compares `peercache fetch` with.
+command -v gh >/dev/null 2>&1 || {
+  "${sudo_cmd[@]}" apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq gh >&2
+}
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+clients_dir="$repo_root/target/clients"
+python_clients=(PyGithub==2.10.0 ghapi==1.0.6 fastcore==1.8.16)
+clients_pins="$(cat "$repo_root/tests/clients/package.json") ${python_clients[*]}"
+if [[ "$(cat "$clients_dir/pins" 2>/dev/null)" != "$clients_pins" ]]; then
+  echo "installing into $clients_dir: @octokit/rest (npm), ${python_clients[*]} (PyPI)" >&2
+  mkdir -p "$clients_dir"
+  cp "$repo_root/tests/clients/package.json" "$clients_dir/package.json"
+  (cd "$clients_dir" && npm install --no-audit --no-fund --silent >&2)
+  python3 -m venv "$clients_dir/venv" >&2
+  "$clients_dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${python_clients[@]}" >&2
+  echo "$clients_pins" >"$clients_dir/pins"
+fi

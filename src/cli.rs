@@ -82,7 +82,7 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             cmd::init::run(&settings, args)
         }
         Command::Fetch(args) => {
-            flags.ttl = args.ttl.clone();
+            flags.ttl = args.ttl_flag()?;
             let settings = Settings::load(&flags)?;
             init_logging(&settings.log, false);
             cmd::fetch::run(&settings, args)

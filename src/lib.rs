@@ -13,6 +13,7 @@ pub mod config;
 pub mod daemon;
 pub mod error;
 pub mod github;
+pub mod jq;
 pub mod logging;
 pub mod p2p;
 pub mod registry;

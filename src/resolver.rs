@@ -219,6 +219,15 @@ pub enum ResolveError {
     /// GitHub could not be reached or may not be called yet, and nothing is cached.
     #[error("{0}")]
     Unreachable(String),
+    /// GitHub's rate limit for the request's token forbids calls until `until_ms`, and nothing
+    /// is cached (the local API answers it with GitHub's own 403/429 and `retry-after`).
+    #[error("{reason}")]
+    RateLimited {
+        /// No upstream call before this time (ms since the epoch).
+        until_ms: u64,
+        /// Why, and until when, for people.
+        reason: String,
+    },
     /// A local failure (the cache dir, the runtime).
     #[error(transparent)]
     Local(#[from] anyhow::Error),
@@ -444,6 +453,44 @@ impl Resolver {
         result
     }
 
+    /// After a successful write to `request.url`: every entry of that path and of its
+    /// collection (the path without its last segment), under any query, is marked expired, so
+    /// the next read revalidates upstream instead of serving what the write changed. Entries
+    /// are found by their URL (not by recomputing keys), so it holds however keys are made.
+    pub async fn invalidate(&self, request: &Request) {
+        let path = request.url.path().trim_end_matches('/').to_string();
+        let collection = path.rsplit_once('/').map(|(parent, _)| parent.to_string());
+        let origin = request.url.origin();
+        let cache = self.cache.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut expired = 0usize;
+            for (id, entry) in cache.entries() {
+                let Ok(url) = Url::parse(&entry.url) else {
+                    continue;
+                };
+                let entry_path = url.path().trim_end_matches('/');
+                let hit = entry_path == path || collection.as_deref() == Some(entry_path);
+                if !hit || url.origin() != origin || entry.fetched_at_ms == 0 {
+                    continue;
+                }
+                if let Lookup::Hit { mut entry, body } = cache.get_by_id(&id, None) {
+                    entry.fetched_at_ms = 0;
+                    if cache.put_entry(&id, &entry, &body).is_ok() {
+                        expired += 1;
+                    }
+                }
+            }
+            expired
+        })
+        .await;
+        if let Ok(expired) = outcome {
+            tracing::debug!(
+                "a write to {} expired {expired} cache entries",
+                request.url.path()
+            );
+        }
+    }
+
     async fn lookup(&self, key: &CacheKey) -> Result<Lookup, ResolveError> {
         let cache = self.cache.clone();
         let key = key.clone();
@@ -658,10 +705,10 @@ impl Resolver {
                 format_time(until_ms)
             );
             return stale_or(stale, why.clone(), || {
-                Err(ResolveError::Unreachable(format!(
-                    "{why}, and nothing is cached for {}",
-                    request.url
-                )))
+                Err(ResolveError::RateLimited {
+                    until_ms,
+                    reason: format!("{why}, and nothing is cached for {}", request.url),
+                })
             });
         }
 

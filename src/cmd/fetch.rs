@@ -21,25 +21,110 @@ pub struct FetchArgs {
     /// repos/{owner}/{repo}/… ({owner}/{repo} from GITHUB_REPOSITORY), a path, or a full URL on the API host
     #[arg(value_name = "ENDPOINT")]
     endpoint: String,
+    /// The HTTP method: only GET (other methods: use the daemon's $PEERCACHE_API/gh base URL)
+    #[arg(short = 'X', long = "method", value_name = "METHOD")]
+    method: Option<String>,
+    /// Add a query parameter, as `gh api -X GET -f key=value` (repeatable)
+    #[arg(short = 'f', long = "raw-field", value_name = "KEY=VALUE")]
+    raw_fields: Vec<String>,
+    /// Add a query parameter with gh's magic: {owner}/{repo} filled in, @FILE read (repeatable)
+    #[arg(short = 'F', long = "field", value_name = "KEY=VALUE")]
+    fields: Vec<String>,
     /// Add a request header, e.g. -H 'Accept: application/vnd.github.raw+json' (repeatable)
     #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
     headers: Vec<String>,
     /// Follow Link rel="next" and print one merged JSON array
     #[arg(long)]
     paginate: bool,
+    /// With --paginate: print one JSON array whose elements are the pages, as `gh api --slurp`
+    #[arg(long, requires = "paginate", conflicts_with = "jq")]
+    slurp: bool,
+    /// Filter the answer with a jq expression (jaq); strings are printed raw, as gh does
+    #[arg(short = 'q', long = "jq", value_name = "EXPRESSION")]
+    jq: Option<String>,
+    /// Print nothing on success (the exit code still tells)
+    #[arg(long)]
+    silent: bool,
     /// Print the status line and headers (with x-peercache-source) before the body
     #[arg(short = 'i', long = "include")]
     include: bool,
     /// Freshness TTL in seconds for this call [env: PEERCACHE_TTL; default 300]
     #[arg(long, value_name = "SECONDS")]
-    pub ttl: Option<String>,
+    ttl: Option<String>,
+    /// Freshness TTL as gh's --cache takes it: 90s, 5m, 1h, 1h30m
+    #[arg(long, value_name = "DURATION", conflicts_with = "ttl")]
+    cache: Option<String>,
     /// Use the local cache directly, never a running daemon
     #[arg(long)]
     no_daemon: bool,
 }
 
+impl FetchArgs {
+    /// The TTL flag in seconds (`--ttl`, or `--cache` converted), for the settings.
+    pub fn ttl_flag(&self) -> anyhow::Result<Option<String>> {
+        match (&self.ttl, &self.cache) {
+            (Some(ttl), _) => Ok(Some(ttl.clone())),
+            (None, Some(cache)) => match parse_go_duration(cache) {
+                Some(secs) => Ok(Some(secs.to_string())),
+                None => usage(format!(
+                    "invalid --cache {cache:?}: expected a duration such as 90s, 5m, 1h or 1h30m"
+                )),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// A duration in Go's syntax (`gh api --cache`): a sequence of decimal numbers with units
+/// `ns`, `us`, `ms`, `s`, `m`, `h` (`1h30m`, `1.5h`, `90s`), as whole seconds (rounded up).
+pub fn parse_go_duration(text: &str) -> Option<u64> {
+    let text = text.trim();
+    if text == "0" {
+        return Some(0);
+    }
+    let mut rest = text;
+    let mut nanos = 0f64;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        nanos += number * scale;
+    }
+    let secs = (nanos / 1e9).ceil();
+    (secs.is_finite() && secs < 1e15).then_some(secs as u64)
+}
+
 /// Runs `fetch` and returns the exit code of the contract.
 pub fn run(settings: &Settings, args: FetchArgs) -> anyhow::Result<Exit> {
+    if let Some(method) = &args.method
+        && !method.eq_ignore_ascii_case("GET")
+    {
+        return usage(format!(
+            "fetch only reads (GET), so -X {method} is not supported: send {method} requests to the daemon's base URL $PEERCACHE_API/gh (see docs/clients.md), which passes them to GitHub"
+        ));
+    }
+    let filter = match &args.jq {
+        Some(code) => Some(crate::jq::Filter::new(code).map_err(UserError::usage)?),
+        None => None,
+    };
     let mut request = build_request(settings, &args)?;
     if args.paginate && !request.url.query_pairs().any(|(k, _)| k == "per_page") {
         // As `gh api --paginate` does: fewer pages, fewer calls.
@@ -53,7 +138,12 @@ pub fn run(settings: &Settings, args: FetchArgs) -> anyhow::Result<Exit> {
     loop {
         let resolved = match tiers.resolve(&request)? {
             Ok(resolved) => resolved,
-            Err(ResolveError::Unreachable(message)) => {
+            Err(
+                ResolveError::Unreachable(message)
+                | ResolveError::RateLimited {
+                    reason: message, ..
+                },
+            ) => {
                 return Err(UserError::unreachable(message).into());
             }
             Err(ResolveError::Local(e)) => return Err(e),
@@ -88,7 +178,21 @@ pub fn run(settings: &Settings, args: FetchArgs) -> anyhow::Result<Exit> {
             None => break,
         }
     }
-    print_pages(&pages, args.include)
+    let output = Output {
+        include: args.include,
+        silent: args.silent,
+        slurp: args.slurp,
+        filter,
+    };
+    print_pages(&pages, &output)
+}
+
+/// How the answer is printed.
+struct Output {
+    include: bool,
+    silent: bool,
+    slurp: bool,
+    filter: Option<crate::jq::Filter>,
 }
 
 /// Where requests go: a running daemon when there is one, else this process's own resolver
@@ -159,12 +263,18 @@ fn build_request(settings: &Settings, args: &FetchArgs) -> anyhow::Result<Reques
         extra_headers: Vec::new(),
         ttl: settings.ttl,
     };
-    if let Some(ttl) = &args.ttl {
+    if let Some(ttl) = args.ttl_flag()? {
+        let flag = if args.ttl.is_some() {
+            "--ttl"
+        } else {
+            "--cache"
+        };
         request.ttl = parse_ttl(&Raw {
-            value: ttl.clone(),
-            origin: Origin::Flag("--ttl"),
+            value: ttl,
+            origin: Origin::Flag(flag),
         })?;
     }
+    add_fields(&mut request.url, args, repository.as_deref())?;
     for header in &args.headers {
         let Some((name, value)) = header.split_once(':') else {
             return usage(format!("invalid -H {header:?}: expected 'Name: value'"));
@@ -192,12 +302,85 @@ fn build_request(settings: &Settings, args: &FetchArgs) -> anyhow::Result<Reques
     Ok(request)
 }
 
+/// `-f`/`-F` fields as query parameters, in the order given (`gh api -X GET` does the same).
+fn add_fields(
+    url: &mut url::Url,
+    args: &FetchArgs,
+    repository: Option<&str>,
+) -> anyhow::Result<()> {
+    let (owner, repo) = repository
+        .and_then(|r| r.split_once('/'))
+        .map_or((None, None), |(o, r)| (Some(o), Some(r)));
+    let split = |flag: &str, field: &str| -> anyhow::Result<(String, String)> {
+        match field.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+            _ => usage(format!("invalid {flag} {field:?}: expected key=value")),
+        }
+    };
+    let mut pairs = Vec::new();
+    for field in &args.raw_fields {
+        pairs.push(split("-f", field)?);
+    }
+    for field in &args.fields {
+        let (key, mut value) = split("-F", field)?;
+        if let Some(path) = value.strip_prefix('@') {
+            let bytes = if path == "-" {
+                let mut buf = Vec::new();
+                io::Read::read_to_end(&mut io::stdin(), &mut buf)?;
+                buf
+            } else {
+                std::fs::read(path).map_err(|e| {
+                    UserError::usage(format!("-F {key}=@{path}: cannot read {path}: {e}"))
+                })?
+            };
+            value = String::from_utf8_lossy(&bytes).into_owned();
+        } else if value == "null" {
+            // gh sends a null field as an empty parameter.
+            value.clear();
+        } else {
+            for (placeholder, fill) in [("{owner}", owner), ("{repo}", repo)] {
+                if value.contains(placeholder) {
+                    let Some(fill) = fill else {
+                        return usage(format!(
+                            "-F {key}={value}: {placeholder} needs GITHUB_REPOSITORY=owner/repo"
+                        ));
+                    };
+                    value = value.replace(placeholder, fill);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+    if !pairs.is_empty() {
+        url.query_pairs_mut().extend_pairs(pairs);
+    }
+    Ok(())
+}
+
 /// Writes the answer to stdout and picks the exit code; an error status also gets a stderr line.
-fn print_pages(pages: &[Resolved], include: bool) -> anyhow::Result<Exit> {
+fn print_pages(pages: &[Resolved], output: &Output) -> anyhow::Result<Exit> {
+    let include = output.include;
     let last = pages.last().expect("at least one page");
     let (body, exit) = if !last.is_success() {
         eprintln!("peercache: {}", http_error_line(last));
         (last.body.clone(), Exit::Http)
+    } else if output.silent {
+        (Vec::new(), Exit::Ok)
+    } else if let Some(filter) = &output.filter {
+        // As gh does: the filter runs on each page.
+        let mut out = Vec::new();
+        for page in pages {
+            match filter.run(&page.body) {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(why) => {
+                    eprintln!("peercache: --jq: {why}");
+                    return Ok(Exit::Http);
+                }
+            }
+        }
+        (out, Exit::Ok)
+    } else if output.slurp {
+        (slurp_pages(pages)?, Exit::Ok)
     } else if pages.len() == 1 {
         (last.body.clone(), Exit::Ok)
     } else {
@@ -274,6 +457,23 @@ fn merge_pages(pages: &[Resolved]) -> anyhow::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// `--slurp`: one JSON array whose elements are the pages, each as GitHub sent it.
+fn slurp_pages(pages: &[Resolved]) -> anyhow::Result<Vec<u8>> {
+    let mut out = vec![b'['];
+    for (i, page) in pages.iter().enumerate() {
+        let body = trim_ascii(&page.body);
+        if serde_json::from_slice::<&RawValue>(body).is_err() {
+            anyhow::bail!("--slurp needs JSON pages, but page {} is not JSON", i + 1);
+        }
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(body);
+    }
+    out.push(b']');
+    Ok(out)
+}
+
 fn trim_ascii(bytes: &[u8]) -> &[u8] {
     bytes.trim_ascii()
 }
@@ -294,4 +494,23 @@ fn http_error_line(resolved: &Resolved) -> String {
         .map(|m| format!(": {}", m.replace('\n', " ")))
         .unwrap_or_default();
     format!("GitHub answered {} {reason}{message}", resolved.status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_go_duration;
+
+    #[test]
+    fn durations_as_gh_takes_them() {
+        assert_eq!(parse_go_duration("1h"), Some(3600));
+        assert_eq!(parse_go_duration("60m"), Some(3600));
+        assert_eq!(parse_go_duration("3600s"), Some(3600));
+        assert_eq!(parse_go_duration("1h30m"), Some(5400));
+        assert_eq!(parse_go_duration("1.5h"), Some(5400));
+        assert_eq!(parse_go_duration("500ms"), Some(1));
+        assert_eq!(parse_go_duration("0"), Some(0));
+        for bad in ["", "1", "h", "1d", "soon", "1h-5m", "1e400h"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad:?}");
+        }
+    }
 }

@@ -1,11 +1,15 @@
 //! The local API: a GitHub-compatible base URL and the daemon's figures, behind a capability.
 //!
-//! Every path starts with the capability (`/<32 hex>/…`); anything else is a 404 that says
-//! nothing more, so other users and jobs on a shared host learn nothing. Routes below it:
+//! Every path starts with the capability (`/<32 hex>/…`), or the request carries it in
+//! `x-peercache-capability` (then paths start at `/gh/…`); anything else is a 404 that says
+//! nothing more, so other users and jobs on a shared host learn nothing. No request body is
+//! read before the capability is checked, and only routes that take one read it. Routes:
 //!
 //! | route                 | answer                                                           |
 //! |-----------------------|------------------------------------------------------------------|
-//! | `GET /gh/<endpoint>`  | the API answer through the cache tiers, with `x-peercache-source` |
+//! | `GET`/`HEAD /gh/<endpoint>` | the API answer through the cache tiers (see [`super::gh`])  |
+//! | any other method on `/gh/…` | passed through to GitHub, uncached                          |
+//! | `GET /api/ping`       | 204: the liveness check `fetch` pipelines ahead of its request   |
 //! | `GET /api/peers`      | `{enabled, active, peer_count, peers}` (also `/api/mcp/peers`)    |
 //! | `GET /api/cache/stats`| the contract's cache and request figures (also `/api/mcp/cache/stats`) |
 //! | `GET /api/status`     | both of the above and everything else: `peercache status --json` |
@@ -22,19 +26,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use url::Url;
 
-use super::metrics::{self, Observer, Outcome, Snapshot, TOP_ENDPOINTS};
+use super::metrics::{self, Observer, Snapshot, TOP_ENDPOINTS};
 use super::state;
-use crate::cache::{Cache, DEFAULT_ACCEPT, DEFAULT_API_VERSION};
-use crate::github::on_api_host;
-use crate::github::ratelimit::RateLimits;
-use crate::resolver::{Request, ResolveError, Resolved, Resolver, Source};
+use crate::cache::Cache;
+use crate::resolver::Resolver;
 use crate::secret::Secret;
 
 /// The request header that sets the freshness TTL of one request, in seconds.
@@ -48,12 +49,14 @@ pub const ERROR_HEADER: &str = "x-peercache-error";
 pub struct Api {
     /// The capability: 32 lowercase hex digits.
     pub capability: String,
-    /// `http://127.0.0.1:PORT/<capability>`, for rewriting `Link` headers.
-    pub base_url: String,
+    /// `http://127.0.0.1:PORT`, the API's own address.
+    pub origin: String,
     /// The upstream API base (`settings.api_url`).
     pub upstream: Url,
     /// The tiers.
     pub resolver: Resolver,
+    /// The upstream client, for requests passed through (it shares the resolver's pool).
+    pub github: crate::github::GitHub,
     /// The cache, for its figures.
     pub cache: Cache,
     /// The daemon's own token, used when a request brings no `Authorization`.
@@ -70,13 +73,29 @@ pub struct Api {
     pub peer_id: String,
     /// Answers per endpoint and the last rate-limit figures.
     pub observer: Observer,
+    /// Each token's rate-limit figures for cached answers.
+    pub limit_figures: super::gh::LimitFigures,
     /// libp2p's own metrics (empty when sharing is off).
     pub libp2p_registry: prometheus_client::registry::Registry,
 }
 
 /// The API's router: one handler that routes by hand.
 pub fn router(api: Arc<Api>) -> Router {
-    Router::new().fallback(dispatch).with_state(api)
+    Router::new()
+        .fallback(dispatch)
+        .with_state(api)
+        .layer(axum::middleware::map_response(keep_alive_hint))
+}
+
+/// The server closes a connection idle for 5 s (the header-read timeout); saying so lets
+/// clients with connection pools (undici, urllib3) retire it first instead of reusing a
+/// connection that is being closed.
+async fn keep_alive_hint(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::HeaderName::from_static("keep-alive"),
+        HeaderValue::from_static("timeout=4"),
+    );
+    response
 }
 
 /// 128 random bits as 32 hex digits, from the OS's generator.
@@ -97,21 +116,38 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-async fn dispatch(
-    State(api): State<Arc<Api>>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    let path = uri.path().strip_prefix('/').unwrap_or(uri.path());
+/// The request header that carries the capability for requests without the path prefix
+/// (`http://127.0.0.1:PORT/gh/…`), so that scripts need not put it in a URL on a command line.
+pub const CAPABILITY_HEADER: &str = "x-peercache-capability";
+
+/// Most bytes of a body the API reads itself (`POST /api/connect`: 1,000 multiaddrs).
+const MAX_OWN_BODY: usize = 256 << 10;
+
+/// Routes a request. The capability is checked from the request line (or the capability
+/// header) before anything else, and no body is read before that, nor on routes that take none.
+async fn dispatch(State(api): State<Arc<Api>>, request: axum::extract::Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path()
+        .strip_prefix('/')
+        .unwrap_or(parts.uri.path());
     let (first, rest) = match path.split_once('/') {
         Some((first, rest)) => (first, Some(rest)),
         None => (path, None),
     };
-    if !constant_time_eq(first.as_bytes(), api.capability.as_bytes()) {
+    let origin = client_origin(&api, &parts.headers);
+    let (rest, base) = if constant_time_eq(first.as_bytes(), api.capability.as_bytes()) {
+        (rest, format!("{origin}/{}", api.capability))
+    } else if parts
+        .headers
+        .get(CAPABILITY_HEADER)
+        .is_some_and(|v| constant_time_eq(v.as_bytes(), api.capability.as_bytes()))
+    {
+        (Some(path), origin)
+    } else {
         return not_found();
-    }
+    };
     let route = match rest {
         None | Some("") => Route::Status,
         Some("gh") => Route::GitHub(""),
@@ -122,14 +158,18 @@ async fn dispatch(
         Some("api/status") => Route::StatusJson,
         Some("api/swarm") => Route::Swarm,
         Some("api/connect") => Route::Connect,
+        Some("api/ping") => Route::Ping,
         Some("metrics") => Route::Metrics,
         Some(_) => return not_found(),
     };
+    if let Route::GitHub(endpoint) = route {
+        return super::gh::handle(&api, &base, endpoint, &parts, body).await;
+    }
     let allowed = match route {
         Route::Connect => Method::POST,
         _ => Method::GET,
     };
-    if method != allowed {
+    if parts.method != allowed {
         return (
             StatusCode::METHOD_NOT_ALLOWED,
             [(header::ALLOW, allowed.as_str())],
@@ -138,7 +178,7 @@ async fn dispatch(
             .into_response();
     }
     match route {
-        Route::GitHub(endpoint) => github(&api, endpoint, uri.query(), &headers).await,
+        Route::GitHub(_) => unreachable!("answered above"),
         Route::Peers => {
             let peers = api
                 .peers
@@ -152,8 +192,31 @@ async fn dispatch(
         Route::Swarm => axum::Json(swarm(&api)).into_response(),
         Route::Metrics => metrics(&api).await,
         Route::Status => status_page(&api).await,
-        Route::Connect => connect(&api, &body),
+        Route::Ping => StatusCode::NO_CONTENT.into_response(),
+        Route::Connect => match axum::body::to_bytes(body, MAX_OWN_BODY).await {
+            Ok(body) => connect(&api, &body),
+            Err(_) => json_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is cut off or larger than {MAX_OWN_BODY} bytes"),
+            ),
+        },
     }
+}
+
+/// `http://HOST:PORT` as the client addressed the daemon, when that is a loopback name for
+/// this very port (so that URLs in answers keep working for a client configured with
+/// `localhost`); anything else gets the daemon's own address, never a name a client made up.
+fn client_origin(api: &Api, headers: &HeaderMap) -> String {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let port = api.origin.rsplit(':').next().unwrap_or_default();
+    if let Some(host) = host
+        && let Some((name, their_port)) = host.rsplit_once(':')
+        && their_port == port
+        && matches!(name, "127.0.0.1" | "localhost" | "[::1]")
+    {
+        return format!("http://{host}");
+    }
+    api.origin.clone()
 }
 
 enum Route<'a> {
@@ -165,6 +228,7 @@ enum Route<'a> {
     Metrics,
     Status,
     Connect,
+    Ping,
 }
 
 /// Most addresses one `/api/connect` may name.
@@ -243,190 +307,8 @@ fn not_found() -> Response {
         .into_response()
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
+pub(super) fn json_error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "message": message }))).into_response()
-}
-
-/// `GET <base>/gh/<endpoint>`: the request resolved through the tiers.
-async fn github(api: &Api, endpoint: &str, query: Option<&str>, headers: &HeaderMap) -> Response {
-    let request = match to_request(api, endpoint, query, headers) {
-        Ok(request) => request,
-        Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
-    };
-    let result = api.resolver.resolve(&request).await;
-    observe(api, &request, &result).await;
-    match result {
-        Ok(resolved) => respond(api, resolved),
-        Err(ResolveError::Unreachable(message)) => {
-            let mut response = json_error(StatusCode::BAD_GATEWAY, &message);
-            response
-                .headers_mut()
-                .insert(ERROR_HEADER, HeaderValue::from_static("unreachable"));
-            response
-        }
-        Err(ResolveError::Local(error)) => {
-            let message = format!("{error:#}");
-            tracing::error!("cannot answer {}: {message}", request.url);
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, &message)
-        }
-    }
-}
-
-/// Counts a resolved request for its endpoint and, when GitHub may have been called, keeps the
-/// rate-limit figures the resolver recorded for the request's token.
-async fn observe(api: &Api, request: &Request, result: &Result<Resolved, ResolveError>) {
-    let outcome = match result {
-        Ok(resolved) => Outcome::Answered(resolved.source),
-        Err(_) => Outcome::Failed,
-    };
-    api.observer
-        .record(&endpoint_path(&api.upstream, &request.url), outcome);
-    if matches!(outcome, Outcome::Answered(Source::Local | Source::Peer)) {
-        return;
-    }
-    let limits = RateLimits::new(
-        api.cache.dir(),
-        api.upstream.as_str().trim_end_matches('/'),
-        request.token.as_ref().map(Secret::expose),
-    );
-    if let Ok(state) = tokio::task::spawn_blocking(move || limits.state()).await {
-        api.observer.record_rate_limit(&state);
-    }
-}
-
-/// The path of `url` under the API base, with a leading `/` and without the query:
-/// `/repos/octo/hello` for `https://ghe.example/api/v3/repos/octo/hello?page=2`.
-fn endpoint_path(upstream: &Url, url: &Url) -> String {
-    let base = upstream.path().trim_end_matches('/');
-    let path = url.path();
-    let relative = path.strip_prefix(base).unwrap_or(path);
-    if relative.starts_with('/') {
-        relative.to_string()
-    } else {
-        format!("/{relative}")
-    }
-}
-
-/// The resolver's request for `<base>/gh/<endpoint>?<query>` and the request's headers.
-fn to_request(
-    api: &Api,
-    endpoint: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Result<Request, String> {
-    let mut text = format!(
-        "{}/{}",
-        api.upstream.as_str().trim_end_matches('/'),
-        endpoint
-    );
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
-        text.push('?');
-        text.push_str(query);
-    }
-    let url = Url::parse(&text).map_err(|e| format!("invalid endpoint {endpoint:?}: {e}"))?;
-    if !on_api_host(&api.upstream, &url) {
-        return Err(format!(
-            "invalid endpoint {endpoint:?}: it leaves the API base {}",
-            api.upstream
-        ));
-    }
-    let text_header = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-    };
-    // curl sends `Accept: */*`; GitHub answers it with its default media type, so it is the
-    // default representation (and the same cache entry).
-    let accept = text_header("accept")
-        .filter(|v| *v != "*/*")
-        .unwrap_or(DEFAULT_ACCEPT);
-    let api_version = text_header("x-github-api-version").unwrap_or(DEFAULT_API_VERSION);
-    let token = match text_header("authorization") {
-        Some(value) => Some(Secret::new(value)),
-        None => api.default_token.clone(),
-    };
-    let ttl = match text_header(TTL_HEADER) {
-        Some(value) => match value.parse::<u64>() {
-            Ok(secs) => Duration::from_secs(secs),
-            Err(_) => {
-                tracing::debug!("ignoring {TTL_HEADER}: {value:?} (not a number of seconds)");
-                api.default_ttl
-            }
-        },
-        None => api.default_ttl,
-    };
-    Ok(Request {
-        url,
-        accept: accept.to_string(),
-        api_version: api_version.to_string(),
-        token,
-        extra_headers: Vec::new(),
-        ttl,
-    })
-}
-
-/// Headers never passed on: hyper frames the body itself.
-const NOT_FORWARDED: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "transfer-encoding",
-    "content-length",
-    "upgrade",
-    SOURCE_HEADER,
-    ERROR_HEADER,
-];
-
-/// The answer as an HTTP response: status, headers (`Link` pointing back at the daemon),
-/// `x-peercache-source`, and the body byte for byte.
-fn respond(api: &Api, resolved: Resolved) -> Response {
-    let Ok(status) = StatusCode::from_u16(resolved.status) else {
-        return json_error(
-            StatusCode::BAD_GATEWAY,
-            &format!("GitHub answered an invalid status {}", resolved.status),
-        );
-    };
-    let mut response = Response::new(Body::from(resolved.body));
-    *response.status_mut() = status;
-    let out = response.headers_mut();
-    for (name, value) in &resolved.headers {
-        let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str()) {
-            continue;
-        }
-        let value = if lower == "link" {
-            rewrite_link(value, &api.upstream, &api.base_url)
-        } else {
-            value.clone()
-        };
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(lower.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            out.append(name, value);
-        }
-    }
-    out.insert(
-        SOURCE_HEADER,
-        HeaderValue::from_static(resolved.source.as_str()),
-    );
-    response
-}
-
-/// Points `Link` targets under the upstream base at `<base>/gh`, so that pagination by octokit
-/// or curl stays on the daemon.
-pub fn rewrite_link(link: &str, upstream: &Url, base_url: &str) -> String {
-    let from = format!("<{}/", upstream.as_str().trim_end_matches('/'));
-    let to = format!("<{}/gh/", base_url.trim_end_matches('/'));
-    link.replace(&from, &to)
-}
-
-/// The inverse of [`rewrite_link`], for `fetch`, which shows and follows upstream URLs.
-pub fn unrewrite_link(link: &str, upstream: &Url, base_url: &str) -> String {
-    let from = format!("<{}/gh/", base_url.trim_end_matches('/'));
-    let to = format!("<{}/", upstream.as_str().trim_end_matches('/'));
-    link.replace(&from, &to)
 }
 
 /// `GET <base>/api/peers` (and `/api/mcp/peers`): exactly the contract's fields, `{enabled,
@@ -737,18 +619,5 @@ mod tests {
         assert!(constant_time_eq(a.as_bytes(), a.clone().as_bytes()));
         assert!(!constant_time_eq(a.as_bytes(), b.as_bytes()));
         assert!(!constant_time_eq(a.as_bytes(), &a.as_bytes()[..31]));
-    }
-
-    #[test]
-    fn links_point_at_the_daemon_and_back() {
-        let upstream = Url::parse("https://ghe.example/api/v3").unwrap();
-        let base = "http://127.0.0.1:4000/cap";
-        let link = r#"<https://ghe.example/api/v3/repos/a/b/issues?page=2>; rel="next", <https://elsewhere.example/x>; rel="help""#;
-        let rewritten = rewrite_link(link, &upstream, base);
-        assert_eq!(
-            rewritten,
-            r#"<http://127.0.0.1:4000/cap/gh/repos/a/b/issues?page=2>; rel="next", <https://elsewhere.example/x>; rel="help""#
-        );
-        assert_eq!(unrewrite_link(&rewritten, &upstream, base), link);
     }
 }

@@ -3,6 +3,12 @@
 //! `fetch` talks to a daemon on loopback; building a TLS-capable client and an async runtime
 //! for that would cost more than the whole local hit. One request per connection
 //! (`Connection: close`), the answer read to the end, then parsed.
+//!
+//! A request may legitimately wait a long time (the daemon may be waiting for GitHub), so a
+//! wedged or flooded daemon cannot be told from a slow answer by the answer itself. Each
+//! request is therefore pipelined behind a `GET /api/ping` that a live daemon answers at once:
+//! no 204 within [`FIRST_BYTE_TIMEOUT`] and the caller gives up on the daemon (and `fetch`
+//! uses the cache directly), at the cost of no extra round trip.
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -97,6 +103,11 @@ pub fn post_json(
     )
 }
 
+/// How long a connection to the daemon may take (loopback: a live daemon accepts at once).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the daemon may take to answer the liveness check ahead of each request.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn send(
     endpoint: &Endpoint,
     method: &str,
@@ -115,19 +126,25 @@ fn send(
         addr: endpoint.authority.clone(),
         source,
     };
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(connect)?;
+    let mut stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT).map_err(connect)?;
     let broken = |e: io::Error| ClientError::Broken(format!("talking to the daemon: {e}"));
-    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
+    stream
+        .set_read_timeout(Some(FIRST_BYTE_TIMEOUT.min(timeout)))
+        .map_err(broken)?;
     stream.set_write_timeout(Some(timeout)).map_err(broken)?;
     let _ = stream.set_nodelay(true);
 
     let mut request = format!(
+        "GET {}/api/ping HTTP/1.1\r\nHost: {}\r\n\r\n",
+        endpoint.prefix, endpoint.authority
+    );
+    request.push_str(&format!(
         "{method} {}{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nUser-Agent: {}\r\n",
         endpoint.prefix,
         path,
         endpoint.authority,
         crate::github::USER_AGENT_VALUE
-    );
+    ));
     for (name, value) in headers {
         if name.contains(['\r', '\n', ':']) || value.contains(['\r', '\n']) {
             return Err(ClientError::Broken(format!(
@@ -145,8 +162,54 @@ fn send(
     stream.write_all(&bytes).map_err(broken)?;
 
     let mut raw = Vec::with_capacity(16 * 1024);
+    let answer_start = read_ping_answer(&mut stream, &mut raw)?;
+    stream.set_read_timeout(Some(timeout)).map_err(broken)?;
     stream.read_to_end(&mut raw).map_err(broken)?;
-    parse_response(&raw).map_err(ClientError::Broken)
+    parse_response(&raw[answer_start..]).map_err(ClientError::Broken)
+}
+
+/// Reads the answer to the liveness check into `raw` (and whatever follows it) and returns
+/// where the real answer starts.
+fn read_ping_answer(stream: &mut TcpStream, raw: &mut Vec<u8>) -> Result<usize, ClientError> {
+    let deadline = std::time::Instant::now() + FIRST_BYTE_TIMEOUT;
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        if let Some(end) = find(raw, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]);
+            if !head.starts_with("HTTP/1.1 204") {
+                let status = head.lines().next().unwrap_or_default().to_string();
+                return Err(ClientError::Broken(format!(
+                    "the daemon did not pass the liveness check ({status}): is serve.json current?"
+                )));
+            }
+            return Ok(end + 4);
+        }
+        if std::time::Instant::now() >= deadline || raw.len() > 64 * 1024 {
+            break;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                return Err(ClientError::Broken(
+                    "the daemon closed the connection without answering".into(),
+                ));
+            }
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                break;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(ClientError::Broken(format!("talking to the daemon: {e}"))),
+        }
+    }
+    Err(ClientError::Broken(format!(
+        "the daemon accepted the connection but did not answer within {} s",
+        FIRST_BYTE_TIMEOUT.as_secs()
+    )))
 }
 
 /// Parses a whole HTTP/1.1 answer: status line, headers, and a body framed by

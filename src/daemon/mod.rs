@@ -17,8 +17,10 @@
 pub mod api;
 pub mod client;
 mod detach;
+pub mod gh;
 pub mod metrics;
 pub mod remote;
+mod server;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -107,6 +109,12 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     let mut stop = StopSignal::install()?;
     preflight(settings, options)?;
 
+    // Peers, clients and cache files each take a descriptor; the usual soft limit of 1,024
+    // is far below what the hard limit allows.
+    if let Some(limit) = server::raise_open_files_limit() {
+        tracing::debug!("open files limit: {limit}");
+    }
+
     // One daemon per state dir. The lock lives as long as this function (or the process).
     state::ensure_home(&settings.home)?;
     let Some(_lock) = state::try_lock(&settings.home)? else {
@@ -161,7 +169,9 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     };
     let handle = node.as_ref().map(crate::p2p::Node::handle);
 
-    let mut resolver = Resolver::new(cache.clone(), GitHub::new()?, &settings.api_url)
+    // One HTTP client (and pool) for the resolver and the requests the API passes through.
+    let github = GitHub::new()?;
+    let mut resolver = Resolver::new(cache.clone(), github.clone(), &settings.api_url)
         .with_home_repository(settings.repository.clone());
     if let Some(handle) = &handle {
         resolver = resolver.with_peers(handle.clone());
@@ -192,9 +202,10 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     let api_url = format!("http://{local}/{capability}");
     let api = Arc::new(api::Api {
         capability,
-        base_url: api_url.clone(),
+        origin: format!("http://{local}"),
         upstream: settings.api_url.clone(),
         resolver,
+        github,
         cache,
         default_token: settings.token.clone(),
         default_ttl: settings.ttl,
@@ -203,17 +214,18 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         scope: settings.scope.to_string(),
         peer_id: peer_id.to_string(),
         observer: metrics::Observer::new(),
+        limit_figures: gh::LimitFigures::default(),
         libp2p_registry,
     });
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        axum::serve(listener, api::router(api))
-            .with_graceful_shutdown(async {
-                let _ = drain_rx.await;
-            })
-            .into_future(),
+    let limits = server::Limits::from_env();
+    let mut server = tokio::spawn(server::serve(listener, api::router(api), limits, async {
+        let _ = drain_rx.await;
+    }));
+    tracing::info!(
+        "local API listens on http://{local} (its base URL is in serve.json; at most {} connections)",
+        limits.max_connections
     );
-    tracing::info!("local API listens on http://{local} (its base URL is in serve.json)");
 
     let pid = std::process::id();
     let info = state::ServeInfo {
@@ -260,8 +272,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
             Ok(())
         }
         ended = &mut server => Err(match ended {
-            Ok(Ok(())) => anyhow::anyhow!("the local API stopped unexpectedly"),
-            Ok(Err(e)) => anyhow::anyhow!("the local API failed: {e}"),
+            Ok(()) => anyhow::anyhow!("the local API stopped unexpectedly"),
             Err(e) => anyhow::anyhow!("the local API failed: {e}"),
         }),
     };

@@ -9,8 +9,10 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::api::{ERROR_HEADER, SOURCE_HEADER, TTL_HEADER, unrewrite_link};
+use super::api::{ERROR_HEADER, SOURCE_HEADER, TTL_HEADER};
 use super::client::{self, ClientError, Endpoint};
+use super::gh::RAW_HEADER;
+use super::gh::rewrite::unlink;
 use super::state;
 use crate::config::Settings;
 use crate::github::authorization_value;
@@ -88,6 +90,7 @@ impl Remote {
             ("Accept", &request.accept),
             ("X-GitHub-Api-Version", &request.api_version),
             (TTL_HEADER, &ttl),
+            (RAW_HEADER, "1"),
         ];
         if let Some(value) = &authorization {
             headers.push(("Authorization", value));
@@ -100,6 +103,23 @@ impl Remote {
                 .and_then(|v| v.get("message")?.as_str().map(str::to_string))
                 .unwrap_or_else(|| "GitHub could not be reached, and nothing is cached".into());
             return Ok(Err(ResolveError::Unreachable(message)));
+        }
+        if matches!(response.status, 403 | 429)
+            && response.header(ERROR_HEADER) == Some("rate-limited")
+        {
+            let body = serde_json::from_slice::<serde_json::Value>(&response.body).ok();
+            let reason = body
+                .as_ref()
+                .and_then(|v| v.get("peercache")?.as_str().map(str::to_string))
+                .unwrap_or_else(|| {
+                    "GitHub's rate limit forbids calls, and nothing is cached".into()
+                });
+            let wait: u64 = response
+                .header("retry-after")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            let until_ms = crate::cache::now_ms() + wait * 1000;
+            return Ok(Err(ResolveError::RateLimited { until_ms, reason }));
         }
         let Some(source) = response.header(SOURCE_HEADER).and_then(parse_source) else {
             // Not an answer of the tiers (a 404 for a stale capability, a 500): unusable.
@@ -121,14 +141,18 @@ impl Remote {
                 // answers straight from GitHub carry GitHub's own).
                 let ours = matches!(
                     name.as_str(),
-                    "content-length" | "connection" | "transfer-encoding" | SOURCE_HEADER
+                    "content-length"
+                        | "connection"
+                        | "keep-alive"
+                        | "transfer-encoding"
+                        | SOURCE_HEADER
                 );
                 let hypers_date = name == "date" && source != Source::Upstream;
                 !ours && !hypers_date
             })
             .map(|(name, value)| {
                 if name == "link" {
-                    let value = unrewrite_link(&value, &self.upstream, &self.base_url);
+                    let value = unlink(&value, &self.upstream, &self.base_url);
                     (name, value)
                 } else {
                     (name, value)

@@ -2,6 +2,7 @@
 //! conditional requests, and pagination links.
 
 mod endpoint;
+mod forward;
 pub mod ratelimit;
 pub mod sharing;
 mod write;

@@ -315,6 +315,7 @@ impl IssueRegistry {
         match resolver.resolve(&request).await {
             Ok(resolved) => Ok(resolved),
             Err(ResolveError::Unreachable(message)) => Err(anyhow::anyhow!(message)),
+            Err(ResolveError::RateLimited { reason, .. }) => Err(anyhow::anyhow!(reason)),
             Err(ResolveError::Local(error)) => Err(error),
         }
     }

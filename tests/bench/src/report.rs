@@ -359,6 +359,15 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
                 ),
             ));
             throughput.push(line(
+                format!("local API, cached hits with their URLs rewritten ({label})"),
+                format!(
+                    "{:.0}, {:.2} / {:.2} ms",
+                    t.peercache_api_rewritten.requests_per_sec,
+                    t.peercache_api_rewritten.p50_ms,
+                    t.peercache_api_rewritten.p99_ms
+                ),
+            ));
+            throughput.push(line(
                 format!("nginx, the same bodies as static files ({label})"),
                 format!(
                     "{:.0}, {:.2} / {:.2} ms",

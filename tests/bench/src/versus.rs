@@ -47,6 +47,9 @@ pub struct Throughput {
     pub seconds: u64,
     /// The daemon's local API, cached hits.
     pub peercache_api: WrkRun,
+    /// The same with bodies whose URLs are on the API host, rewritten to the daemon on every
+    /// answer (what octokit and PyGithub get for real GitHub objects).
+    pub peercache_api_rewritten: WrkRun,
     /// nginx, the same bodies as static files.
     pub nginx_static: WrkRun,
     /// `peercache_api / nginx_static` requests per second.
@@ -72,6 +75,15 @@ pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
         let file = www.join(&endpoint);
         std::fs::create_dir_all(file.parent().unwrap())?;
         std::fs::write(file, &body)?;
+        // The same body with its URLs on the stand-in's host, as GitHub's are on its own.
+        let endpoint = format!("repos/octo/swarm/contents/rewritten{i}");
+        let text = String::from_utf8(body)?.replace("https://api.github.com", &hub.url());
+        hub.put_json(&format!("/{endpoint}"), text.clone().into_bytes());
+        let r = api_get(&node, &endpoint, None);
+        anyhow::ensure!(
+            r.status == 200 && r.body != text.as_bytes() && r.text().contains(&node.api),
+            "{endpoint} was not cached with its URLs rewritten"
+        );
     }
     let nginx = Nginx::start(&bench.root.path().join("nginx"))?;
     let script = bench.root.path().join("hot.lua");
@@ -81,16 +93,22 @@ pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
     let (api_origin, api_path) = split_origin(&node.api);
     let token = format!("Bearer token-of-{}", node.name);
     let prefix = format!("{api_path}/gh");
-    let run = |origin: &str, prefix: &str, secs: u64| wrk(&script, origin, prefix, &token, secs);
+    let run = |origin: &str, prefix: &str, name: &str, secs: u64| {
+        wrk(&script, origin, prefix, name, &token, secs)
+    };
     let calls_before = hub.total();
-    run(&api_origin, &prefix, 2)?;
-    run(&nginx.origin, "", 2)?;
-    let peercache_api = run(&api_origin, &prefix, seconds)?;
-    let nginx_static = run(&nginx.origin, "", seconds)?;
+    run(&api_origin, &prefix, "hot", 2)?;
+    run(&nginx.origin, "", "hot", 2)?;
+    let peercache_api = run(&api_origin, &prefix, "hot", seconds)?;
+    let peercache_api_rewritten = run(&api_origin, &prefix, "rewritten", seconds)?;
+    let nginx_static = run(&nginx.origin, "", "hot", seconds)?;
     anyhow::ensure!(
-        peercache_api.errors == 0 && nginx_static.errors == 0,
-        "wrk saw error answers: peercache {}, nginx {}",
+        peercache_api.errors == 0
+            && peercache_api_rewritten.errors == 0
+            && nginx_static.errors == 0,
+        "wrk saw error answers: peercache {} and {}, nginx {}",
         peercache_api.errors,
+        peercache_api_rewritten.errors,
         nginx_static.errors
     );
     drop(nginx);
@@ -107,20 +125,22 @@ pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
         seconds,
         ratio: peercache_api.requests_per_sec / nginx_static.requests_per_sec,
         peercache_api,
+        peercache_api_rewritten,
         nginx_static,
     })
 }
 
-/// Cycles through the hot endpoints under a path prefix, with the job's token.
+/// Cycles through `/repos/octo/swarm/contents/<name>0..N` under a path prefix, with the job's token.
 const WRK_SCRIPT: &str = r#"
-local prefix, count, auth, i = "", 100, "", 0
+local prefix, name, count, auth, i = "", "hot", 100, "", 0
 function init(args)
   prefix = args[1] or ""
-  count = tonumber(args[2]) or 100
-  auth = args[3] or ""
+  name = args[2] or "hot"
+  count = tonumber(args[3]) or 100
+  auth = args[4] or ""
 end
 function request()
-  local path = prefix .. "/repos/octo/swarm/contents/hot" .. i
+  local path = prefix .. "/repos/octo/swarm/contents/" .. name .. i
   i = (i + 1) % count
   return wrk.format("GET", path, { ["Authorization"] = auth })
 end
@@ -130,6 +150,7 @@ fn wrk(
     script: &Path,
     origin: &str,
     prefix: &str,
+    name: &str,
     token: &str,
     secs: u64,
 ) -> anyhow::Result<WrkRun> {
@@ -143,6 +164,7 @@ fn wrk(
         .arg(format!("{origin}/"))
         .arg("--")
         .arg(prefix)
+        .arg(name)
         .arg(HOT_ENDPOINTS.to_string())
         .arg(token)
         .output()?;

@@ -66,6 +66,12 @@
 //! delete a comment (403 otherwise), and [`FakeHub::set_writes_forbidden`] (`forbid_writes`)
 //! makes every write a 403, like a token without `issues: write`.
 //!
+//! # GraphQL
+//!
+//! `POST /graphql` answers `{"data":{"viewer":{"login":…}}}` ([`login_for`] the token) to a
+//! query that asks for `viewer` (401 without `Authorization`), enough to show that a request
+//! was passed through unchanged; it is counted and spends quota like any other.
+//!
 //! # Matching
 //!
 //! Resources are looked up by the request path exactly as sent (not
@@ -75,6 +81,7 @@
 
 mod access;
 mod generate;
+mod graphql;
 mod issues;
 mod server;
 mod state;

@@ -207,6 +207,12 @@ fn answer(
     }
 
     let (failure, entry) = shared.begin(path);
+    if failure.is_none() && path == "/graphql" && method == Method::POST {
+        let plan = crate::graphql::plan(&meta, body);
+        let (status, cost) = plan.status_and_cost(authenticated);
+        let settled = shared.settle(meta, status, cost);
+        return build_response_allowing(plan, &settled, authenticated, &[Method::POST]);
+    }
     // The repository object carries the caller's own permissions.
     let entry = match (&repository, entry) {
         (Some((repo, true)), Some(entry)) => {
