@@ -117,13 +117,46 @@ impl Request {
     /// representation (a `Range`'s 206, a gzip body, a `Time-Zone`'s timestamps, …). Such
     /// requests are passed through, so the stored entry stays the full, plain answer.
     pub fn is_storable(&self) -> bool {
-        self.extra_headers.iter().all(|(name, value)| {
-            name == reqwest::header::USER_AGENT
-                || (name == reqwest::header::ACCEPT_ENCODING
+        self.representation_header().is_none()
+    }
+
+    /// The first header that may ask for another representation than the stored one, if any.
+    /// Only headers known to leave GitHub's answer alone are let by: the client describing
+    /// itself, its own caching preferences (freshness is peercache's TTL, `x-peercache-ttl`),
+    /// tracing ids.
+    pub fn representation_header(&self) -> Option<&HeaderName> {
+        const NEUTRAL: &[&str] = &[
+            "user-agent",
+            "cache-control",
+            "pragma",
+            "accept-charset",
+            "accept-language",
+            "content-type",
+            "dnt",
+            "origin",
+            "referer",
+            "x-requested-with",
+            "traceparent",
+            "tracestate",
+            "baggage",
+            "x-request-id",
+            "x-correlation-id",
+            "upgrade-insecure-requests",
+            "priority",
+        ];
+        self.extra_headers
+            .iter()
+            .find(|(name, value)| {
+                let identity = *name == reqwest::header::ACCEPT_ENCODING
                     && value
                         .to_str()
-                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity")))
-        })
+                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("identity"));
+                let name = name.as_str();
+                // Browser-style fetch metadata, which some clients (fastcore, ghapi) send.
+                let fetch_metadata = name.starts_with("sec-fetch-") || name.starts_with("sec-ch-");
+                !(identity || fetch_metadata || NEUTRAL.contains(&name))
+            })
+            .map(|(name, _)| name)
     }
 }
 
@@ -385,7 +418,14 @@ impl Resolver {
 
     async fn resolve_uncounted(&self, request: &Request) -> Result<Resolved, ResolveError> {
         let (sharing, keys) = self.keys(request);
-        if keys.is_empty() || !request.is_storable() {
+        if let Some(header) = request.representation_header() {
+            tracing::debug!(
+                "{} passes through uncached: its {header} header asks for another representation",
+                request.url
+            );
+            return self.pass_through(request).await;
+        }
+        if keys.is_empty() {
             return self.pass_through(request).await;
         }
         let shared_key = keys[0].clone();
@@ -854,4 +894,53 @@ fn return_error(response: ApiResponse) -> Result<Resolved, ResolveError> {
 /// A time in ms since the epoch as an HTTP date (UTC), for messages.
 pub fn format_time(ms: u64) -> String {
     httpdate::fmt_http_date(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(headers: &[(&str, &str)]) -> Request {
+        Request {
+            url: Url::parse("https://api.github.com/repos/a/b/issues").unwrap(),
+            accept: DEFAULT_ACCEPT.into(),
+            api_version: DEFAULT_API_VERSION.into(),
+            token: None,
+            extra_headers: headers
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    )
+                })
+                .collect(),
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn only_plain_requests_are_stored() {
+        assert!(request(&[]).is_storable());
+        assert!(
+            request(&[
+                ("user-agent", "octokit"),
+                ("cache-control", "no-cache"),
+                ("sec-fetch-mode", "cors"),
+                ("accept-encoding", "identity"),
+            ])
+            .is_storable()
+        );
+        for changing in [
+            ("range", "bytes=0-9"),
+            ("accept-encoding", "gzip"),
+            ("if-match", "\"x\""),
+            ("time-zone", "Europe/Amsterdam"),
+            ("x-unknown", "1"),
+        ] {
+            let r = request(&[changing]);
+            assert!(!r.is_storable(), "{changing:?}");
+            assert_eq!(r.representation_header().unwrap().as_str(), changing.0);
+        }
+    }
 }
