@@ -219,7 +219,6 @@ fn the_gh_route_is_github_compatible_and_uses_the_requests_own_authorization() {
             ("Accept", "application/vnd.github.raw+json"),
             ("X-GitHub-Api-Version", "2022-11-28"),
             ("Authorization", &bearer_a),
-            ("X-Not-Forwarded", "1"),
         ],
     );
     assert_eq!(raw.header("x-peercache-source"), Some("upstream"));

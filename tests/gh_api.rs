@@ -181,10 +181,12 @@ fn head_gives_the_headers_of_get_and_no_body() {
 #[test]
 fn clients_get_304_for_the_daemons_etag_whatever_their_token() {
     let sb = Sandbox::new();
-    sb.hub
-        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub.put_json(
+        "/repos/octo/hello/contents/README.md",
+        repo_json(&sb.hub.url()),
+    );
     let daemon = sb.start_daemon(&[], &[]);
-    let url = format!("{}/gh/repos/octo/hello", daemon.api);
+    let url = format!("{}/gh/repos/octo/hello/contents/README.md", daemon.api);
 
     let first = curl(&["-H", &bearer(TOKEN_A)], &url);
     assert_eq!(first.status, 200);
@@ -222,10 +224,12 @@ fn clients_get_304_for_the_daemons_etag_whatever_their_token() {
 #[test]
 fn cached_answers_keep_githubs_headers_and_the_callers_rate_limit_figures() {
     let sb = Sandbox::new();
-    sb.hub
-        .put_json("/repos/octo/hello", repo_json(&sb.hub.url()));
+    sb.hub.put_json(
+        "/repos/octo/hello/contents/README.md",
+        repo_json(&sb.hub.url()),
+    );
     let daemon = sb.start_daemon(&[], &[]);
-    let url = format!("{}/gh/repos/octo/hello", daemon.api);
+    let url = format!("{}/gh/repos/octo/hello/contents/README.md", daemon.api);
     let upstream = curl(&["-H", &bearer(TOKEN_A)], &url);
     assert_eq!(upstream.header("x-peercache-source"), Some("upstream"));
     let remaining = upstream
