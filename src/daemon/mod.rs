@@ -136,6 +136,8 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                 listen: crate::p2p::listen_addrs(settings.port, &options.listen)?,
                 bootstrap: crate::p2p::bootstrap_addrs(&settings.bootstrap_peers)?,
                 secret,
+                // Wired to PEERCACHE_SCOPE by the settings layer at merge time.
+                scope: String::new(),
                 cache: cache.clone(),
                 runner_name: std::env::var("RUNNER_NAME").ok().filter(|v| !v.is_empty()),
                 mdns: settings.mdns,
