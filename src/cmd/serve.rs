@@ -35,6 +35,12 @@ pub struct ServeArgs {
     /// Discover peers on the LAN with mDNS: true or false [env: PEERCACHE_MDNS; default true]
     #[arg(long, value_name = "BOOL")]
     pub mdns: Option<String>,
+    /// Run as a hub: relay v2 and AutoNAT v2 server for verified members, a bootstrap point [env: PEERCACHE_HUB]
+    #[arg(long)]
+    pub hub: bool,
+    /// An address this node is reachable at from outside (repeatable), e.g. /dns4/hub.example.com/tcp/9000 [env: PEERCACHE_EXTERNAL_ADDRS]
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addr: Vec<String>,
 }
 
 /// Runs `serve` (in the foreground, or detached with `--daemon`).

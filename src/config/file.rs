@@ -56,6 +56,8 @@ struct Keys {
     p2p: Option<Value>,
     log: Option<Value>,
     max_size: Option<Value>,
+    hub: Option<Value>,
+    external_addrs: Option<Value>,
 }
 
 /// The parsed settings file: key → text value.
@@ -113,6 +115,8 @@ impl FileSettings {
             ("p2p", keys.p2p),
             ("log", keys.log),
             ("max_size", keys.max_size),
+            ("hub", keys.hub),
+            ("external_addrs", keys.external_addrs),
         ];
         for (key, value) in pairs {
             if let Some(value) = value {
@@ -139,6 +143,8 @@ const ALLOWED_KEYS: &[&str] = &[
     "p2p",
     "log",
     "max_size",
+    "hub",
+    "external_addrs",
 ];
 
 fn one_line(text: &str) -> String {

@@ -99,6 +99,10 @@ pub struct Flags {
     pub mdns: Option<String>,
     /// `--log`
     pub log: Option<String>,
+    /// `serve --hub` (`Some("true")` when given)
+    pub hub: Option<String>,
+    /// `serve --external-addr`, comma-joined
+    pub external_addrs: Option<String>,
 }
 
 /// Every setting, resolved and validated.
@@ -130,6 +134,10 @@ pub struct Settings {
     pub log: String,
     /// Cache size bound in bytes.
     pub max_size: u64,
+    /// Whether this node is a hub (relay and AutoNAT server for members).
+    pub hub: bool,
+    /// Announced multiaddrs as given (parsed by the p2p layer).
+    pub external_addrs: Vec<Raw>,
 }
 
 /// Reads one environment variable; empty values count as unset (Actions passes empty inputs so).
@@ -300,6 +308,19 @@ impl Settings {
             None => "info".to_string(),
         };
 
+        let hub = match r.pick(("--hub", &flags.hub), &["PEERCACHE_HUB"], "hub") {
+            Some(raw) => parse_bool(&raw)?,
+            None => false,
+        };
+        let external_addrs = r
+            .pick(
+                ("--external-addr", &flags.external_addrs),
+                &["PEERCACHE_EXTERNAL_ADDRS"],
+                "external_addrs",
+            )
+            .map(|raw| split_list(&raw))
+            .unwrap_or_default();
+
         let max_size = match r.pick(("", &None), &["PEERCACHE_MAX_SIZE"], "max_size") {
             Some(raw) => parse_size(&raw)?,
             None => DEFAULT_MAX_SIZE,
@@ -319,6 +340,8 @@ impl Settings {
             p2p,
             log,
             max_size,
+            hub,
+            external_addrs,
         })
     }
 

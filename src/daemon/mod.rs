@@ -143,6 +143,8 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                 mdns: settings.mdns,
                 test_fault: crate::p2p::test_fault_from_env()?,
                 metrics: Some(libp2p::metrics::Metrics::new(&mut libp2p_registry)),
+                hub: settings.hub,
+                external_addrs: crate::p2p::external_addrs(&settings.external_addrs),
             };
             let node = crate::p2p::Node::start(config)
                 .await

@@ -1,25 +1,64 @@
 //! Connectivity: which addresses are dialed, keeping bootstrap peers connected, Kademlia.
 
+use libp2p::swarm::DialError;
+
 use super::*;
 
-/// Whether an address can be dialed at all (not `0.0.0.0`/`::`, not a relay circuit).
+/// Whether an address can be dialed at all: not `0.0.0.0`/`::`, and a relay circuit only
+/// through a named relay (`…/p2p/<relay>/p2p-circuit`).
 pub(super) fn is_dialable(addr: &Multiaddr) -> bool {
-    addr.iter().all(|p| match p {
-        Protocol::Ip4(ip) => !ip.is_unspecified(),
-        Protocol::Ip6(ip) => !ip.is_unspecified(),
-        Protocol::P2pCircuit => false,
-        _ => true,
+    let mut previous = None;
+    addr.iter().all(|p| {
+        let ok = match p {
+            Protocol::Ip4(ip) => !ip.is_unspecified(),
+            Protocol::Ip6(ip) => !ip.is_unspecified(),
+            Protocol::P2pCircuit => matches!(previous, Some(Protocol::P2p(_))),
+            _ => true,
+        };
+        previous = Some(p);
+        ok
     })
 }
 
+/// A peer to keep connected.
 pub(super) struct Redial {
     pub(super) peer: PeerId,
     pub(super) addr: Multiaddr,
     pub(super) next_attempt: Instant,
     pub(super) backoff: Duration,
+    /// A failure to reach it was logged already (once per address, not once per backoff).
+    pub(super) warned: bool,
+    /// Dial from the listen port (bootstrap peers: see `redial_lost`); mDNS peers, which may
+    /// dial each other at the same moment, use a new port.
+    pub(super) reuse_port: bool,
 }
 
 impl EventLoop {
+    /// A dial failed: a peer kept connected (a bootstrap peer, or one mDNS found) gets one
+    /// warning per address naming it and the fix; others are routine (Kademlia tries every
+    /// address it knows).
+    pub(super) fn on_dial_failure(&mut self, peer: Option<PeerId>, error: &DialError) {
+        let Some(peer) = peer else {
+            tracing::debug!("a dial failed: {error}");
+            return;
+        };
+        let mut warned = false;
+        for redial in self.keep_connected.iter_mut().filter(|r| r.peer == peer) {
+            if !redial.warned && !warned {
+                tracing::warn!(
+                    "cannot reach {} ({}); check that the name resolves and the port is open from this host; retrying with backoff",
+                    redial.addr,
+                    one_line(error)
+                );
+                warned = true;
+            }
+            redial.warned = true;
+        }
+        if !warned {
+            tracing::debug!("dialing {peer} failed: {error}");
+        }
+    }
+
     /// Re-dials lost bootstrap and mDNS peers, each with its own backoff.
     pub(super) fn redial_lost(&mut self) {
         let now = Instant::now();
@@ -34,10 +73,14 @@ impl EventLoop {
             }
             redial.next_attempt = now + redial.backoff;
             redial.backoff = (redial.backoff * 2).min(MAX_REDIAL_BACKOFF);
-            let opts = DialOpts::peer_id(redial.peer)
-                .addresses(vec![redial.addr.clone()])
-                .allocate_new_port()
-                .build();
+            // From the listen port: through a cone NAT the hub then sees the port that other
+            // members can punch a hole to. (A hub never dials back, so no simultaneous open.)
+            let opts = DialOpts::peer_id(redial.peer).addresses(vec![redial.addr.clone()]);
+            let opts = if redial.reuse_port {
+                opts.build()
+            } else {
+                opts.allocate_new_port().build()
+            };
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!("cannot dial {}: {e}", redial.addr);
             }
@@ -85,4 +128,15 @@ impl EventLoop {
             _ => {}
         }
     }
+}
+
+/// A dial error on one line: libp2p lists one line per address tried.
+fn one_line(error: &DialError) -> String {
+    error
+        .to_string()
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }

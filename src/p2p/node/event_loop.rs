@@ -1,5 +1,7 @@
 //! The event loop: it owns the swarm, runs [`Command`]s and reacts to swarm events.
 
+use libp2p::relay;
+
 use super::*;
 
 pub(super) struct EventLoop {
@@ -17,6 +19,12 @@ pub(super) struct EventLoop {
     pub(super) topic: gossipsub::IdentTopic,
     pub(super) meta: PeerMeta,
     pub(super) metrics: Option<libp2p::metrics::Metrics>,
+    /// This node is a hub: it serves the relay and reserves on no one.
+    pub(super) hub: bool,
+    /// Relay reservations asked for or held: the relay listener and the hub it is on.
+    pub(super) reservations: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// When to look the swarm up once more after a reservation.
+    pub(super) rebootstrap_at: Option<Instant>,
 }
 
 impl EventLoop {
@@ -102,6 +110,7 @@ impl EventLoop {
         }
         self.expire();
         self.redial_lost();
+        self.rebootstrap_when_due();
     }
 
     /// Forgets expired bans and claims.
@@ -124,8 +133,24 @@ impl EventLoop {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 self.inner.state().listen_addrs.retain(|a| a != &address)
             }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.inner
+                    .state()
+                    .listen_addrs
+                    .retain(|a| !addresses.contains(a));
+                self.on_listener_closed(listener_id, reason);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.on_dial_failure(peer_id, &error);
+            }
             SwarmEvent::ConnectionEstablished {
                 peer_id,
+                connection_id,
+                endpoint,
                 num_established,
                 ..
             } => {
@@ -133,12 +158,20 @@ impl EventLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                self.inner
-                    .state()
-                    .peers
-                    .entry(peer_id)
-                    .or_default()
-                    .last_seen_ms = now_ms();
+                {
+                    let mut state = self.inner.state();
+                    let peer = state.peers.entry(peer_id).or_default();
+                    peer.last_seen_ms = now_ms();
+                    let remote = endpoint.get_remote_address().clone();
+                    if endpoint.is_dialer() && !is_relayed(&remote) {
+                        peer.dialed_addr = Some(remote.clone());
+                    }
+                    let upgraded = is_relayed(&remote) || peer.connections.is_empty();
+                    peer.connections.insert(connection_id, remote);
+                    if !upgraded && peer.verified {
+                        tracing::debug!("a direct connection to {peer_id} joined its relayed one");
+                    }
+                }
                 if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);
                 }
@@ -154,10 +187,17 @@ impl EventLoop {
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
                 let mut state = self.inner.state();
+                if num_established > 0 {
+                    if let Some(peer) = state.peers.get_mut(&peer_id) {
+                        peer.connections.remove(&connection_id);
+                    }
+                    return;
+                }
                 if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
                     tracing::info!("peer {peer_id} left");
                 }
@@ -174,12 +214,14 @@ impl EventLoop {
                     Some(peer) => {
                         peer.addrs = info.listen_addrs;
                         peer.last_seen_ms = now_ms();
+                        peer.is_hub = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
                         peer.verified
                     }
                     None => false,
                 };
                 if verified {
                     self.add_to_routing(&peer_id);
+                    self.maybe_reserve(peer_id);
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
@@ -201,6 +243,8 @@ impl EventLoop {
                                 addr: addr.clone(),
                                 next_attempt: Instant::now() + Duration::from_secs(1),
                                 backoff: Duration::from_secs(1),
+                                warned: false,
+                                reuse_port: false,
                             });
                         }
                     }
@@ -212,6 +256,14 @@ impl EventLoop {
                     .retain(|r| !gone.iter().any(|(p, a)| *p == r.peer && *a == r.addr));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.on_relay_client(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                tracing::debug!("relay: {event:?}")
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
                 peer,
                 result: Ok(_),

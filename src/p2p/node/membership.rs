@@ -56,6 +56,7 @@ impl EventLoop {
         drop(state);
         if newly_verified {
             self.add_to_routing(peer);
+            self.maybe_reserve(*peer);
         }
         true
     }

@@ -28,8 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 mod claims;
 mod connectivity;
 mod event_loop;
+mod hub;
 mod membership;
 mod pull;
+mod reach;
 mod state;
 mod swarm;
 
@@ -37,6 +39,7 @@ use self::claims::*;
 use self::connectivity::*;
 use self::event_loop::*;
 use self::pull::*;
+use self::reach::*;
 use self::state::*;
 use self::swarm::*;
 use super::TestFault;
@@ -97,9 +100,13 @@ pub struct NodeConfig {
     pub test_fault: Option<TestFault>,
     /// Whether to discover peers on the LAN with mDNS.
     pub mdns: bool,
-    /// libp2p's own metrics (connections, identify, ping, gossipsub, Kademlia), recorded from
-    /// the swarm's events when given.
+    /// libp2p's own metrics (connections, identify, ping, gossipsub, Kademlia, relay, DCUtR),
+    /// recorded from the swarm's events when given.
     pub metrics: Option<libp2p::metrics::Metrics>,
+    /// Serve circuit relay v2 and AutoNAT v2 to verified members (`serve --hub`).
+    pub hub: bool,
+    /// Addresses this node is reachable at from outside (`--external-addr`), announced as is.
+    pub external_addrs: Vec<Multiaddr>,
 }
 
 /// A verified swarm member, as `/api/peers` shows it.
@@ -115,6 +122,8 @@ pub struct PeerInfo {
     pub last_seen: u64,
     /// The addresses it listens on (from identify).
     pub multiaddrs: Vec<String>,
+    /// `direct` when one of its connections is not through a relay, else `relayed`.
+    pub connection: &'static str,
 }
 
 /// Swarm figures since start.
@@ -134,6 +143,12 @@ pub struct P2pStats {
     pub claims_won: u64,
     /// Times this node waited for another node's claim.
     pub claims_waited: u64,
+    /// DCUtR hole punches that ended (succeeded or failed).
+    pub hole_punches_attempted: u64,
+    /// Hole punches that gave a direct TCP connection.
+    pub hole_punches_tcp: u64,
+    /// Hole punches that gave a direct QUIC connection.
+    pub hole_punches_quic: u64,
 }
 
 #[derive(Default)]
@@ -145,6 +160,9 @@ struct Counters {
     announcements_received: AtomicU64,
     claims_won: AtomicU64,
     claims_waited: AtomicU64,
+    hole_punches_attempted: AtomicU64,
+    hole_punches_tcp: AtomicU64,
+    hole_punches_quic: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -205,9 +223,33 @@ impl Node {
     pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
         let keys = SwarmKeys::derive(&config.secret, &config.scope);
         let peer_id = config.keypair.public().to_peer_id();
-        let mut swarm = build_swarm(&config.keypair, config.mdns)?;
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            peer_id,
+            keys,
+            cache: config.cache.clone(),
+            commands,
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+            fault: config.test_fault,
+        });
+        // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
+        let members: hub::Members = {
+            let inner = Arc::downgrade(&inner);
+            Arc::new(move |peer: &PeerId| {
+                inner
+                    .upgrade()
+                    .is_some_and(|inner| inner.state().verified(peer))
+            })
+        };
+        let options = SwarmOptions {
+            mdns: config.mdns,
+            hub: config.hub,
+            members,
+        };
+        let mut swarm = build_swarm(&config.keypair, options)?;
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-        let topic = gossipsub::IdentTopic::new(keys.topic());
+        let topic = gossipsub::IdentTopic::new(inner.keys.topic());
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
 
         for addr in &config.listen {
@@ -216,20 +258,15 @@ impl Node {
             })?;
         }
         let listen_addrs = wait_for_listeners(&mut swarm, config.listen.len()).await?;
-
-        let (commands, receiver) = mpsc::unbounded_channel();
-        let inner = Arc::new(Inner {
-            peer_id,
-            keys,
-            cache: config.cache.clone(),
-            commands,
-            state: Mutex::new(State {
-                listen_addrs,
-                ..State::default()
-            }),
-            counters: Counters::default(),
-            fault: config.test_fault,
-        });
+        for addr in &config.external_addrs {
+            tracing::info!("announcing the external address {addr}");
+            swarm.add_external_address(addr.clone());
+        }
+        {
+            let mut state = inner.state();
+            state.listen_addrs = listen_addrs;
+            state.external_addrs = config.external_addrs.clone();
+        }
         index_cache(&inner).await;
 
         let mut bootstrap = Vec::new();
@@ -242,6 +279,8 @@ impl Node {
                     addr,
                     next_attempt: Instant::now(),
                     backoff: Duration::from_secs(1),
+                    warned: false,
+                    reuse_port: true,
                 });
             }
         }
@@ -260,6 +299,9 @@ impl Node {
             topic,
             meta,
             metrics: config.metrics,
+            hub: config.hub,
+            reservations: HashMap::new(),
+            rebootstrap_at: None,
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {
@@ -334,6 +376,7 @@ impl Handle {
                 listen_port: p.meta.listen_port,
                 last_seen: p.last_seen_ms / 1000,
                 multiaddrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                connection: if p.is_direct() { "direct" } else { "relayed" },
             })
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -352,7 +395,23 @@ impl Handle {
             announcements_received: get(&c.announcements_received),
             claims_won: get(&c.claims_won),
             claims_waited: get(&c.claims_waited),
+            hole_punches_attempted: get(&c.hole_punches_attempted),
+            hole_punches_tcp: get(&c.hole_punches_tcp),
+            hole_punches_quic: get(&c.hole_punches_quic),
         }
+    }
+
+    /// AutoNAT's verdict on this node: `public`, `private` or `unknown`.
+    pub fn reachability(&self) -> &'static str {
+        self.inner.state().reachability.as_str()
+    }
+
+    /// The relay addresses this node holds a reservation on.
+    pub fn relays(&self) -> Vec<String> {
+        let state = self.inner.state();
+        let mut relays: Vec<String> = state.relays.values().map(|a| a.to_string()).collect();
+        relays.sort();
+        relays
     }
 
     /// Asks the node to dial an address (for `discover --connect`).

@@ -1,5 +1,7 @@
 //! What the event loop has learnt about peers, holders and claims, shared with the handlers.
 
+use libp2p::swarm::ConnectionId;
+
 use super::*;
 
 #[derive(Debug, Clone)]
@@ -15,6 +17,41 @@ pub(super) struct PeerState {
     pub(super) addrs: Vec<Multiaddr>,
     pub(super) last_seen_ms: u64,
     pub(super) failures: u32,
+    /// Its open connections and the remote address of each (`/p2p-circuit` when relayed).
+    pub(super) connections: HashMap<ConnectionId, Multiaddr>,
+    /// The address this node dialed it at, when not through a relay (to reserve on it).
+    pub(super) dialed_addr: Option<Multiaddr>,
+    /// It serves circuit relay v2 (identify lists the hop protocol): a hub.
+    pub(super) is_hub: bool,
+}
+
+impl PeerState {
+    /// Whether one of its connections does not go through a relay.
+    pub(super) fn is_direct(&self) -> bool {
+        self.connections.values().any(|a| !is_relayed(a))
+    }
+}
+
+/// AutoNAT's verdict on this node's reachability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Reachability {
+    /// A hub dialed one of its addresses back.
+    Public,
+    /// Every address a hub tried failed.
+    Private,
+    /// No test has finished yet.
+    #[default]
+    Unknown,
+}
+
+impl Reachability {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+            Reachability::Unknown => "unknown",
+        }
+    }
 }
 
 /// An entry this node can serve.
@@ -37,6 +74,12 @@ pub(super) struct State {
     pub(super) waiters: HashMap<KeyId, Vec<oneshot::Sender<()>>>,
     /// Every entry this node can serve, by wire key id.
     pub(super) served: HashMap<KeyId, Held>,
+    /// AutoNAT's verdict.
+    pub(super) reachability: Reachability,
+    /// The `/p2p-circuit` addresses of the reservations held, by relay.
+    pub(super) relays: HashMap<PeerId, Multiaddr>,
+    /// `--external-addr`.
+    pub(super) external_addrs: Vec<Multiaddr>,
 }
 
 impl State {

@@ -1,5 +1,8 @@
 //! Building the swarm: the transports and the behaviours, and feeding libp2p's metrics.
 
+use libp2p::{autonat, dcutr, relay};
+
+use super::hub::{AutonatServer, Members, MembersOnly, relay_config};
 use super::*;
 
 #[derive(NetworkBehaviour)]
@@ -11,9 +14,53 @@ pub(super) struct Behaviour {
     pub(super) exchange: request_response::cbor::Behaviour<Request, Response>,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
+    /// Every node: reserve on hubs, dial and accept circuits.
+    pub(super) relay_client: relay::client::Behaviour,
+    /// Every node: upgrade relayed connections to direct ones.
+    pub(super) dcutr: dcutr::Behaviour,
+    /// Every node: ask hubs whether our addresses are reachable from outside.
+    pub(super) autonat: autonat::v2::client::Behaviour,
+    /// Hubs only: the relay for verified members.
+    pub(super) relay: Toggle<relay::Behaviour>,
+    /// Hubs only: the AutoNAT v2 server for verified members.
+    pub(super) autonat_server: Toggle<AutonatServer>,
 }
 
-pub(super) fn build_swarm(keypair: &Keypair, with_mdns: bool) -> anyhow::Result<Swarm<Behaviour>> {
+/// What the swarm is built with.
+pub(super) struct SwarmOptions {
+    pub(super) mdns: bool,
+    pub(super) hub: bool,
+    pub(super) members: Members,
+}
+
+/// The DNS resolver configuration: the system's, or (with no usable `/etc/resolv.conf`, as in
+/// a bare network namespace) the hosts file alone, so that `/dns4/localhost/…` and names in
+/// `/etc/hosts` always resolve, online or not.
+fn resolver_config() -> (libp2p::dns::ResolverConfig, libp2p::dns::ResolverOpts) {
+    let (config, mut opts) =
+        hickory_resolver::system_conf::read_system_conf().unwrap_or_else(|e| {
+            tracing::debug!(
+                "no usable /etc/resolv.conf ({e}); resolving names from /etc/hosts only"
+            );
+            (
+                libp2p::dns::ResolverConfig::from_parts(None, Vec::new(), Vec::new()),
+                libp2p::dns::ResolverOpts::default(),
+            )
+        });
+    opts.use_hosts_file = hickory_resolver::config::ResolveHosts::Always;
+    (config, opts)
+}
+
+pub(super) fn build_swarm(
+    keypair: &Keypair,
+    options: SwarmOptions,
+) -> anyhow::Result<Swarm<Behaviour>> {
+    let SwarmOptions {
+        mdns: with_mdns,
+        hub,
+        members,
+    } = options;
+    let (dns_config, dns_opts) = resolver_config();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
         .with_tokio()
         .with_tcp(
@@ -22,8 +69,10 @@ pub(super) fn build_swarm(keypair: &Keypair, with_mdns: bool) -> anyhow::Result<
             yamux::Config::default,
         )?
         .with_quic()
+        .with_dns_config(dns_config, dns_opts)
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(
-            |key| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+            |key, relay_client| -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
                 let gossip_config = gossipsub::ConfigBuilder::default()
                     .heartbeat_interval(Duration::from_millis(700))
                     .validation_mode(gossipsub::ValidationMode::Strict)
@@ -76,15 +125,27 @@ pub(super) fn build_swarm(keypair: &Keypair, with_mdns: bool) -> anyhow::Result<
                     .with_max_pending_incoming(Some(128));
                 Ok(Behaviour {
                     limits: connection_limits::Behaviour::new(limits),
+                    // Pushes tell members (and the hub's Kademlia) of a new relay address at once.
                     identify: identify::Behaviour::new(
                         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
-                            .with_agent_version(crate::github::USER_AGENT_VALUE.into()),
+                            .with_agent_version(crate::github::USER_AGENT_VALUE.into())
+                            .with_push_listen_addr_updates(true),
                     ),
                     ping: ping::Behaviour::new(ping::Config::new()),
                     gossipsub,
                     exchange,
                     kad,
                     mdns: Toggle::from(mdns),
+                    relay_client,
+                    dcutr: dcutr::Behaviour::new(peer_id),
+                    // Probes every 5 s, up to 10 candidate addresses.
+                    autonat: autonat::v2::client::Behaviour::default(),
+                    relay: Toggle::from(
+                        hub.then(|| relay::Behaviour::new(peer_id, relay_config(members.clone()))),
+                    ),
+                    autonat_server: Toggle::from(hub.then(|| {
+                        MembersOnly::new(autonat::v2::server::Behaviour::default(), members.clone())
+                    })),
                 })
             },
         )?
@@ -135,6 +196,8 @@ pub(super) fn record_metrics(
         SwarmEvent::Behaviour(BehaviourEvent::Ping(e)) => metrics.record(e),
         SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(e)) => metrics.record(e),
         SwarmEvent::Behaviour(BehaviourEvent::Kad(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Dcutr(e)) => metrics.record(e),
+        SwarmEvent::Behaviour(BehaviourEvent::Relay(e)) => metrics.record(e),
         _ => {}
     }
 }
