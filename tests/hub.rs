@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::swarm::{NodeSpec, serial, start_node as start, wait_for};
-use fakehub::{FakeHub, Options};
+use fakehub::FakeHub;
 use futures::StreamExt;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::SwarmEvent;
@@ -26,7 +26,7 @@ fn port_of(addr: &str) -> u16 {
 #[test]
 fn a_dns4_bootstrap_address_is_dialed_and_an_unresolvable_one_is_one_warning() {
     let _serial = serial();
-    let hub = FakeHub::start(Options::default());
+    let hub = FakeHub::start();
     let root = tempfile::tempdir().unwrap();
     let a = start(root.path(), "a", &hub, NodeSpec::default());
     let nowhere = PeerId::random();
@@ -93,7 +93,7 @@ fn stranger() -> libp2p::Swarm<relay::client::Behaviour> {
 #[test]
 fn the_hub_relays_for_members_only() {
     let _serial = serial();
-    let api = FakeHub::start(Options::default());
+    let api = FakeHub::start();
     let root = tempfile::tempdir().unwrap();
     let hub = start(
         root.path(),

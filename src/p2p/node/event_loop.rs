@@ -21,6 +21,9 @@ pub(super) struct EventLoop {
     pub(super) metrics: Option<libp2p::metrics::Metrics>,
     /// This node is a hub: it serves the relay and reserves on no one.
     pub(super) hub: bool,
+    /// A hub without `--external-addr` announces what it listens on: a hub is set up where
+    /// members can reach it, and relay reservations must name at least one address.
+    pub(super) announce_listeners: bool,
     /// Relay reservations asked for or held: the relay listener and the hub it is on.
     pub(super) reservations: HashMap<libp2p::core::transport::ListenerId, PeerId>,
     /// When to look the swarm up once more after a reservation.
@@ -128,6 +131,9 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!("listening on {address}");
+                if self.announce_listeners && !is_relayed(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
                 self.inner.state().listen_addrs.push(address);
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
@@ -166,11 +172,7 @@ impl EventLoop {
                     if endpoint.is_dialer() && !is_relayed(&remote) {
                         peer.dialed_addr = Some(remote.clone());
                     }
-                    let upgraded = is_relayed(&remote) || peer.connections.is_empty();
                     peer.connections.insert(connection_id, remote);
-                    if !upgraded && peer.verified {
-                        tracing::debug!("a direct connection to {peer_id} joined its relayed one");
-                    }
                 }
                 if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);

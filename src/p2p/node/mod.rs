@@ -262,6 +262,12 @@ impl Node {
             tracing::info!("announcing the external address {addr}");
             swarm.add_external_address(addr.clone());
         }
+        let announce_listeners = config.hub && config.external_addrs.is_empty();
+        if announce_listeners {
+            for addr in &listen_addrs {
+                swarm.add_external_address(addr.clone());
+            }
+        }
         {
             let mut state = inner.state();
             state.listen_addrs = listen_addrs;
@@ -300,6 +306,7 @@ impl Node {
             meta,
             metrics: config.metrics,
             hub: config.hub,
+            announce_listeners,
             reservations: HashMap::new(),
             rebootstrap_at: None,
         };

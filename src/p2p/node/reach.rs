@@ -48,7 +48,14 @@ impl EventLoop {
             }
             match state.peers.get(&peer) {
                 Some(p) if p.verified && p.is_hub => p.dialed_addr.clone(),
-                _ => None,
+                p => {
+                    tracing::trace!(
+                        "not reserving on {peer}: verified {:?}, hub {:?}",
+                        p.map(|p| p.verified),
+                        p.map(|p| p.is_hub)
+                    );
+                    None
+                }
             }
         };
         let Some(dialed) = dialed else {

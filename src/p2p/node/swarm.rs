@@ -140,9 +140,14 @@ pub(super) fn build_swarm(
                     dcutr: dcutr::Behaviour::new(peer_id),
                     // Probes every 5 s, up to 10 candidate addresses.
                     autonat: autonat::v2::client::Behaviour::default(),
-                    relay: Toggle::from(
-                        hub.then(|| relay::Behaviour::new(peer_id, relay_config(members.clone()))),
-                    ),
+                    relay: Toggle::from(hub.then(|| {
+                        let mut relay =
+                            relay::Behaviour::new(peer_id, relay_config(members.clone()));
+                        // A hub is reachable by definition (that is what it is set up for): it
+                        // offers the relay without waiting for a confirmed external address.
+                        relay.set_status(Some(relay::Status::Enable));
+                        relay
+                    })),
                     autonat_server: Toggle::from(hub.then(|| {
                         MembersOnly::new(autonat::v2::server::Behaviour::default(), members.clone())
                     })),
