@@ -15,6 +15,8 @@ command -v file >/dev/null 2>&1 || missing+=(file)
 # `ip` (network namespaces for the mDNS test).
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the status page test (tests/observability.rs)
+# nftables: the NAT routers of the NAT lab (tests/nat_lab.rs).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv) # the venv of the action's tools below
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing Debian packages: ${missing[*]}" >&2

@@ -20,6 +20,33 @@ pub(super) fn is_dialable(addr: &Multiaddr) -> bool {
     })
 }
 
+/// Whether an address is on the loopback interface.
+pub(super) fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// Whether dialing `addr` would reach this node itself: its first hop (everything before the
+/// first `/p2p/`) is one of our own listen addresses — typically a peer's `127.0.0.1` address
+/// with the same port as ours. Such a dial connects to us first, and the whole dial then
+/// fails on the wrong peer id, taking the good addresses tried with it down too.
+pub(super) fn reaches_itself(addr: &Multiaddr, own: &[Multiaddr]) -> bool {
+    let first_hop: Multiaddr = addr
+        .iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    own.iter().any(|listen| {
+        let listen: Multiaddr = listen
+            .iter()
+            .take_while(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        listen == first_hop
+    })
+}
+
 /// A peer to keep connected.
 pub(super) struct Redial {
     pub(super) peer: PeerId,
@@ -76,8 +103,11 @@ impl EventLoop {
             // From the listen port: through a cone NAT the hub then sees the port that other
             // members can punch a hole to. (A hub never dials back, so no simultaneous open.)
             let opts = DialOpts::peer_id(redial.peer).addresses(vec![redial.addr.clone()]);
+            // Always: each bootstrap address of one peer (its TCP and its QUIC one) gets its
+            // own connection, so that the hub observes this node's address on both transports
+            // and hole punching can try both.
             let opts = if redial.reuse_port {
-                opts.build()
+                opts.condition(PeerCondition::Always).build()
             } else {
                 opts.allocate_new_port().build()
             };
@@ -93,7 +123,11 @@ impl EventLoop {
         if peer == self.inner.peer_id || self.inner.state().banned.contains_key(&peer) {
             return;
         }
-        let addrs: Vec<Multiaddr> = addrs.into_iter().filter(is_dialable).collect();
+        let own = self.inner.state().listen_addrs.clone();
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .filter(|a| is_dialable(a) && !reaches_itself(a, &own))
+            .collect();
         if addrs.is_empty() {
             return;
         }

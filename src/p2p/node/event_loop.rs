@@ -131,7 +131,7 @@ impl EventLoop {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!("listening on {address}");
-                if self.announce_listeners && !is_relayed(&address) {
+                if self.announce_listeners && !is_relayed(&address) && !is_loopback(&address) {
                     self.swarm.add_external_address(address.clone());
                 }
                 self.inner.state().listen_addrs.push(address);
@@ -169,10 +169,21 @@ impl EventLoop {
                     let peer = state.peers.entry(peer_id).or_default();
                     peer.last_seen_ms = now_ms();
                     let remote = endpoint.get_remote_address().clone();
-                    if endpoint.is_dialer() && !is_relayed(&remote) {
+                    let relayed = endpoint.is_relayed();
+                    if endpoint.is_dialer() && !relayed {
                         peer.dialed_addr = Some(remote.clone());
                     }
-                    peer.connections.insert(connection_id, remote);
+                    tracing::debug!(
+                        "connected to {peer_id} at {remote} ({}, {})",
+                        if relayed { "relayed" } else { "direct" },
+                        if endpoint.is_dialer() {
+                            "dialed"
+                        } else {
+                            "accepted"
+                        }
+                    );
+                    peer.connections
+                        .insert(connection_id, Link { remote, relayed });
                 }
                 if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);

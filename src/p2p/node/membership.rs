@@ -63,14 +63,25 @@ impl EventLoop {
 
     /// Puts a verified member's listen addresses into the Kademlia routing table.
     pub(super) fn add_to_routing(&mut self, peer: &PeerId) {
-        let addrs = self
+        let (addrs, on_loopback) = self
             .inner
             .state()
             .peers
             .get(peer)
-            .map(|p| p.addrs.clone())
+            .map(|p| {
+                (
+                    p.addrs.clone(),
+                    p.connections.values().any(|l| is_loopback(&l.remote)),
+                )
+            })
             .unwrap_or_default();
-        for addr in addrs.into_iter().filter(is_dialable) {
+        // A peer's loopback addresses are of use only to nodes on its host: handed to anyone
+        // else (Kademlia answers carry them), they reach that node itself, and the whole dial
+        // fails on the wrong peer id.
+        for addr in addrs
+            .into_iter()
+            .filter(|a| is_dialable(a) && (on_loopback || !is_loopback(a)))
+        {
             self.swarm.behaviour_mut().kad.add_address(peer, addr);
         }
     }

@@ -264,7 +264,14 @@ impl Node {
         }
         let announce_listeners = config.hub && config.external_addrs.is_empty();
         if announce_listeners {
-            for addr in &listen_addrs {
+            // Loopback addresses only when the hub listens on nothing else (a test on one host).
+            let public: Vec<&Multiaddr> = listen_addrs.iter().filter(|a| !is_loopback(a)).collect();
+            let announced = if public.is_empty() {
+                listen_addrs.iter().collect()
+            } else {
+                public
+            };
+            for addr in announced {
                 swarm.add_external_address(addr.clone());
             }
         }

@@ -137,7 +137,11 @@ impl EventLoop {
                     .state()
                     .peers
                     .get(&peer)
-                    .and_then(|p| p.connections.get(&connection).map(transport_of))
+                    .and_then(|p| {
+                        p.connections
+                            .get(&connection)
+                            .map(|l| transport_of(&l.remote))
+                    })
                     .unwrap_or("tcp");
                 let counter = if transport == "quic" {
                     &self.inner.counters.hole_punches_quic

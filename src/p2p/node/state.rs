@@ -17,8 +17,8 @@ pub(super) struct PeerState {
     pub(super) addrs: Vec<Multiaddr>,
     pub(super) last_seen_ms: u64,
     pub(super) failures: u32,
-    /// Its open connections and the remote address of each (`/p2p-circuit` when relayed).
-    pub(super) connections: HashMap<ConnectionId, Multiaddr>,
+    /// Its open connections.
+    pub(super) connections: HashMap<ConnectionId, Link>,
     /// The address this node dialed it at, when not through a relay (to reserve on it).
     pub(super) dialed_addr: Option<Multiaddr>,
     /// It serves circuit relay v2 (identify lists the hop protocol): a hub.
@@ -28,8 +28,17 @@ pub(super) struct PeerState {
 impl PeerState {
     /// Whether one of its connections does not go through a relay.
     pub(super) fn is_direct(&self) -> bool {
-        self.connections.values().any(|a| !is_relayed(a))
+        self.connections.values().any(|l| !l.relayed)
     }
+}
+
+/// One connection to a peer.
+#[derive(Debug, Clone)]
+pub(super) struct Link {
+    /// Its remote address (for an accepted relayed connection only `/p2p/<peer>`).
+    pub(super) remote: Multiaddr,
+    /// It goes through a relay (`/p2p-circuit` on either end).
+    pub(super) relayed: bool,
 }
 
 /// AutoNAT's verdict on this node's reachability.
