@@ -187,16 +187,22 @@ impl Lab {
         } else {
             "masquerade"
         };
-        // Counters per other router: what came in from that public address and was let through
-        // to the runner (replies to its own packets: with a hole punched, peer traffic).
+        // Counters per other router and protocol: what came in from that public address,
+        // dropped as unsolicited (input) or let through to the runner as a reply to its own
+        // packets (forward: with a hole punched, peer traffic).
         let counters: String = (10..=20u8)
             .filter(|m| *m != n)
-            .map(|m| format!("iifname \"wan\" ip saddr 198.18.0.{m} counter\n"))
+            .flat_map(|m| {
+                ["tcp", "udp"].map(|proto| {
+                    format!("iifname \"wan\" ip saddr 198.18.0.{m} meta l4proto {proto} counter\n")
+                })
+            })
             .collect();
         let rules = format!(
             "table ip nat {{\n chain postrouting {{ type nat hook postrouting priority 100; oifname \"wan\" {nat}; }}\n}}\n\
              table inet filter {{\n\
-              chain input {{ type filter hook input priority 0; iifname \"wan\" ct state new counter drop; }}\n\
+              chain input {{ type filter hook input priority 0;\n{counters}\
+               iifname \"wan\" ct state new counter drop; }}\n\
               chain forward {{ type filter hook forward priority 0;\n{counters}\
                iifname \"wan\" ct state new counter drop; }}\n}}\n"
         );
@@ -222,8 +228,9 @@ impl Lab {
     }
 }
 
-/// Bytes the router let through to its runner from another router's public address.
-fn forwarded_from(site: &Site, other_wan: &str) -> u64 {
+/// A counter of a router's `chain` (`input` or `forward`) for packets of `proto` from another
+/// router's public address: `(packets, bytes)`.
+fn counted(site: &Site, chain: &str, other_wan: &str, proto: &str) -> (u64, u64) {
     let out = run(
         "ip",
         &[
@@ -235,17 +242,37 @@ fn forwarded_from(site: &Site, other_wan: &str) -> u64 {
             "chain",
             "inet",
             "filter",
-            "forward",
+            chain,
         ],
     );
+    let rule = format!("ip saddr {other_wan} meta l4proto {proto} counter");
     out.lines()
-        .find(|l| l.contains(&format!("ip saddr {other_wan} ")))
-        .and_then(|l| {
+        .find(|l| l.contains(&rule))
+        .map(|l| {
             let words: Vec<&str> = l.split_whitespace().collect();
-            let i = words.iter().position(|w| *w == "bytes")?;
-            words.get(i + 1)?.parse().ok()
+            let after = |key: &str| {
+                words
+                    .iter()
+                    .position(|w| *w == key)
+                    .and_then(|i| words.get(i + 1)?.parse().ok())
+                    .unwrap_or(0)
+            };
+            (after("packets"), after("bytes"))
         })
-        .unwrap_or(0)
+        .unwrap_or((0, 0))
+}
+
+/// Bytes the router let through to its runner from another router's public address.
+fn forwarded_from(site: &Site, other_wan: &str) -> u64 {
+    ["tcp", "udp"]
+        .iter()
+        .map(|proto| counted(site, "forward", other_wan, proto).1)
+        .sum()
+}
+
+/// Packets of `proto` that reached the router from another router's public address at all.
+fn arrived_from(site: &Site, other_wan: &str, proto: &str) -> u64 {
+    counted(site, "input", other_wan, proto).0 + counted(site, "forward", other_wan, proto).0
 }
 
 /// The stand-in API's address inside every namespace: one base URL for all, as GitHub's is
@@ -614,6 +641,15 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         direct_after > direct_before,
         "no traffic between the cone routers: {direct_before} → {direct_after} bytes"
     );
+    // Hole punching tried both transports: packets of each arrived from the other cone router.
+    for proto in ["tcp", "udp"] {
+        let seen =
+            arrived_from(&cone1, &cone2.wan_ip, proto) + arrived_from(&cone2, &cone1.wan_ip, proto);
+        assert!(
+            seen > 0,
+            "no {proto} packets between the cone routers: that transport was not tried"
+        );
+    }
     for other in [&cone1, &cone2] {
         assert_eq!(
             forwarded_from(&sym, &other.wan_ip),
@@ -645,6 +681,10 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         "the stranger's fetch went upstream"
     );
     assert_eq!(stranger.json("api/swarm")["entries_received"], 0);
+    assert!(
+        !stranger.log().contains("heard announcement"),
+        "the stranger read the swarm's gossip"
+    );
     assert!(relays(stranger).is_empty());
 
     // The hub dies: the direct pair keeps sharing; nothing fails.
