@@ -230,6 +230,9 @@ fn swarm(api: &Api) -> serde_json::Value {
         "announcements_received": stats.announcements_received,
         "claims_won": stats.claims_won,
         "claims_waited": stats.claims_waited,
+        "hole_punches_attempted": stats.hole_punches_attempted,
+        "hole_punches_tcp": stats.hole_punches_tcp,
+        "hole_punches_quic": stats.hole_punches_quic,
     })
 }
 
