@@ -351,6 +351,8 @@ struct Spec<'a> {
     api_url: &'a str,
     bootstrap: String,
     hub: bool,
+    /// `--listen` values; none: TCP and QUIC on every interface at [`HUB_PORT`].
+    listen: Vec<String>,
 }
 
 fn start(root: &Path, spec: Spec, lab: &mut Lab) -> Runner {
@@ -365,6 +367,7 @@ fn start(root: &Path, spec: Spec, lab: &mut Lab) -> Runner {
         "--daemon",
     ])
     .args(["--port", &HUB_PORT.to_string(), "--api-addr", "127.0.0.1:0"])
+    .args(spec.listen.iter().flat_map(|l| ["--listen", l.as_str()]))
     .env_clear()
     .env("PATH", std::env::var_os("PATH").unwrap_or_default())
     .env("HOME", root.join(spec.name))
@@ -497,6 +500,7 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         api_url: &hub_api,
         bootstrap: String::new(),
         hub: true,
+        listen: Vec::new(),
     };
     let hub = start(root.path(), hub_spec(), &mut lab);
     let bootstrap = format!(
@@ -519,6 +523,7 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
             api_url: &api_url,
             bootstrap: bootstrap.clone(),
             hub: false,
+            listen: Vec::new(),
         };
         runners.push(start(root.path(), spec, &mut lab));
     }
@@ -723,4 +728,169 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
             || relays(r).iter().any(|a| a.contains(&hub_id)),
         );
     }
+}
+
+/// Figures for the README's benchmark section, by hand (root):
+/// `cargo test --release --test nat_lab -- --ignored --nocapture`. For each NAT kind (a cone
+/// peer, a symmetric peer) and transport (TCP, QUIC): 20 fresh runners, each with a new identity
+/// and port, hole-punching to a cone runner through the hub — success rate and time from
+/// `serve --daemon` to a direct connection; then peer-hit latency over direct and relayed
+/// connections.
+#[test]
+#[ignore = "a measurement, run by hand: cargo test --test nat_lab -- --ignored --nocapture"]
+fn measure_hole_punching_and_relayed_latency() {
+    if let Err(why) = can_run() {
+        eprintln!("skipping the NAT lab measurement: {why}");
+        return;
+    }
+    const ROUNDS: usize = 20;
+    let mut lab = Lab {
+        tag: format!("m{}", std::process::id() % 1000),
+        namespaces: Vec::new(),
+        pids: Vec::new(),
+    };
+    let inet = lab.internet();
+    let cone1 = lab.site(&inet, "cone1", 11, false);
+    let cone2 = lab.site(&inet, "cone2", 12, false);
+    let sym = lab.site(&inet, "sym", 13, true);
+    let upstream = FakeHub::start();
+    fakehub::generate_resources(&upstream, 2 * ROUNDS, 4096);
+    let root = tempfile::tempdir().unwrap();
+    let hub_api = api_forwarder(&inet, upstream.addr());
+    let hub = start(
+        root.path(),
+        Spec {
+            name: "hub",
+            ns: &inet,
+            secret: SECRET,
+            api_url: &hub_api,
+            bootstrap: String::new(),
+            hub: true,
+            listen: Vec::new(),
+        },
+        &mut lab,
+    );
+    let hub_tcp = format!("/ip4/{HUB_IP}/tcp/{HUB_PORT}/p2p/{}", hub.peer_id);
+    let hub_quic = format!("/ip4/{HUB_IP}/udp/{HUB_PORT}/quic-v1/p2p/{}", hub.peer_id);
+    let api1 = api_forwarder(&cone1.runner_ns, upstream.addr());
+    let api2 = api_forwarder(&cone2.runner_ns, upstream.addr());
+    let api3 = api_forwarder(&sym.runner_ns, upstream.addr());
+    let mut report = Vec::new();
+    for (transport, hub_addr, listen) in [
+        ("tcp", &hub_tcp, "/ip4/0.0.0.0/tcp/PORT"),
+        ("quic", &hub_quic, "/ip4/0.0.0.0/udp/PORT/quic-v1"),
+    ] {
+        // The cone runner everyone punches to, on this transport only.
+        let anchor = start(
+            root.path(),
+            Spec {
+                name: &format!("anchor-{transport}"),
+                ns: &cone1.runner_ns,
+                secret: SECRET,
+                api_url: &api1,
+                bootstrap: hub_addr.clone(),
+                hub: false,
+                listen: vec![listen.replace("PORT", "4100")],
+            },
+            &mut lab,
+        );
+        wait_for("the anchor's reservation", Duration::from_secs(30), &[&anchor], || {
+            !relays(&anchor).is_empty()
+        });
+        for (kind, site, api) in [("cone", &cone2, &api2), ("symmetric", &sym, &api3)] {
+            let mut times = Vec::new();
+            let mut direct = 0;
+            for round in 0..ROUNDS {
+                let port = 4200 + round;
+                let started = Instant::now();
+                let peer = start(
+                    root.path(),
+                    Spec {
+                        name: &format!("{kind}-{transport}-{round}"),
+                        ns: &site.runner_ns,
+                        secret: SECRET,
+                        api_url: api,
+                        bootstrap: hub_addr.clone(),
+                        hub: false,
+                        listen: vec![listen.replace("PORT", &port.to_string())],
+                    },
+                    &mut lab,
+                );
+                // Direct within 15 s, or the attempt failed (DCUtR gives up and stays relayed).
+                let deadline = started + Duration::from_secs(15);
+                loop {
+                    if peer.connection_to(&anchor) == "direct" {
+                        direct += 1;
+                        times.push(started.elapsed());
+                        break;
+                    }
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                unsafe {
+                    libc::kill(peer.pid, libc::SIGKILL);
+                }
+            }
+            times.sort();
+            let p50 = times
+                .get(times.len() / 2)
+                .map(|t| format!("{:.2} s", t.as_secs_f64()))
+                .unwrap_or_else(|| "-".into());
+            report.push(format!(
+                "{kind} NAT, {transport}: {direct}/{ROUNDS} hole punches succeeded; serve --daemon to direct p50 {p50}"
+            ));
+        }
+        unsafe {
+            libc::kill(anchor.pid, libc::SIGKILL);
+        }
+    }
+
+    // Peer-hit latency: the cone pair direct, the symmetric runner relayed.
+    let both = format!("{hub_tcp},{hub_quic}");
+    let spec = |name: &'static str, ns: &'static str, api: &'static str| Spec {
+        name,
+        ns,
+        secret: SECRET,
+        api_url: api,
+        bootstrap: both.clone(),
+        hub: false,
+        listen: vec!["/ip4/0.0.0.0/tcp/4300".into(), "/ip4/0.0.0.0/udp/4300/quic-v1".into()],
+    };
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
+    let (api1, api2, api3) = (leak(&api1), leak(&api2), leak(&api3));
+    let (ns1, ns2, ns3) = (
+        leak(&cone1.runner_ns),
+        leak(&cone2.runner_ns),
+        leak(&sym.runner_ns),
+    );
+    let holder = start(root.path(), spec("holder", ns1, api1), &mut lab);
+    let near = start(root.path(), spec("near", ns2, api2), &mut lab);
+    let far = start(root.path(), spec("far", ns3, api3), &mut lab);
+    wait_for("direct and relayed connections", Duration::from_secs(60), &[&holder, &near, &far], || {
+        near.connection_to(&holder) == "direct" && far.connection_to(&holder) == "relayed"
+    });
+    let latency = |reader: &Runner, offset: usize| {
+        let mut samples: Vec<f64> = (0..ROUNDS)
+            .map(|i| {
+                let path = format!("gh/repos/octo/repo{}", offset + i);
+                assert_eq!(holder.get(&path).status, 200);
+                std::thread::sleep(Duration::from_millis(300)); // the announcement
+                let started = Instant::now();
+                let response = reader.get(&path);
+                let took = started.elapsed().as_secs_f64() * 1000.0;
+                assert_eq!(response.source(), "peer", "{}", reader.name);
+                took
+            })
+            .collect();
+        samples.sort_by(f64::total_cmp);
+        samples[samples.len() / 2]
+    };
+    let direct_ms = latency(&near, 0);
+    let relayed_ms = latency(&far, ROUNDS);
+    report.push(format!(
+        "peer hit (4 KiB) p50: {direct_ms:.1} ms direct, {relayed_ms:.1} ms relayed"
+    ));
+    eprintln!("\n{}", report.join("\n"));
 }
