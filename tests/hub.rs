@@ -189,3 +189,70 @@ fn the_hub_relays_for_members_only() {
     let relays = member.json("api/peers")["relays"].clone();
     assert_eq!(relays.as_array().unwrap().len(), 1, "{relays}");
 }
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// The hub's footprint with 50 reserved members, for the README, by hand:
+/// `cargo test --test hub -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, run by hand: cargo test --test hub -- --ignored --nocapture"]
+fn measure_the_hub_with_fifty_reserved_runners() {
+    let _serial = serial();
+    let api = FakeHub::start();
+    let root = tempfile::tempdir().unwrap();
+    let hub = start(
+        root.path(),
+        "hub",
+        &api,
+        NodeSpec {
+            env: vec![
+                ("PEERCACHE_HUB", "true".into()),
+                ("PEERCACHE_LOG", "info".into()),
+            ],
+            ..NodeSpec::default()
+        },
+    );
+    let idle_rss = hub.rss_kb();
+    let members: Vec<_> = (0..50)
+        .map(|i| {
+            start(
+                root.path(),
+                &format!("runner{i}"),
+                &api,
+                NodeSpec {
+                    bootstrap: vec![hub.bootstrap_addr()],
+                    env: vec![("PEERCACHE_LOG", "info".into())],
+                    ..NodeSpec::default()
+                },
+            )
+        })
+        .collect();
+    for m in &members {
+        wait_for(
+            &format!("{}'s reservation", m.name),
+            Duration::from_secs(120),
+            || {
+                m.json("api/peers")["relays"]
+                    .as_array()
+                    .is_some_and(|r| !r.is_empty())
+            },
+        );
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let (cpu0, t0) = (cpu_secs(hub.pid), std::time::Instant::now());
+    std::thread::sleep(Duration::from_secs(30));
+    let cpu = (cpu_secs(hub.pid) - cpu0) / t0.elapsed().as_secs_f64();
+    eprintln!(
+        "hub: {} kB RSS idle, {} kB with 50 reserved runners; {:.1} % of one core over 30 s with them",
+        idle_rss,
+        hub.rss_kb(),
+        cpu * 100.0
+    );
+}

@@ -794,9 +794,12 @@ fn measure_hole_punching_and_relayed_latency() {
             },
             &mut lab,
         );
-        wait_for("the anchor's reservation", Duration::from_secs(30), &[&anchor], || {
-            !relays(&anchor).is_empty()
-        });
+        wait_for(
+            "the anchor's reservation",
+            Duration::from_secs(30),
+            &[&anchor],
+            || !relays(&anchor).is_empty(),
+        );
         for (kind, site, api) in [("cone", &cone2, &api2), ("symmetric", &sym, &api3)] {
             let mut times = Vec::new();
             let mut direct = 0;
@@ -824,7 +827,7 @@ fn measure_hole_punching_and_relayed_latency() {
                         times.push(started.elapsed());
                         break;
                     }
-                    if Instant::now() > deadline {
+                    if Instant::now() > deadline || peer.log().contains("hole punching to") {
                         break;
                     }
                     std::thread::sleep(Duration::from_millis(20));
@@ -838,9 +841,11 @@ fn measure_hole_punching_and_relayed_latency() {
                 .get(times.len() / 2)
                 .map(|t| format!("{:.2} s", t.as_secs_f64()))
                 .unwrap_or_else(|| "-".into());
-            report.push(format!(
+            let line = format!(
                 "{kind} NAT, {transport}: {direct}/{ROUNDS} hole punches succeeded; serve --daemon to direct p50 {p50}"
-            ));
+            );
+            eprintln!("{line}");
+            report.push(line);
         }
         unsafe {
             libc::kill(anchor.pid, libc::SIGKILL);
@@ -856,7 +861,10 @@ fn measure_hole_punching_and_relayed_latency() {
         api_url: api,
         bootstrap: both.clone(),
         hub: false,
-        listen: vec!["/ip4/0.0.0.0/tcp/4300".into(), "/ip4/0.0.0.0/udp/4300/quic-v1".into()],
+        listen: vec![
+            "/ip4/0.0.0.0/tcp/4300".into(),
+            "/ip4/0.0.0.0/udp/4300/quic-v1".into(),
+        ],
     };
     let leak = |s: &str| -> &'static str { Box::leak(s.to_string().into_boxed_str()) };
     let (api1, api2, api3) = (leak(&api1), leak(&api2), leak(&api3));
@@ -868,9 +876,12 @@ fn measure_hole_punching_and_relayed_latency() {
     let holder = start(root.path(), spec("holder", ns1, api1), &mut lab);
     let near = start(root.path(), spec("near", ns2, api2), &mut lab);
     let far = start(root.path(), spec("far", ns3, api3), &mut lab);
-    wait_for("direct and relayed connections", Duration::from_secs(60), &[&holder, &near, &far], || {
-        near.connection_to(&holder) == "direct" && far.connection_to(&holder) == "relayed"
-    });
+    wait_for(
+        "direct and relayed connections",
+        Duration::from_secs(60),
+        &[&holder, &near, &far],
+        || near.connection_to(&holder) == "direct" && far.connection_to(&holder) == "relayed",
+    );
     let latency = |reader: &Runner, offset: usize| {
         let mut samples: Vec<f64> = (0..ROUNDS)
             .map(|i| {

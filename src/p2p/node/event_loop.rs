@@ -211,6 +211,9 @@ impl EventLoop {
                     }
                     return;
                 }
+                // Gone members leave the routing table: a hub would otherwise keep handing out
+                // runners whose jobs ended (and whose circuits are gone) to every newcomer.
+                self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
                 if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
                     tracing::info!("peer {peer_id} left");
                 }
