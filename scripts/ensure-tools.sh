@@ -15,6 +15,8 @@ command -v file >/dev/null 2>&1 || missing+=(file)
 # `ip` (network namespaces for the mDNS test).
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the status page test (tests/observability.rs)
+# nftables: the NAT routers of the NAT lab (tests/nat_lab.rs).
+command -v nft >/dev/null 2>&1 || missing+=(nftables)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv) # the venv of the action's tools below
 # libfaketime: the clock-skew fault test (tests/faults.rs) shifts a daemon's wall clock.
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 || "$(uname -m)" != x86_64 ]] || missing+=(faketime)

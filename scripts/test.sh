@@ -34,6 +34,9 @@ if ldd "$binary" 2>&1 | grep -q "=>"; then # a static-pie binary: "statically li
   exit 1
 fi
 
+step "the hub's deployment files: Kubernetes manifests (schema-checked offline) and the systemd unit"
+scripts/check-deploy.sh
+
 step "cargo test (unit and integration tests, against the stand-in GitHub API on loopback)"
 cargo test --workspace --locked
 

@@ -94,6 +94,9 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
             flags.registry = args.registry.clone();
             flags.mdns = args.mdns.clone();
             flags.scope = args.scope.clone();
+            flags.hub = args.hub.then(|| "true".to_string());
+            flags.external_addrs =
+                (!args.external_addr.is_empty()).then(|| args.external_addr.join(","));
             let settings = Settings::load(&flags)?;
             // A daemon's log is read later: every line carries its time.
             init_logging(&settings.log, !args.daemon);

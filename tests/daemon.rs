@@ -398,9 +398,18 @@ fn peers_and_stats_have_the_contract_fields_and_say_why_sharing_is_off() {
     let peers = daemon.json("/api/peers");
     assert_eq!(
         keys(&peers),
-        set(&["enabled", "active", "peer_count", "peers"])
+        set(&[
+            "enabled",
+            "active",
+            "peer_count",
+            "reachability",
+            "relays",
+            "peers"
+        ])
     );
     assert_eq!(peers["enabled"], false);
+    assert_eq!(peers["reachability"], "unknown");
+    assert_eq!(peers["relays"], serde_json::json!([]));
     assert_eq!(peers["active"], false);
     assert_eq!(peers["peer_count"], 0);
     assert_eq!(peers["peers"], serde_json::json!([]));

@@ -131,7 +131,20 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
         .map(String::as_str)
         .collect();
     keys.sort();
-    assert_eq!(keys, ["active", "enabled", "peer_count", "peers"], "{name}");
+    assert_eq!(
+        keys,
+        [
+            "active",
+            "enabled",
+            "peer_count",
+            "peers",
+            "reachability",
+            "relays"
+        ],
+        "{name}"
+    );
+    // On one host every member dials every other directly; nobody needs a relay.
+    assert!(peers["relays"].as_array().unwrap().is_empty(), "{name}");
     assert_eq!(peers["peer_count"], others.len(), "{name}");
     let mut ids: Vec<&str> = peers["peers"]
         .as_array()
@@ -143,6 +156,7 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
             assert_eq!(
                 fields,
                 [
+                    "connection",
                     "last_seen",
                     "listen_port",
                     "multiaddrs",
@@ -151,6 +165,7 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
                 ],
                 "{name}"
             );
+            assert_eq!(p["connection"], "direct", "{name}");
             p["peer_id"].as_str().unwrap()
         })
         .collect();

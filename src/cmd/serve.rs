@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// Who shares the swarm: repository (this GITHUB_REPOSITORY), owner, or a swarm name [env: PEERCACHE_SCOPE; default repository]
     #[arg(long, value_name = "SCOPE")]
     pub scope: Option<String>,
+    /// Run as a hub: relay v2 and AutoNAT v2 server for verified members, a bootstrap point [env: PEERCACHE_HUB]
+    #[arg(long)]
+    pub hub: bool,
+    /// An address this node is reachable at from outside (repeatable), e.g. /dns4/hub.example.com/tcp/9000 [env: PEERCACHE_EXTERNAL_ADDRS]
+    #[arg(long = "external-addr", value_name = "MULTIADDR")]
+    pub external_addr: Vec<String>,
 }
 
 /// Runs `serve` (in the foreground, or detached with `--daemon`).

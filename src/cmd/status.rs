@@ -149,6 +149,26 @@ fn sharing_text(status: &Value) -> String {
 }
 
 /// `4990 of 5000, resets 13:00:00 UTC (seen 12:00:01 UTC)`, or `not seen yet`.
+/// AutoNAT's verdict, the relay reservations held and the hole punches made, on one line.
+fn reach_text(status: &Value) -> String {
+    let reachability = text(status, &["peers", "reachability"]).unwrap_or("unknown");
+    let relays: Vec<&str> = status["peers"]["relays"]
+        .as_array()
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let relays = if relays.is_empty() {
+        "no relay reservation".to_string()
+    } else {
+        format!("relayed through {}", relays.join(", "))
+    };
+    format!(
+        "{reachability} (AutoNAT); {relays}; hole punches: {} tried, {} TCP and {} QUIC succeeded",
+        num(status, &["swarm", "hole_punches_attempted"]),
+        num(status, &["swarm", "hole_punches_tcp"]),
+        num(status, &["swarm", "hole_punches_quic"]),
+    )
+}
+
 fn rate_limit_text(status: &Value) -> String {
     let rate = &status["rate_limit"];
     let Some(remaining) = rate["remaining"].as_u64() else {
@@ -213,6 +233,7 @@ pub fn plain(status: &Value, now: u64) -> String {
         text(status, &["upstream"]).unwrap_or("?")
     );
     let _ = writeln!(out, "peer sharing:  {}", sharing_text(status));
+    let _ = writeln!(out, "reach:         {}", one_line(&reach_text(status)));
     let _ = writeln!(
         out,
         "requests:      {} ({}: {} local, {} peer; {} revalidated, {} stale, {} from GitHub, {} failed)",
@@ -255,9 +276,10 @@ pub fn plain(status: &Value, now: u64) -> String {
             let addrs = addrs(p);
             let _ = writeln!(
                 out,
-                "  {}  {}  {}  {}",
+                "  {}  {}  {}  {}  {}",
                 one_line(p["peer_id"].as_str().unwrap_or("?")),
                 one_line(p["runner_name"].as_str().unwrap_or("-")),
+                one_line(p["connection"].as_str().unwrap_or("-")),
                 one_line(preferred_addr(&addrs).unwrap_or("-")),
                 last_seen_text(p["last_seen"].as_u64().unwrap_or(0), now),
             );
@@ -397,15 +419,20 @@ pub fn markdown(status: &Value, now: u64) -> String {
     if list.is_empty() {
         let _ = writeln!(out, "No verified peers.\n");
     } else {
-        let _ = writeln!(out, "| peer id | runner | address | last seen |");
-        let _ = writeln!(out, "|---|---|---|---|");
+        let _ = writeln!(out, "{}\n", md_plain(&reach_text(status)));
+        let _ = writeln!(
+            out,
+            "| peer id | runner | connection | address | last seen |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|");
         for p in list {
             let addrs = addrs(p);
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} |",
                 md_code(p["peer_id"].as_str().unwrap_or("?")),
                 md_text(p["runner_name"].as_str().unwrap_or("—")),
+                md_text(p["connection"].as_str().unwrap_or("—")),
                 preferred_addr(&addrs).map(md_code).unwrap_or_default(),
                 last_seen_text(p["last_seen"].as_u64().unwrap_or(0), now),
             );
@@ -474,5 +501,30 @@ mod tests {
         assert!(md.contains("No requests yet."), "{md}");
         assert!(md.contains("not seen yet"), "{md}");
         assert!(md.contains("peer sharing off: no secret"), "{md}");
+    }
+
+    #[test]
+    fn reach_and_connections_show_in_text_and_summary() {
+        let status = serde_json::json!({
+            "version": "0.1.0", "peer_id": "12D3KooWx", "uptime_secs": 5,
+            "sharing": {"enabled": true, "reason": null},
+            "peers": {"enabled": true, "active": true, "peer_count": 1,
+                "reachability": "private",
+                "relays": ["/ip4/198.18.0.2/tcp/4001/p2p/12D3KooWhub/p2p-circuit"],
+                "peers": [{"peer_id": "12D3KooWpeer", "runner_name": "r1", "connection": "relayed",
+                    "multiaddrs": [], "last_seen": 0}]},
+            "swarm": {"hole_punches_attempted": 3, "hole_punches_tcp": 1, "hole_punches_quic": 1},
+            "requests": {"total": 0}, "rate_limit": null, "endpoints": {"top": []},
+        });
+        let text = plain(&status, 0);
+        assert!(
+            text.contains("reach:         private (AutoNAT); relayed through /ip4/198.18.0.2/tcp/4001/p2p/12D3KooWhub/p2p-circuit; hole punches: 3 tried, 1 TCP and 1 QUIC succeeded"),
+            "{text}"
+        );
+        assert!(text.contains("  12D3KooWpeer  r1  relayed  "), "{text}");
+        let md = markdown(&status, 0);
+        assert!(md.contains("| connection |"), "{md}");
+        assert!(md.contains("| relayed |"), "{md}");
+        assert!(md.contains("private (AutoNAT)"), "{md}");
     }
 }

@@ -57,6 +57,8 @@ struct Keys {
     log: Option<Value>,
     max_size: Option<Value>,
     scope: Option<Value>,
+    hub: Option<Value>,
+    external_addrs: Option<Value>,
 }
 
 /// The parsed settings file: key → text value.
@@ -115,6 +117,8 @@ impl FileSettings {
             ("log", keys.log),
             ("max_size", keys.max_size),
             ("scope", keys.scope),
+            ("hub", keys.hub),
+            ("external_addrs", keys.external_addrs),
         ];
         for (key, value) in pairs {
             if let Some(value) = value {
@@ -142,6 +146,8 @@ const ALLOWED_KEYS: &[&str] = &[
     "log",
     "max_size",
     "scope",
+    "hub",
+    "external_addrs",
 ];
 
 fn one_line(text: &str) -> String {

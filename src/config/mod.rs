@@ -138,6 +138,10 @@ pub struct Flags {
     pub log: Option<String>,
     /// `--scope`
     pub scope: Option<String>,
+    /// `serve --hub` (`Some("true")` when given)
+    pub hub: Option<String>,
+    /// `serve --external-addr`, comma-joined
+    pub external_addrs: Option<String>,
 }
 
 /// Every setting, resolved and validated.
@@ -174,6 +178,10 @@ pub struct Settings {
     /// This job's repository (`GITHUB_REPOSITORY`, lowercase): every request on this runner comes
     /// from a job of it, so its entries need no access proof here.
     pub repository: Option<String>,
+    /// Whether this node is a hub (relay and AutoNAT server for members).
+    pub hub: bool,
+    /// Announced multiaddrs as given (parsed by the p2p layer).
+    pub external_addrs: Vec<Raw>,
 }
 
 /// Reads one environment variable; empty values count as unset (Actions passes empty inputs so).
@@ -344,6 +352,19 @@ impl Settings {
             None => "info".to_string(),
         };
 
+        let hub = match r.pick(("--hub", &flags.hub), &["PEERCACHE_HUB"], "hub") {
+            Some(raw) => parse_bool(&raw)?,
+            None => false,
+        };
+        let external_addrs = r
+            .pick(
+                ("--external-addr", &flags.external_addrs),
+                &["PEERCACHE_EXTERNAL_ADDRS"],
+                "external_addrs",
+            )
+            .map(|raw| split_list(&raw))
+            .unwrap_or_default();
+
         let max_size = match r.pick(("", &None), &["PEERCACHE_MAX_SIZE"], "max_size") {
             Some(raw) => parse_size(&raw)?,
             None => DEFAULT_MAX_SIZE,
@@ -373,6 +394,8 @@ impl Settings {
             max_size,
             scope,
             repository,
+            hub,
+            external_addrs,
         })
     }
 

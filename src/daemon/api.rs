@@ -185,7 +185,7 @@ async fn dispatch(State(api): State<Arc<Api>>, request: axum::extract::Request) 
                 .as_ref()
                 .map(crate::p2p::Handle::peers)
                 .unwrap_or_default();
-            axum::Json(peers_json(api.peers.is_some(), &peers)).into_response()
+            axum::Json(peers_json(api.peers.as_ref(), &peers)).into_response()
         }
         Route::Stats => axum::Json(stats_json(&snapshot(&api).await)).into_response(),
         Route::StatusJson => axum::Json(status_json(&api).await).into_response(),
@@ -296,6 +296,9 @@ fn swarm(api: &Api) -> serde_json::Value {
         "announcements_received": stats.announcements_received,
         "claims_won": stats.claims_won,
         "claims_waited": stats.claims_waited,
+        "hole_punches_attempted": stats.hole_punches_attempted,
+        "hole_punches_tcp": stats.hole_punches_tcp,
+        "hole_punches_quic": stats.hole_punches_quic,
     })
 }
 
@@ -312,9 +315,12 @@ pub(super) fn json_error(status: StatusCode, message: &str) -> Response {
 }
 
 /// `GET <base>/api/peers` (and `/api/mcp/peers`): exactly the contract's fields, `{enabled,
-/// active, peer_count, peers: [{peer_id, runner_name, listen_port, last_seen, multiaddrs}]}`.
-/// Why sharing is off is in `/api/status`.
-fn peers_json(sharing: bool, peers: &[crate::p2p::PeerInfo]) -> serde_json::Value {
+/// active, peer_count, reachability, relays, peers: [{peer_id, runner_name, listen_port,
+/// last_seen, multiaddrs, connection}]}`. Why sharing is off is in `/api/status`.
+fn peers_json(
+    node: Option<&crate::p2p::Handle>,
+    peers: &[crate::p2p::PeerInfo],
+) -> serde_json::Value {
     let list: Vec<serde_json::Value> = peers
         .iter()
         .map(|p| {
@@ -324,13 +330,16 @@ fn peers_json(sharing: bool, peers: &[crate::p2p::PeerInfo]) -> serde_json::Valu
                 "listen_port": p.listen_port,
                 "last_seen": p.last_seen,
                 "multiaddrs": p.multiaddrs,
+                "connection": p.connection,
             })
         })
         .collect();
     json!({
-        "enabled": sharing,
+        "enabled": node.is_some(),
         "active": !list.is_empty(),
         "peer_count": list.len(),
+        "reachability": node.map_or("unknown", crate::p2p::Handle::reachability),
+        "relays": node.map(crate::p2p::Handle::relays).unwrap_or_default(),
         "peers": list,
     })
 }
@@ -400,7 +409,7 @@ async fn status_json(api: &Api) -> serde_json::Value {
         "uptime_secs": state::now_secs().saturating_sub(s.started_at),
         "upstream": api.upstream.as_str().trim_end_matches('/'),
         "sharing": { "enabled": s.sharing, "reason": api.sharing_reason, "scope": api.scope },
-        "peers": peers_json(s.sharing, &s.peers),
+        "peers": peers_json(api.peers.as_ref(), &s.peers),
         "cache": stats_json(&s),
         "requests": {
             "total": c.requests,
@@ -431,6 +440,9 @@ async fn status_json(api: &Api) -> serde_json::Value {
             "announcements_received": w.announcements_received,
             "claims_won": w.claims_won,
             "claims_waited": w.claims_waited,
+            "hole_punches_attempted": w.hole_punches_attempted,
+            "hole_punches_tcp": w.hole_punches_tcp,
+            "hole_punches_quic": w.hole_punches_quic,
         },
         "rate_limit": s.rate_limit,
         "endpoints": {

@@ -475,6 +475,21 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
             "Times this node waited for another node fetching a key",
             w.claims_waited,
         ),
+        (
+            "peercache_hole_punches_attempted",
+            "DCUtR hole punches this node took part in (succeeded or failed)",
+            w.hole_punches_attempted,
+        ),
+        (
+            "peercache_hole_punches_succeeded_tcp",
+            "Hole punches that gave a direct TCP connection",
+            w.hole_punches_tcp,
+        ),
+        (
+            "peercache_hole_punches_succeeded_quic",
+            "Hole punches that gave a direct QUIC connection",
+            w.hole_punches_quic,
+        ),
     ] {
         counter(&mut r, name, help, value);
     }

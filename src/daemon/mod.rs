@@ -144,11 +144,15 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                 listen: crate::p2p::listen_addrs(settings.port, &options.listen)?,
                 bootstrap: crate::p2p::bootstrap_addrs(&settings.bootstrap_peers)?,
                 secret,
+                // Nodes of other scopes derive other keys: they cannot read key ids or pass the hello.
+                scope: settings.scope.key_material(),
                 cache: cache.clone(),
                 runner_name: std::env::var("RUNNER_NAME").ok().filter(|v| !v.is_empty()),
                 mdns: settings.mdns,
                 test_fault: crate::p2p::test_fault_from_env()?,
                 metrics: Some(libp2p::metrics::Metrics::new(&mut libp2p_registry)),
+                hub: settings.hub,
+                external_addrs: crate::p2p::external_addrs(&settings.external_addrs),
             };
             let node = crate::p2p::Node::start(config)
                 .await

@@ -1,4 +1,6 @@
-//! The swarm's keys, all derived from the shared secret with HKDF-SHA256.
+//! The swarm's keys, all derived from the shared secret and the sharing scope with HKDF-SHA256
+//! (the secret is the input key material; the scope goes into the salt, so two scopes of one
+//! secret are two swarms that cannot read each other's key ids, seals or gossip).
 //!
 //! | purpose      | derivation (HKDF info)         | use                                              |
 //! |--------------|--------------------------------|--------------------------------------------------|
@@ -37,9 +39,13 @@ pub struct SwarmKeys {
 }
 
 impl SwarmKeys {
-    /// Derives every key from the secret.
-    pub fn derive(secret: &Secret) -> SwarmKeys {
-        let hk = Hkdf::<Sha256>::new(Some(b"peercache swarm v1"), secret.expose().as_bytes());
+    /// Derives every key from the secret and the scope (`""` for the unscoped swarm).
+    pub fn derive(secret: &Secret, scope: &str) -> SwarmKeys {
+        // Length-prefixed so that no (prefix, scope) pair can collide with another.
+        let mut salt = b"peercache swarm v1".to_vec();
+        salt.extend_from_slice(&(scope.len() as u64).to_be_bytes());
+        salt.extend_from_slice(scope.as_bytes());
+        let hk = Hkdf::<Sha256>::new(Some(&salt), secret.expose().as_bytes());
         let expand = |info: &[u8]| {
             let mut out = [0u8; 32];
             hk.expand(info, &mut out)
@@ -132,8 +138,8 @@ mod tests {
 
     #[test]
     fn proofs_bind_both_peers_and_the_secret() {
-        let keys = SwarmKeys::derive(&Secret::new("s3cret"));
-        let other = SwarmKeys::derive(&Secret::new("other"));
+        let keys = SwarmKeys::derive(&Secret::new("s3cret"), "");
+        let other = SwarmKeys::derive(&Secret::new("other"), "");
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         let proof = keys.proof(&a, &b);
         assert!(keys.verify_proof(&a, &b, &proof));
@@ -151,12 +157,12 @@ mod tests {
 
     #[test]
     fn seals_need_the_secret_and_the_same_aad() {
-        let keys = SwarmKeys::derive(&Secret::new("s3cret"));
+        let keys = SwarmKeys::derive(&Secret::new("s3cret"), "");
         let sealed = keys.seal(b"id", b"body");
         assert_eq!(keys.open(b"id", &sealed).as_deref(), Some(&b"body"[..]));
         assert!(keys.open(b"other id", &sealed).is_none());
         assert!(
-            SwarmKeys::derive(&Secret::new("x"))
+            SwarmKeys::derive(&Secret::new("x"), "")
                 .open(b"id", &sealed)
                 .is_none()
         );
@@ -172,10 +178,30 @@ mod tests {
 
     #[test]
     fn key_ids_and_topics_depend_on_the_secret() {
-        let a = SwarmKeys::derive(&Secret::new("a"));
-        let b = SwarmKeys::derive(&Secret::new("b"));
+        let a = SwarmKeys::derive(&Secret::new("a"), "");
+        let b = SwarmKeys::derive(&Secret::new("b"), "");
         assert_ne!(a.key_id("GET x"), b.key_id("GET x"));
         assert_ne!(a.topic(), b.topic());
         assert_eq!(a.key_id("GET x"), a.key_id("GET x"));
+    }
+
+    #[test]
+    fn every_key_depends_on_the_scope() {
+        let secret = Secret::new("one secret for both scopes");
+        let repo = SwarmKeys::derive(&secret, "octo/repo");
+        let owner = SwarmKeys::derive(&secret, "octo");
+        let (a, b) = (PeerId::random(), PeerId::random());
+        assert_ne!(repo.key_id("GET x"), owner.key_id("GET x"));
+        assert_ne!(repo.topic(), owner.topic());
+        assert!(!owner.verify_proof(&a, &b, &repo.proof(&a, &b)));
+        assert!(owner.open(b"id", &repo.seal(b"id", b"body")).is_none());
+        assert_ne!(
+            SwarmKeys::derive(&secret, "").key_id("GET x"),
+            repo.key_id("GET x")
+        );
+        assert_eq!(
+            repo.key_id("GET x"),
+            SwarmKeys::derive(&secret, "octo/repo").key_id("GET x")
+        );
     }
 }

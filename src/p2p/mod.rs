@@ -103,9 +103,84 @@ pub fn parse_peer_addr(text: &str) -> Result<(PeerId, Multiaddr), String> {
         .parse()
         .map_err(|e| format!("not a multiaddr ({e})"))?;
     match addr.iter().last() {
-        Some(Protocol::P2p(peer)) if addr.iter().count() > 1 => Ok((peer, addr)),
-        _ => Err("expected a multiaddr ending in /p2p/<peer id>, e.g. /ip4/10.0.0.5/tcp/9000/p2p/12D3KooW…".into()),
+        Some(Protocol::P2p(peer)) if addr.iter().count() > 1 => {
+            check_usable(&addr)?;
+            Ok((peer, addr))
+        }
+        _ => Err("expected a multiaddr ending in /p2p/<peer id>, e.g. /ip4/10.0.0.5/tcp/9000/p2p/12D3KooW… or /dns4/hub.example.com/tcp/9000/p2p/12D3KooW…".into()),
     }
+}
+
+/// The `--external-addr` values (`PEERCACHE_EXTERNAL_ADDRS`); unusable ones are skipped with a
+/// warning that names the setting, the address and the fix.
+pub fn external_addrs(raw: &[Raw]) -> Vec<Multiaddr> {
+    let mut out = Vec::new();
+    for item in raw {
+        let parsed = item
+            .value
+            .trim()
+            .parse::<Multiaddr>()
+            .map_err(|e| {
+                format!("not a multiaddr ({e}); expected e.g. /dns4/hub.example.com/tcp/9000")
+            })
+            .and_then(|addr| check_usable(&addr).map(|()| addr));
+        match parsed {
+            Ok(addr) => out.push(addr),
+            Err(why) => tracing::warn!("skipping {} entry {:?}: {why}", item.origin, item.value),
+        }
+    }
+    out
+}
+
+/// Whether this build can dial an address: `/ip4`, `/ip6`, `/dns4`, `/dns6`, `/dns` or
+/// `/dnsaddr`, then TCP or QUIC (none after `/dnsaddr`, whose TXT records hold the rest), then
+/// `/p2p/<id>`, optionally through a relay (`/p2p-circuit`). `Err` names the problem and the fix.
+pub fn check_usable(addr: &Multiaddr) -> Result<(), String> {
+    const FIX: &str = "use /ip4/…, /ip6/…, /dns4/…, /dns6/…, /dns/… or /dnsaddr/… followed by /tcp/PORT or /udp/PORT/quic-v1";
+    let protocols: Vec<Protocol> = addr.iter().collect();
+    let Some(first) = protocols.first() else {
+        return Err(format!("an empty address; {FIX}"));
+    };
+    let dnsaddr = matches!(first, Protocol::Dnsaddr(_));
+    if !matches!(
+        first,
+        Protocol::Ip4(_)
+            | Protocol::Ip6(_)
+            | Protocol::Dns(_)
+            | Protocol::Dns4(_)
+            | Protocol::Dns6(_)
+            | Protocol::Dnsaddr(_)
+    ) {
+        return Err(format!(
+            "it starts with /{}, which this build cannot dial; {FIX}",
+            first.tag()
+        ));
+    }
+    let mut transport = dnsaddr;
+    for (i, p) in protocols.iter().enumerate().skip(1) {
+        match p {
+            Protocol::Tcp(_) => transport = true,
+            Protocol::Udp(_) => {
+                if !matches!(protocols.get(i + 1), Some(Protocol::QuicV1)) {
+                    return Err(format!(
+                        "/udp needs /quic-v1 after it (the only UDP transport here); {FIX}"
+                    ));
+                }
+            }
+            Protocol::QuicV1 => transport = true,
+            Protocol::P2p(_) | Protocol::P2pCircuit => {}
+            other => {
+                return Err(format!(
+                    "it uses /{}, which this build cannot dial; {FIX}",
+                    other.tag()
+                ));
+            }
+        }
+    }
+    if !transport {
+        return Err(format!("it names no transport; {FIX}"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -130,6 +205,48 @@ mod tests {
         .unwrap();
         assert_eq!(addrs.len(), 1);
         assert_eq!(addrs[0].to_string(), good);
+    }
+
+    #[test]
+    fn usable_addresses_cover_dns_and_circuits_and_name_the_fix() {
+        let peer = PeerId::random();
+        let relay = PeerId::random();
+        for good in [
+            format!("/dns4/localhost/tcp/9000/p2p/{peer}"),
+            format!("/dns6/localhost/udp/9000/quic-v1/p2p/{peer}"),
+            format!("/dns/hub.example.com/tcp/9000/p2p/{peer}"),
+            format!("/dnsaddr/hub.example.com/p2p/{peer}"),
+            format!("/ip4/10.0.0.1/tcp/9000/p2p/{relay}/p2p-circuit/p2p/{peer}"),
+        ] {
+            assert!(parse_peer_addr(&good).is_ok(), "{good}");
+        }
+        for (bad, says) in [
+            (format!("/ip4/10.0.0.1/tcp/9000/ws/p2p/{peer}"), "/ws"),
+            (format!("/ip4/10.0.0.1/udp/9000/p2p/{peer}"), "/quic-v1"),
+            (format!("/dns4/hub.example.com/p2p/{peer}"), "no transport"),
+            (format!("/unix/tmp%2Fsock/p2p/{peer}"), "/unix"),
+        ] {
+            let why = parse_peer_addr(&bad).unwrap_err();
+            assert!(
+                why.contains(says) && why.contains("/tcp/PORT"),
+                "{bad}: {why}"
+            );
+        }
+    }
+
+    #[test]
+    fn external_addrs_skip_unusable_entries() {
+        let raw = |v: &str| Raw {
+            value: v.to_string(),
+            origin: Origin::Env("PEERCACHE_EXTERNAL_ADDRS"),
+        };
+        let addrs = external_addrs(&[
+            raw("/dns4/hub.example.com/tcp/9000"),
+            raw("/ip4/1.2.3.4/tcp/9000/ws"),
+            raw("nonsense"),
+        ]);
+        assert_eq!(addrs.len(), 1);
+        assert_eq!(addrs[0].to_string(), "/dns4/hub.example.com/tcp/9000");
     }
 
     #[test]

@@ -242,7 +242,8 @@ pub fn dialable_addrs(listen: &[Multiaddr], peer: &PeerId, host_local: bool) -> 
                 Protocol::Dns(name) | Protocol::Dns4(name) | Protocol::Dns6(name) => {
                     host_local || !name.eq_ignore_ascii_case("localhost")
                 }
-                Protocol::P2pCircuit => false,
+                // A relay circuit (`…/p2p/<hub>/p2p-circuit`): how a runner behind NAT is reached.
+                Protocol::P2pCircuit => true,
                 _ => true,
             };
             usable &= ok;

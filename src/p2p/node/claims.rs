@@ -1,0 +1,250 @@
+//! Claims: one upstream call per key across the swarm, decided by the key's coordinator.
+
+use super::*;
+
+/// A coordinator's answer to a claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Fetch it from GitHub; others asking meanwhile are told to wait for you.
+    Granted,
+    /// This node is fetching it: wait for its announcement.
+    Wait(PeerId),
+    /// These nodes hold a fresh copy: pull it.
+    Holders(Vec<PeerId>),
+}
+
+impl State {
+    /// As the key's coordinator, answers `requester`'s claim: holders first, then a live
+    /// claimant, else the claim is granted and recorded.
+    pub(super) fn coordinate(
+        &mut self,
+        key_id: &KeyId,
+        requester: PeerId,
+        ttl: Duration,
+        me: PeerId,
+    ) -> Decision {
+        let now = now_ms();
+        let mut holders: Vec<PeerId> = self
+            .fresh_holders(key_id, ttl, now)
+            .into_iter()
+            .filter(|p| *p != requester)
+            .collect();
+        if requester != me
+            && self
+                .served
+                .get(key_id)
+                .is_some_and(|h| is_fresh(h.fetched_at_ms, ttl, now))
+        {
+            holders.insert(0, me);
+        }
+        if !holders.is_empty() {
+            return Decision::Holders(holders);
+        }
+        match self.claims.get(key_id) {
+            Some((claimant, until)) if *until > now && *claimant != requester => {
+                Decision::Wait(*claimant)
+            }
+            _ => {
+                let until = now + CLAIM_TTL.as_millis() as u64;
+                self.claims.insert(*key_id, (requester, until));
+                Decision::Granted
+            }
+        }
+    }
+}
+
+/// A coordinator's decision as a wire answer.
+pub(super) fn decision_response(decision: Decision) -> Response {
+    let id = |p: &PeerId| serde_bytes::ByteBuf::from(p.to_bytes());
+    match decision {
+        Decision::Granted => Response::Claim {
+            granted: true,
+            claimant: None,
+            holders: Vec::new(),
+        },
+        Decision::Wait(claimant) => Response::Claim {
+            granted: false,
+            claimant: Some(id(&claimant)),
+            holders: Vec::new(),
+        },
+        Decision::Holders(holders) => Response::Claim {
+            granted: false,
+            claimant: None,
+            holders: holders.iter().map(id).collect(),
+        },
+    }
+}
+
+/// The order in which claimants of a key win: deterministic, and different for every key so
+/// that no one node fetches everything.
+pub(super) fn claim_rank(key_id: &KeyId, peer: &PeerId) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(key_id);
+    hasher.update(peer.to_bytes());
+    hasher.finalize().into()
+}
+
+impl Handle {
+    /// The peer tier: an entry fresh for `ttl` from the swarm, or `None` when this node should
+    /// call upstream itself (and then call [`Handle::finished`]).
+    ///
+    /// Holders that announced the key are asked first. Then the key's coordinator (the member
+    /// with the lowest claim rank for it) decides: pull from holders it knows of, wait for the
+    /// node already fetching it, or fetch it ourselves. One claim per key is granted at a time,
+    /// so the swarm calls GitHub once per key however many nodes want it at once.
+    pub async fn obtain(&self, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
+        let key_id = self.inner.keys.key_id(key.canonical());
+        let me = self.inner.peer_id;
+        let (holders, coordinator, members) = {
+            let state = self.inner.state();
+            let members = state.peers.values().filter(|p| p.verified).count();
+            (
+                state.fresh_holders(&key_id, ttl, now_ms()),
+                state.coordinator(&key_id, me),
+                members,
+            )
+        };
+        if members == 0 {
+            return None;
+        }
+        // A peer that failed once in this lookup is not asked again in it.
+        let mut tried = HashSet::new();
+        if let Some(hit) = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await {
+            return Some(hit);
+        }
+
+        let decision = if coordinator == me {
+            self.inner.state().coordinate(&key_id, me, ttl, me)
+        } else {
+            self.claim_at(coordinator, &key_id, ttl).await
+        };
+        match decision {
+            Decision::Holders(holders) => {
+                self.pull_any(&holders, &mut tried, &key_id, key, ttl).await
+            }
+            Decision::Wait(claimant) => {
+                tracing::debug!("{claimant} is fetching a key this node wants; waiting for it");
+                self.wait_for_claimant(&mut tried, &key_id, key, ttl).await
+            }
+            Decision::Granted => {
+                bump(&self.inner.counters.claims_won);
+                // Members that joined after an announcement: someone may hold it unannounced.
+                let others: Vec<PeerId> = {
+                    let state = self.inner.state();
+                    let mut others: Vec<PeerId> = state
+                        .peers
+                        .iter()
+                        .filter(|(id, p)| p.verified && !tried.contains(*id))
+                        .map(|(id, _)| *id)
+                        .collect();
+                    others.sort_by_key(|p| claim_rank(&key_id, p));
+                    others.truncate(ASK_FANOUT);
+                    others
+                };
+                let hit = self.ask_all(&others, &key_id, key, ttl).await;
+                if let Some((entry, _)) = &hit {
+                    // Tell the coordinator and the waiters that the key is available.
+                    self.finished(key, Some(entry));
+                }
+                hit
+            }
+        }
+    }
+
+    /// After this node called upstream: announce the stored entry, or release the claim.
+    pub fn finished(&self, key: &CacheKey, entry: Option<&Entry>) {
+        let key_id = self.inner.keys.key_id(key.canonical());
+        let me = self.inner.peer_id;
+        let gossip = {
+            let mut state = self.inner.state();
+            if state.claims.get(&key_id).is_some_and(|(p, _)| *p == me) {
+                state.claims.remove(&key_id);
+            }
+            match entry {
+                Some(entry) => {
+                    let held = Held {
+                        local_id: key.id().to_string(),
+                        fetched_at_ms: entry.fetched_at_ms,
+                    };
+                    state.served.insert(key_id, held);
+                    Gossip::Announce {
+                        key_id: hex::encode(key_id),
+                        digest: entry.digest.clone(),
+                        size: entry.size,
+                        fetched_at_ms: entry.fetched_at_ms,
+                        ttl_secs: entry.ttl_secs,
+                    }
+                }
+                None => Gossip::Release {
+                    key_id: hex::encode(key_id),
+                },
+            }
+        };
+        self.inner.send(Command::Publish(gossip));
+    }
+
+    /// Sends a claim to the key's coordinator. If it cannot answer, this node fetches the key
+    /// itself: a slow or lost coordinator costs an extra upstream call, never a failed fetch.
+    pub(super) async fn claim_at(
+        &self,
+        coordinator: PeerId,
+        key_id: &KeyId,
+        ttl: Duration,
+    ) -> Decision {
+        let request = Request::Claim {
+            key_id: key_id.to_vec(),
+            ttl_ms: ttl.as_millis() as u64,
+        };
+        match self.request(coordinator, request, CLAIM_TIMEOUT).await {
+            Ok(Response::Claim { granted: true, .. }) => Decision::Granted,
+            Ok(Response::Claim {
+                claimant: Some(claimant),
+                ..
+            }) => match PeerId::from_bytes(&claimant) {
+                Ok(claimant) => Decision::Wait(claimant),
+                Err(_) => Decision::Granted,
+            },
+            Ok(Response::Claim { holders, .. }) => Decision::Holders(
+                holders
+                    .iter()
+                    .filter_map(|h| PeerId::from_bytes(h).ok())
+                    .collect(),
+            ),
+            Ok(_) | Err(_) => {
+                tracing::debug!(
+                    "the coordinator {coordinator} did not answer a claim; fetching upstream"
+                );
+                Decision::Granted
+            }
+        }
+    }
+
+    /// Waits (bounded) for the claimant's announcement, then pulls from the holders.
+    pub(super) async fn wait_for_claimant(
+        &self,
+        tried: &mut HashSet<PeerId>,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
+        bump(&self.inner.counters.claims_waited);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut state = self.inner.state();
+            // The announcement may have arrived already.
+            if state.fresh_holders(key_id, ttl, now_ms()).is_empty() {
+                state.waiters.entry(*key_id).or_default().push(tx);
+            } else {
+                let _ = tx.send(());
+            }
+        }
+        if tokio::time::timeout(CLAIM_WAIT, rx).await.is_err() {
+            tracing::info!(
+                "no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream"
+            );
+            return None;
+        }
+        let holders = self.inner.state().fresh_holders(key_id, ttl, now_ms());
+        self.pull_any(&holders, tried, key_id, key, ttl).await
+    }
+}

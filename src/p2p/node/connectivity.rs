@@ -1,0 +1,176 @@
+//! Connectivity: which addresses are dialed, keeping bootstrap peers connected, Kademlia.
+
+use libp2p::swarm::DialError;
+
+use super::*;
+
+/// Whether an address can be dialed at all: not `0.0.0.0`/`::`, and a relay circuit only
+/// through a named relay (`…/p2p/<relay>/p2p-circuit`).
+pub(super) fn is_dialable(addr: &Multiaddr) -> bool {
+    let mut previous = None;
+    addr.iter().all(|p| {
+        let ok = match p {
+            Protocol::Ip4(ip) => !ip.is_unspecified(),
+            Protocol::Ip6(ip) => !ip.is_unspecified(),
+            Protocol::P2pCircuit => matches!(previous, Some(Protocol::P2p(_))),
+            _ => true,
+        };
+        previous = Some(p);
+        ok
+    })
+}
+
+/// Whether an address is on the loopback interface.
+pub(super) fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
+/// Whether dialing `addr` would reach this node itself: its first hop (everything before the
+/// first `/p2p/`) is one of our own listen addresses — typically a peer's `127.0.0.1` address
+/// with the same port as ours. Such a dial connects to us first, and the whole dial then
+/// fails on the wrong peer id, taking the good addresses tried with it down too.
+pub(super) fn reaches_itself(addr: &Multiaddr, own: &[Multiaddr]) -> bool {
+    let first_hop: Multiaddr = addr
+        .iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_)))
+        .collect();
+    own.iter().any(|listen| {
+        let listen: Multiaddr = listen
+            .iter()
+            .take_while(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        listen == first_hop
+    })
+}
+
+/// A peer to keep connected.
+pub(super) struct Redial {
+    pub(super) peer: PeerId,
+    pub(super) addr: Multiaddr,
+    pub(super) next_attempt: Instant,
+    pub(super) backoff: Duration,
+    /// A failure to reach it was logged already (once per address, not once per backoff).
+    pub(super) warned: bool,
+    /// Dial from the listen port (bootstrap peers: see `redial_lost`); mDNS peers, which may
+    /// dial each other at the same moment, use a new port.
+    pub(super) reuse_port: bool,
+}
+
+impl EventLoop {
+    /// A dial failed: a peer kept connected (a bootstrap peer, or one mDNS found) gets one
+    /// warning per address naming it and the fix; others are routine (Kademlia tries every
+    /// address it knows).
+    pub(super) fn on_dial_failure(&mut self, peer: Option<PeerId>, error: &DialError) {
+        let Some(peer) = peer else {
+            tracing::debug!("a dial failed: {error}");
+            return;
+        };
+        let mut warned = false;
+        for redial in self.keep_connected.iter_mut().filter(|r| r.peer == peer) {
+            if !redial.warned && !warned {
+                tracing::warn!(
+                    "cannot reach {} ({}); check that the name resolves and the port is open from this host; retrying with backoff",
+                    redial.addr,
+                    one_line(error)
+                );
+                warned = true;
+            }
+            redial.warned = true;
+        }
+        if !warned {
+            tracing::debug!("dialing {peer} failed: {error}");
+        }
+    }
+
+    /// Re-dials lost bootstrap and mDNS peers, each with its own backoff.
+    pub(super) fn redial_lost(&mut self) {
+        let now = Instant::now();
+        let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
+        let banned: HashSet<PeerId> = self.inner.state().banned.keys().copied().collect();
+        for redial in &mut self.keep_connected {
+            if connected.contains(&redial.peer)
+                || redial.next_attempt > now
+                || banned.contains(&redial.peer)
+            {
+                continue;
+            }
+            redial.next_attempt = now + redial.backoff;
+            redial.backoff = (redial.backoff * 2).min(MAX_REDIAL_BACKOFF);
+            // From the listen port: through a cone NAT the hub then sees the port that other
+            // members can punch a hole to. (A hub never dials back, so no simultaneous open.)
+            let opts = DialOpts::peer_id(redial.peer).addresses(vec![redial.addr.clone()]);
+            // Always: each bootstrap address of one peer (its TCP and its QUIC one) gets its
+            // own connection, so that the hub observes this node's address on both transports
+            // and hole punching can try both.
+            let opts = if redial.reuse_port {
+                opts.condition(PeerCondition::Always).build()
+            } else {
+                opts.allocate_new_port().build()
+            };
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!("cannot dial {}: {e}", redial.addr);
+            }
+        }
+    }
+
+    /// Dials a peer at all its known addresses at once, unless it is us, banned, connected or
+    /// being dialed already.
+    pub(super) fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, how: &str) {
+        if peer == self.inner.peer_id || self.inner.state().banned.contains_key(&peer) {
+            return;
+        }
+        let own = self.inner.state().listen_addrs.clone();
+        let addrs: Vec<Multiaddr> = addrs
+            .into_iter()
+            .filter(|a| is_dialable(a) && !reaches_itself(a, &own))
+            .collect();
+        if addrs.is_empty() {
+            return;
+        }
+        tracing::debug!("dialing {peer} at {addrs:?}, found by {how}");
+        // A new source port: two nodes that find each other at the same moment (mDNS) and dial
+        // from their listen ports would meet in one TCP simultaneous open, where both sides are
+        // the Noise initiator and the handshake fails.
+        let opts = DialOpts::peer_id(peer)
+            .condition(PeerCondition::DisconnectedAndNotDialing)
+            .addresses(addrs)
+            .allocate_new_port()
+            .build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!("not dialing {peer}: {e}");
+        }
+    }
+
+    pub(super) fn on_kad(&mut self, event: kad::Event) {
+        match event {
+            kad::Event::RoutablePeer { peer, address }
+            | kad::Event::PendingRoutablePeer { peer, address } => {
+                self.dial_peer(peer, vec![address], "Kademlia");
+            }
+            kad::Event::OutboundQueryProgressed {
+                result: kad::QueryResult::GetClosestPeers(Ok(found)),
+                ..
+            } => {
+                for info in found.peers {
+                    self.dial_peer(info.peer_id, info.addrs, "Kademlia");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A dial error on one line: libp2p lists one line per address tried.
+fn one_line(error: &DialError) -> String {
+    error
+        .to_string()
+        .split('\n')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}

@@ -1,0 +1,454 @@
+//! The event loop: it owns the swarm, runs [`Command`]s and reacts to swarm events.
+
+use libp2p::relay;
+
+use super::*;
+
+pub(super) struct EventLoop {
+    pub(super) swarm: Swarm<Behaviour>,
+    pub(super) inner: Arc<Inner>,
+    pub(super) commands: mpsc::UnboundedReceiver<Command>,
+    pub(super) pending_requests:
+        HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
+    pub(super) pending_hellos: HashSet<OutboundRequestId>,
+    /// Peers to keep connected: the bootstrap setting's, and those mDNS currently reports.
+    pub(super) keep_connected: Vec<Redial>,
+    /// Banned peers still connected, disconnected at the next tick so that the `Denied` they
+    /// were sent (and the hello they sent us) can cross first: both sides then see the refusal.
+    pub(super) to_disconnect: Vec<PeerId>,
+    pub(super) topic: gossipsub::IdentTopic,
+    pub(super) meta: PeerMeta,
+    pub(super) metrics: Option<libp2p::metrics::Metrics>,
+    /// This node is a hub: it serves the relay and reserves on no one.
+    pub(super) hub: bool,
+    /// A hub without `--external-addr` announces what it listens on: a hub is set up where
+    /// members can reach it, and relay reservations must name at least one address.
+    pub(super) announce_listeners: bool,
+    /// Relay reservations asked for or held: the relay listener and the hub it is on.
+    pub(super) reservations: HashMap<libp2p::core::transport::ListenerId, PeerId>,
+    /// When to look the swarm up once more after a reservation.
+    pub(super) rebootstrap_at: Option<Instant>,
+}
+
+impl EventLoop {
+    pub(super) async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown(done)) => {
+                        let _ = done.send(());
+                        break;
+                    }
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+            }
+        }
+        tracing::debug!("p2p loop stopped");
+    }
+
+    pub(super) fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Request {
+                peer,
+                request,
+                reply,
+            } => {
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_request(&peer, request);
+                self.pending_requests.insert(id, reply);
+            }
+            Command::Respond { channel, response } => {
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .exchange
+                    .send_response(channel, response);
+            }
+            Command::Publish(gossip) => {
+                // The benchmark's announcement delivery figure pairs this line with the
+                // receivers' "heard announcement" lines by key id (scripts/bench.sh).
+                if let Gossip::Announce { key_id, .. } = &gossip {
+                    tracing::debug!("announcing key {key_id}");
+                }
+                let json = serde_json::to_vec(&gossip).expect("gossip serializes");
+                let sealed = self.inner.keys.seal(GOSSIP_AAD, &json);
+                if let Err(e) = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .publish(self.topic.clone(), sealed)
+                {
+                    tracing::debug!("gossip not published: {e}");
+                }
+            }
+            Command::Dial(addr) => match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => self.dial_peer(peer, vec![addr], "a request"),
+                _ => {
+                    let opts = DialOpts::unknown_peer_id()
+                        .address(addr.clone())
+                        .allocate_new_port()
+                        .build();
+                    if let Err(e) = self.swarm.dial(opts) {
+                        tracing::debug!("cannot dial {addr}: {e}");
+                    }
+                }
+            },
+            Command::DialPeer(peer, addrs) => self.dial_peer(peer, addrs, "a registry"),
+            Command::Punish(peer) => self.punish(peer),
+            Command::Shutdown(_) => unreachable!("handled in run"),
+        }
+    }
+
+    /// Every half second: deferred disconnects, expiries, redials.
+    pub(super) fn on_tick(&mut self) {
+        for peer in std::mem::take(&mut self.to_disconnect) {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        self.expire();
+        self.redial_lost();
+        self.rebootstrap_when_due();
+    }
+
+    /// Forgets expired bans and claims.
+    pub(super) fn expire(&mut self) {
+        let mut state = self.inner.state();
+        state.banned.retain(|_, at| at.elapsed() < BAN_TIME);
+        let now_ms = now_ms();
+        state.claims.retain(|_, (_, until)| *until > now_ms);
+    }
+
+    pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        if let Some(metrics) = &self.metrics {
+            record_metrics(metrics, &event);
+        }
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!("listening on {address}");
+                if self.announce_listeners && !is_relayed(&address) && !is_loopback(&address) {
+                    self.swarm.add_external_address(address.clone());
+                }
+                self.inner.state().listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.inner.state().listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                reason,
+            } => {
+                self.inner
+                    .state()
+                    .listen_addrs
+                    .retain(|a| !addresses.contains(a));
+                self.on_listener_closed(listener_id, reason);
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                self.on_dial_failure(peer_id, &error);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if self.inner.state().banned.contains_key(&peer_id) {
+                    let _ = self.swarm.disconnect_peer_id(peer_id);
+                    return;
+                }
+                {
+                    let mut state = self.inner.state();
+                    let peer = state.peers.entry(peer_id).or_default();
+                    peer.last_seen_ms = now_ms();
+                    let remote = endpoint.get_remote_address().clone();
+                    let relayed = endpoint.is_relayed();
+                    if endpoint.is_dialer() && !relayed {
+                        peer.dialed_addr = Some(remote.clone());
+                    }
+                    tracing::debug!(
+                        "connected to {peer_id} at {remote} ({}, {})",
+                        if relayed { "relayed" } else { "direct" },
+                        if endpoint.is_dialer() {
+                            "dialed"
+                        } else {
+                            "accepted"
+                        }
+                    );
+                    peer.connections
+                        .insert(connection_id, Link { remote, relayed });
+                }
+                if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
+                    redial.backoff = Duration::from_secs(1);
+                }
+                if num_established.get() == 1 {
+                    let (proof, meta) = self.hello(&peer_id);
+                    let id = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_request(&peer_id, Request::Hello { proof, meta });
+                    self.pending_hellos.insert(id);
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                ..
+            } => {
+                let mut state = self.inner.state();
+                if num_established > 0 {
+                    if let Some(peer) = state.peers.get_mut(&peer_id) {
+                        peer.connections.remove(&connection_id);
+                    }
+                    return;
+                }
+                // Gone members leave the routing table: a hub would otherwise keep handing out
+                // runners whose jobs ended (and whose circuits are gone) to every newcomer.
+                self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
+                    tracing::info!("peer {peer_id} left");
+                }
+                for holders in state.holders.values_mut() {
+                    holders.retain(|h| h.peer != peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                let verified = match self.inner.state().peers.get_mut(&peer_id) {
+                    Some(peer) => {
+                        peer.addrs = info.listen_addrs;
+                        peer.last_seen_ms = now_ms();
+                        peer.is_hub = info.protocols.contains(&relay::HOP_PROTOCOL_NAME);
+                        peer.verified
+                    }
+                    None => false,
+                };
+                if verified {
+                    self.add_to_routing(&peer_id);
+                    self.maybe_reserve(peer_id);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+                for (peer, addr) in found {
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    // Keep dialing (with backoff) until connected: mDNS reports a peer once per
+                    // record lifetime, so a failed first dial must not be the last.
+                    for addr in addrs.iter().filter(|a| is_dialable(a)) {
+                        if !self
+                            .keep_connected
+                            .iter()
+                            .any(|r| r.peer == peer && &r.addr == addr)
+                        {
+                            self.keep_connected.push(Redial {
+                                peer,
+                                addr: addr.clone(),
+                                next_attempt: Instant::now() + Duration::from_secs(1),
+                                backoff: Duration::from_secs(1),
+                                warned: false,
+                                reuse_port: false,
+                            });
+                        }
+                    }
+                    self.dial_peer(peer, addrs, "mDNS");
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Expired(gone))) => {
+                self.keep_connected
+                    .retain(|r| !gone.iter().any(|(p, a)| *p == r.peer && *a == r.addr));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(event)) => {
+                self.on_relay_client(event)
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => self.on_dcutr(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(event)) => self.on_autonat(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(event)) => {
+                tracing::debug!("relay: {event:?}")
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(_),
+                ..
+            })) => {
+                if let Some(peer) = self.inner.state().peers.get_mut(&peer) {
+                    peer.last_seen_ms = now_ms();
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Exchange(event)) => self.on_exchange(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
+                if let Some(source) = message.source {
+                    self.on_gossip(source, &message.data);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn on_exchange(&mut self, event: request_response::Event<Request, Response>) {
+        use request_response::{Event, Message};
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match request {
+                Request::Hello { proof, meta } => {
+                    if self.accept_hello(&peer, &proof, &meta) {
+                        let (proof, meta) = self.hello(&peer);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_response(channel, Response::Hello { proof, meta });
+                    } else {
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_response(channel, Response::Denied);
+                        bump(&self.inner.counters.auth_failures);
+                        self.punish(peer);
+                    }
+                }
+                Request::Claim { key_id, ttl_ms } => {
+                    let me = self.inner.peer_id;
+                    let response = match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if self.inner.state().verified(&peer) => {
+                            let ttl = Duration::from_millis(ttl_ms);
+                            let decision = self.inner.state().coordinate(&key_id, peer, ttl, me);
+                            decision_response(decision)
+                        }
+                        _ => Response::Denied,
+                    };
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_response(channel, response);
+                }
+                Request::Pull { key_id } => {
+                    let verified = self.inner.state().verified(&peer);
+                    match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if verified => serve_pull(self.inner.clone(), key_id, channel),
+                        _ => {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .exchange
+                                .send_response(channel, Response::Denied);
+                        }
+                    }
+                }
+            },
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if self.pending_hellos.remove(&request_id) {
+                    let accepted = match &response {
+                        Response::Hello { proof, meta } => self.accept_hello(&peer, proof, meta),
+                        _ => false,
+                    };
+                    if !accepted {
+                        bump(&self.inner.counters.auth_failures);
+                        self.punish(peer);
+                    }
+                } else if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure {
+                request_id,
+                peer,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                } else if self.pending_hellos.remove(&request_id) {
+                    tracing::debug!("hello to {peer} failed: {error}");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Checks a peer's proof; on success marks it verified with what it told about itself.
+    pub(super) fn on_gossip(&mut self, source: PeerId, data: &[u8]) {
+        let Some(gossip) = self
+            .inner
+            .keys
+            .open(GOSSIP_AAD, data)
+            .and_then(|plain| serde_json::from_slice::<Gossip>(&plain).ok())
+        else {
+            tracing::debug!("ignored a gossip message that is not sealed with the swarm secret");
+            return;
+        };
+        let mut state = self.inner.state();
+        match gossip {
+            Gossip::Announce {
+                key_id,
+                fetched_at_ms,
+                ..
+            } => {
+                let Some(parsed) = parse_key_id(&key_id) else {
+                    return;
+                };
+                // Logged only once it parsed: a peer's text must not reach the log unchecked.
+                tracing::debug!("heard announcement of key {key_id} from {source}");
+                let key_id = parsed;
+                bump(&self.inner.counters.announcements_received);
+                if state.holders.len() >= MAX_TRACKED_KEYS {
+                    let horizon = now_ms().saturating_sub(3_600_000);
+                    state
+                        .holders
+                        .retain(|_, h| h.iter().any(|h| h.fetched_at_ms > horizon));
+                }
+                let holders = state.holders.entry(key_id).or_default();
+                holders.retain(|h| h.peer != source);
+                holders.push(Holder {
+                    peer: source,
+                    fetched_at_ms: fetched_at_ms.min(now_ms()),
+                });
+                // The key is available now: its claim, if this node coordinates it, is over.
+                state.claims.remove(&key_id);
+                state.wake(&key_id);
+            }
+            Gossip::Release { key_id } => {
+                let Some(key_id) = parse_key_id(&key_id) else {
+                    return;
+                };
+                if state.claims.get(&key_id).is_some_and(|(p, _)| *p == source) {
+                    state.claims.remove(&key_id);
+                }
+                state.wake(&key_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The libp2p node: one swarm driven by one `tokio::select!` loop, and a [`Handle`] through which
+//! request handlers ask the swarm for entries.
+//!
+//! The loop owns the [`Swarm`]; everything else talks to it through [`Command`]s. What the loop
+//! learns (which peers are verified, who holds which key, who claimed which key) is kept in a
+//! small shared [`State`] so that handlers can read it without a round trip.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, kad, mdns,
+    noise, ping, tcp, yamux,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+mod claims;
+mod connectivity;
+mod event_loop;
+mod hub;
+mod membership;
+mod pull;
+mod reach;
+mod state;
+mod swarm;
+
+use self::claims::*;
+use self::connectivity::*;
+use self::event_loop::*;
+use self::pull::*;
+use self::reach::*;
+use self::state::*;
+use self::swarm::*;
+use super::TestFault;
+use super::crypto::{KeyId, SwarmKeys};
+use super::protocol::{
+    EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, HELLO_AAD, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES,
+    MAX_RESPONSE_BYTES, PeerMeta, Request, Response, open_entry, seal_entry,
+};
+use crate::cache::{Cache, CacheKey, Entry, Lookup, now_ms};
+use crate::secret::Secret;
+
+/// How long a pull may take before the requester tries elsewhere.
+const PULL_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long "have you got it?" may take when asking members that announced nothing.
+const ASK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a claim may wait for the coordinator. Generous: a busy coordinator must not turn
+/// into a second upstream call; a dead one fails fast (its connection closes).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers asked at once when nobody announced the key.
+const ASK_FANOUT: usize = 8;
+/// Holders tried, newest first, before asking the others.
+const MAX_HOLDERS_TRIED: usize = 3;
+/// How long a claim stays valid at its coordinator.
+const CLAIM_TTL: Duration = Duration::from_secs(30);
+/// How long to wait for a claimant's announcement before going upstream ourselves.
+const CLAIM_WAIT: Duration = Duration::from_secs(20);
+/// Verification failures after which a peer is disconnected and banned.
+const MAX_FAILURES: u32 = 3;
+/// How long a banned peer stays banned.
+const BAN_TIME: Duration = Duration::from_secs(600);
+/// Longest wait between two dials of a lost bootstrap peer.
+const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(60);
+/// The Kademlia protocol name: a DHT of peercache nodes only, never the public IPFS one.
+const KAD_PROTOCOL: &str = "/peercache/kad/1";
+/// How often the routing table is refreshed. Kademlia also looks the swarm up by itself each
+/// time a member enters the table, which is how a node that knows one member finds the rest.
+const KAD_REFRESH: Duration = Duration::from_secs(60);
+/// Keys tracked in the holder table before old ones are dropped.
+const MAX_TRACKED_KEYS: usize = 200_000;
+
+/// What the node needs to start.
+pub struct NodeConfig {
+    /// The persistent identity.
+    pub keypair: Keypair,
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start and re-dial when lost (each ends in `/p2p/<id>`).
+    pub bootstrap: Vec<Multiaddr>,
+    /// The swarm secret.
+    pub secret: Secret,
+    /// The sharing scope: with the secret, it derives every key of the swarm.
+    pub scope: String,
+    /// The local cache, to serve and store entries.
+    pub cache: Cache,
+    /// `RUNNER_NAME`, told to verified peers.
+    pub runner_name: Option<String>,
+    /// Test-only misbehaviour.
+    pub test_fault: Option<TestFault>,
+    /// Whether to discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// libp2p's own metrics (connections, identify, ping, gossipsub, Kademlia, relay, DCUtR),
+    /// recorded from the swarm's events when given.
+    pub metrics: Option<libp2p::metrics::Metrics>,
+    /// Serve circuit relay v2 and AutoNAT v2 to verified members (`serve --hub`).
+    pub hub: bool,
+    /// Addresses this node is reachable at from outside (`--external-addr`), announced as is.
+    pub external_addrs: Vec<Multiaddr>,
+}
+
+/// A verified swarm member, as `/api/peers` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its `RUNNER_NAME`.
+    pub runner_name: Option<String>,
+    /// Its p2p port.
+    pub listen_port: Option<u16>,
+    /// Last sign of life, epoch seconds.
+    pub last_seen: u64,
+    /// The addresses it listens on (from identify).
+    pub multiaddrs: Vec<String>,
+    /// `direct` when one of its connections is not through a relay, else `relayed`.
+    pub connection: &'static str,
+}
+
+/// Swarm figures since start.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct P2pStats {
+    /// Entries received from peers that passed every check and were stored.
+    pub entries_received: u64,
+    /// Entries received from peers that failed a check (seal, key, digest, size, freshness).
+    pub entries_rejected: u64,
+    /// Entries sent to peers.
+    pub entries_served: u64,
+    /// Peers that could not prove they hold the secret.
+    pub auth_failures: u64,
+    /// Announcements received.
+    pub announcements_received: u64,
+    /// Claims this node won (it then called upstream).
+    pub claims_won: u64,
+    /// Times this node waited for another node's claim.
+    pub claims_waited: u64,
+    /// DCUtR hole punches that ended (succeeded or failed).
+    pub hole_punches_attempted: u64,
+    /// Hole punches that gave a direct TCP connection.
+    pub hole_punches_tcp: u64,
+    /// Hole punches that gave a direct QUIC connection.
+    pub hole_punches_quic: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    entries_received: AtomicU64,
+    entries_rejected: AtomicU64,
+    entries_served: AtomicU64,
+    auth_failures: AtomicU64,
+    announcements_received: AtomicU64,
+    claims_won: AtomicU64,
+    claims_waited: AtomicU64,
+    hole_punches_attempted: AtomicU64,
+    hole_punches_tcp: AtomicU64,
+    hole_punches_quic: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+enum Command {
+    Request {
+        peer: PeerId,
+        request: Request,
+        reply: oneshot::Sender<Result<Response, String>>,
+    },
+    Respond {
+        channel: ResponseChannel<Response>,
+        response: Response,
+    },
+    Publish(Gossip),
+    Dial(Multiaddr),
+    DialPeer(PeerId, Vec<Multiaddr>),
+    Punish(PeerId),
+    Shutdown(oneshot::Sender<()>),
+}
+
+struct Inner {
+    peer_id: PeerId,
+    keys: SwarmKeys,
+    cache: Cache,
+    commands: mpsc::UnboundedSender<Command>,
+    state: Mutex<State>,
+    counters: Counters,
+    fault: Option<TestFault>,
+}
+
+impl Inner {
+    fn state(&self) -> MutexGuard<'_, State> {
+        // A panic elsewhere must not take the swarm down with a poisoned lock.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, command: Command) {
+        let _ = self.commands.send(command);
+    }
+}
+
+/// A cheap, clonable way to use the swarm from request handlers.
+#[derive(Clone)]
+pub struct Handle {
+    inner: Arc<Inner>,
+}
+
+/// A running node: its handle and the task that drives it.
+pub struct Node {
+    handle: Handle,
+    task: tokio::task::JoinHandle<()>,
+}
+impl Node {
+    /// Builds the swarm, listens, dials the bootstrap peers and starts the loop; returns once
+    /// every listener has an address.
+    pub async fn start(config: NodeConfig) -> anyhow::Result<Node> {
+        let keys = SwarmKeys::derive(&config.secret, &config.scope);
+        let peer_id = config.keypair.public().to_peer_id();
+        let (commands, receiver) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            peer_id,
+            keys,
+            cache: config.cache.clone(),
+            commands,
+            state: Mutex::new(State::default()),
+            counters: Counters::default(),
+            fault: config.test_fault,
+        });
+        // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
+        let members: hub::Members = {
+            let inner = Arc::downgrade(&inner);
+            Arc::new(move |peer: &PeerId| {
+                inner
+                    .upgrade()
+                    .is_some_and(|inner| inner.state().verified(peer))
+            })
+        };
+        let options = SwarmOptions {
+            mdns: config.mdns,
+            hub: config.hub,
+            members,
+        };
+        let mut swarm = build_swarm(&config.keypair, options)?;
+        swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
+        let topic = gossipsub::IdentTopic::new(inner.keys.topic());
+        swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
+
+        for addr in &config.listen {
+            swarm.listen_on(addr.clone()).map_err(|e| {
+                anyhow::anyhow!("cannot listen on {addr}: {e}; pick another --port or --listen")
+            })?;
+        }
+        let listen_addrs = wait_for_listeners(&mut swarm, config.listen.len()).await?;
+        for addr in &config.external_addrs {
+            tracing::info!("announcing the external address {addr}");
+            swarm.add_external_address(addr.clone());
+        }
+        let announce_listeners = config.hub && config.external_addrs.is_empty();
+        if announce_listeners {
+            // Loopback addresses only when the hub listens on nothing else (a test on one host).
+            let public: Vec<&Multiaddr> = listen_addrs.iter().filter(|a| !is_loopback(a)).collect();
+            let announced = if public.is_empty() {
+                listen_addrs.iter().collect()
+            } else {
+                public
+            };
+            for addr in announced {
+                swarm.add_external_address(addr.clone());
+            }
+        }
+        {
+            let mut state = inner.state();
+            state.listen_addrs = listen_addrs;
+            state.external_addrs = config.external_addrs.clone();
+        }
+        index_cache(&inner).await;
+
+        let mut bootstrap = Vec::new();
+        for addr in config.bootstrap {
+            if let Some(Protocol::P2p(peer)) = addr.iter().last()
+                && peer != peer_id
+            {
+                bootstrap.push(Redial {
+                    peer,
+                    addr,
+                    next_attempt: Instant::now(),
+                    backoff: Duration::from_secs(1),
+                    warned: false,
+                    reuse_port: true,
+                });
+            }
+        }
+        let meta = PeerMeta {
+            runner_name: config.runner_name,
+            listen_port: first_port(&inner.state().listen_addrs),
+        };
+        let event_loop = EventLoop {
+            swarm,
+            inner: inner.clone(),
+            commands: receiver,
+            pending_requests: HashMap::new(),
+            pending_hellos: HashSet::new(),
+            keep_connected: bootstrap,
+            to_disconnect: Vec::new(),
+            topic,
+            meta,
+            metrics: config.metrics,
+            hub: config.hub,
+            announce_listeners,
+            reservations: HashMap::new(),
+            rebootstrap_at: None,
+        };
+        let task = tokio::spawn(event_loop.run());
+        Ok(Node {
+            handle: Handle { inner },
+            task,
+        })
+    }
+
+    /// The handle to the node.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Stops the loop and closes every connection.
+    pub async fn shutdown(self) {
+        let (tx, rx) = oneshot::channel();
+        self.handle.inner.send(Command::Shutdown(tx));
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+/// Maps the key ids of entries already on disk, so that they can be served after a restart.
+async fn index_cache(inner: &Arc<Inner>) {
+    let cache = inner.cache.clone();
+    let entries = tokio::task::spawn_blocking(move || cache.entries())
+        .await
+        .unwrap_or_default();
+    let mut state = inner.state();
+    for (local_id, entry) in entries {
+        let key_id = inner.keys.key_id(&entry.key);
+        let fetched_at_ms = entry.fetched_at_ms;
+        state.served.insert(
+            key_id,
+            Held {
+                local_id,
+                fetched_at_ms,
+            },
+        );
+    }
+}
+
+fn first_port(addrs: &[Multiaddr]) -> Option<u16> {
+    addrs.iter().find_map(|a| {
+        a.iter().find_map(|p| match p {
+            Protocol::Tcp(port) => Some(port),
+            _ => None,
+        })
+    })
+}
+
+impl Handle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.inner.peer_id
+    }
+
+    /// The addresses the node listens on.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        self.inner.state().listen_addrs.clone()
+    }
+
+    /// The verified swarm members.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let state = self.inner.state();
+        let mut peers: Vec<PeerInfo> = state
+            .peers
+            .iter()
+            .filter(|(_, p)| p.verified)
+            .map(|(id, p)| PeerInfo {
+                peer_id: id.to_string(),
+                runner_name: p.meta.runner_name.clone(),
+                listen_port: p.meta.listen_port,
+                last_seen: p.last_seen_ms / 1000,
+                multiaddrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                connection: if p.is_direct() { "direct" } else { "relayed" },
+            })
+            .collect();
+        peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+        peers
+    }
+
+    /// Figures since start.
+    pub fn stats(&self) -> P2pStats {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        P2pStats {
+            entries_received: get(&c.entries_received),
+            entries_rejected: get(&c.entries_rejected),
+            entries_served: get(&c.entries_served),
+            auth_failures: get(&c.auth_failures),
+            announcements_received: get(&c.announcements_received),
+            claims_won: get(&c.claims_won),
+            claims_waited: get(&c.claims_waited),
+            hole_punches_attempted: get(&c.hole_punches_attempted),
+            hole_punches_tcp: get(&c.hole_punches_tcp),
+            hole_punches_quic: get(&c.hole_punches_quic),
+        }
+    }
+
+    /// AutoNAT's verdict on this node: `public`, `private` or `unknown`.
+    pub fn reachability(&self) -> &'static str {
+        self.inner.state().reachability.as_str()
+    }
+
+    /// The relay addresses this node holds a reservation on.
+    pub fn relays(&self) -> Vec<String> {
+        let state = self.inner.state();
+        let mut relays: Vec<String> = state.relays.values().map(|a| a.to_string()).collect();
+        relays.sort();
+        relays
+    }
+
+    /// Asks the node to dial an address (for `discover --connect`).
+    pub fn dial(&self, addr: Multiaddr) {
+        self.inner.send(Command::Dial(addr));
+    }
+
+    /// Dials a peer at all these addresses at once, unless it is connected or being dialed.
+    pub fn dial_peer(&self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        self.inner.send(Command::DialPeer(peer, addrs));
+    }
+
+    /// Sends one request through the loop and waits (bounded) for its answer.
+    async fn request(
+        &self,
+        peer: PeerId,
+        request: Request,
+        limit: Duration,
+    ) -> Result<Response, String> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.send(Command::Request {
+            peer,
+            request,
+            reply: tx,
+        });
+        match tokio::time::timeout(limit, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("the p2p loop stopped".into()),
+            Err(_) => Err(format!("no answer within {limit:?}")),
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! What the event loop has learnt about peers, holders and claims, shared with the handlers.
+
+use libp2p::swarm::ConnectionId;
+
+use super::*;
+
+#[derive(Debug, Clone)]
+pub(super) struct Holder {
+    pub(super) peer: PeerId,
+    pub(super) fetched_at_ms: u64,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct PeerState {
+    pub(super) verified: bool,
+    pub(super) meta: PeerMeta,
+    pub(super) addrs: Vec<Multiaddr>,
+    pub(super) last_seen_ms: u64,
+    pub(super) failures: u32,
+    /// Its open connections.
+    pub(super) connections: HashMap<ConnectionId, Link>,
+    /// The address this node dialed it at, when not through a relay (to reserve on it).
+    pub(super) dialed_addr: Option<Multiaddr>,
+    /// It serves circuit relay v2 (identify lists the hop protocol): a hub.
+    pub(super) is_hub: bool,
+}
+
+impl PeerState {
+    /// Whether one of its connections does not go through a relay.
+    pub(super) fn is_direct(&self) -> bool {
+        self.connections.values().any(|l| !l.relayed)
+    }
+}
+
+/// One connection to a peer.
+#[derive(Debug, Clone)]
+pub(super) struct Link {
+    /// Its remote address (for an accepted relayed connection only `/p2p/<peer>`).
+    pub(super) remote: Multiaddr,
+    /// It goes through a relay (`/p2p-circuit` on either end).
+    pub(super) relayed: bool,
+}
+
+/// AutoNAT's verdict on this node's reachability.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Reachability {
+    /// A hub dialed one of its addresses back.
+    Public,
+    /// Every address a hub tried failed.
+    Private,
+    /// No test has finished yet.
+    #[default]
+    Unknown,
+}
+
+impl Reachability {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+            Reachability::Unknown => "unknown",
+        }
+    }
+}
+
+/// An entry this node can serve.
+#[derive(Debug, Clone)]
+pub(super) struct Held {
+    /// Its local cache key id.
+    pub(super) local_id: String,
+    /// When it was fetched or revalidated.
+    pub(super) fetched_at_ms: u64,
+}
+/// What the loop has learnt, readable by handlers.
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) listen_addrs: Vec<Multiaddr>,
+    pub(super) peers: HashMap<PeerId, PeerState>,
+    pub(super) banned: HashMap<PeerId, Instant>,
+    pub(super) holders: HashMap<KeyId, Vec<Holder>>,
+    /// As coordinator: the one node fetching each key, and until when its claim holds.
+    pub(super) claims: HashMap<KeyId, (PeerId, u64)>,
+    pub(super) waiters: HashMap<KeyId, Vec<oneshot::Sender<()>>>,
+    /// Every entry this node can serve, by wire key id.
+    pub(super) served: HashMap<KeyId, Held>,
+    /// AutoNAT's verdict.
+    pub(super) reachability: Reachability,
+    /// The `/p2p-circuit` addresses of the reservations held, by relay.
+    pub(super) relays: HashMap<PeerId, Multiaddr>,
+    /// `--external-addr`.
+    pub(super) external_addrs: Vec<Multiaddr>,
+}
+
+impl State {
+    pub(super) fn wake(&mut self, key_id: &KeyId) {
+        for waiter in self.waiters.remove(key_id).unwrap_or_default() {
+            let _ = waiter.send(());
+        }
+    }
+
+    pub(super) fn verified(&self, peer: &PeerId) -> bool {
+        self.peers.get(peer).is_some_and(|p| p.verified)
+    }
+
+    /// Verified holders whose copy is fresh for `ttl`, newest first.
+    pub(super) fn fresh_holders(&self, key_id: &KeyId, ttl: Duration, now: u64) -> Vec<PeerId> {
+        let mut holders: Vec<&Holder> = self
+            .holders
+            .get(key_id)
+            .map(|h| {
+                h.iter()
+                    .filter(|h| self.verified(&h.peer) && is_fresh(h.fetched_at_ms, ttl, now))
+                    .collect()
+            })
+            .unwrap_or_default();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.fetched_at_ms));
+        holders.into_iter().map(|h| h.peer).collect()
+    }
+
+    /// The key's coordinator: the member (this node included) with the lowest claim rank.
+    pub(super) fn coordinator(&self, key_id: &KeyId, me: PeerId) -> PeerId {
+        self.peers
+            .iter()
+            .filter(|(_, p)| p.verified)
+            .map(|(id, _)| *id)
+            .chain(Some(me))
+            .min_by_key(|p| claim_rank(key_id, p))
+            .unwrap_or(me)
+    }
+}
+
+pub(super) fn is_fresh(fetched_at_ms: u64, ttl: Duration, now: u64) -> bool {
+    (now.saturating_sub(fetched_at_ms) as u128) < ttl.as_millis()
+}
+
+pub(super) fn parse_key_id(hex_id: &str) -> Option<KeyId> {
+    hex::decode(hex_id).ok()?.try_into().ok()
+}
