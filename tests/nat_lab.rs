@@ -380,7 +380,9 @@ fn start(root: &Path, spec: Spec, lab: &mut Lab) -> Runner {
     .env("PEERCACHE_REGISTRY", "none")
     .env("PEERCACHE_LOG", "info,peercache=debug")
     .env("PEERCACHE_BOOTSTRAP_PEERS", &spec.bootstrap)
-    .env("RUNNER_NAME", spec.name);
+    .env("RUNNER_NAME", spec.name)
+    // Jobs of one repository: one scope, and no access proofs for its entries.
+    .env("GITHUB_REPOSITORY", fakehub::GENERATED_REPO);
     if spec.hub {
         cmd.env("PEERCACHE_HUB", "true");
     }
@@ -489,7 +491,7 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
     const ENDPOINTS: usize = 20;
     fakehub::generate_resources(&upstream, ENDPOINTS, 4096);
     let big: Vec<u8> = fakehub::repo_body(999, 1024 * 1024);
-    upstream.put_json("/repos/octo/big", big.clone());
+    upstream.put_json("/repos/octo/swarm/contents/big", big.clone());
     let root = tempfile::tempdir().unwrap();
 
     let hub_api = api_forwarder(&inet, upstream.addr());
@@ -602,7 +604,7 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
                 scope.spawn(move || {
                     (0..ENDPOINTS)
                         .map(|i| {
-                            let response = r.get(&format!("gh/repos/octo/repo{i}"));
+                            let response = r.get(&format!("gh/repos/octo/swarm/contents/r{i}"));
                             assert_eq!(response.status, 200, "{}: {}", r.name, response.text());
                             response.body
                         })
@@ -613,7 +615,7 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
     let upstream_calls: u64 = (0..ENDPOINTS)
-        .map(|i| upstream.count(&format!("/repos/octo/repo{i}")))
+        .map(|i| upstream.count(&format!("/repos/octo/swarm/contents/r{i}")))
         .sum();
     assert_eq!(
         upstream_calls,
@@ -665,20 +667,20 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
     }
 
     // A 1 MiB entry crosses a relayed connection intact.
-    let first = r1.get("gh/repos/octo/big");
+    let first = r1.get("gh/repos/octo/swarm/contents/big");
     assert_eq!(first.status, 200);
-    let relayed = r3.get("gh/repos/octo/big");
+    let relayed = r3.get("gh/repos/octo/swarm/contents/big");
     assert_eq!(relayed.status, 200);
     assert!(relayed.body == big, "the 1 MiB entry arrived altered");
     assert_eq!(
-        upstream.count("/repos/octo/big"),
+        upstream.count("/repos/octo/swarm/contents/big"),
         1,
         "the relayed runner asked GitHub"
     );
 
     // The stranger's own fetch goes upstream and it learns nothing.
     let stranger_before = spent("stranger");
-    let own = stranger.get("gh/repos/octo/repo0");
+    let own = stranger.get("gh/repos/octo/swarm/contents/r0");
     assert_eq!(own.status, 200);
     assert_eq!(
         spent("stranger") - stranger_before,
@@ -703,14 +705,17 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         &all[..4],
         || relays(r1).is_empty() && relays(r2).is_empty(),
     );
-    upstream.put_json("/repos/octo/after", fakehub::repo_body(1000, 4096));
+    upstream.put_json(
+        "/repos/octo/swarm/contents/after",
+        fakehub::repo_body(1000, 4096),
+    );
     for r in [r1, r2, r3] {
-        let response = r.get("gh/repos/octo/after");
+        let response = r.get("gh/repos/octo/swarm/contents/after");
         assert_eq!(response.status, 200, "{}: {}", r.name, response.text());
     }
     assert_eq!(r2.connection_to(r1), "direct");
     assert!(
-        upstream.count("/repos/octo/after") <= 2,
+        upstream.count("/repos/octo/swarm/contents/after") <= 2,
         "the direct pair shares without the hub (the relayed runner may go upstream)"
     );
 
@@ -885,7 +890,7 @@ fn measure_hole_punching_and_relayed_latency() {
     let latency = |reader: &Runner, offset: usize| {
         let mut samples: Vec<f64> = (0..ROUNDS)
             .map(|i| {
-                let path = format!("gh/repos/octo/repo{}", offset + i);
+                let path = format!("gh/repos/octo/swarm/contents/r{}", offset + i);
                 assert_eq!(holder.get(&path).status, 200);
                 std::thread::sleep(Duration::from_millis(300)); // the announcement
                 let started = Instant::now();
