@@ -356,7 +356,7 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
     for other in others {
         assert!(
             md.lines().any(|l| l.starts_with(&format!(
-                "| `{}` | {} | `/ip4/127.0.0.1/tcp/",
+                "| `{}` | {} | direct | `/ip4/127.0.0.1/tcp/",
                 other.peer_id, other.name
             ))),
             "{name}: the summary lacks peer {}:\n{md}",
