@@ -200,11 +200,13 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 /// The hub's footprint with 50 reserved members, for the README, by hand:
-/// `cargo test --test hub -- --ignored --nocapture`.
+/// `cargo test --test hub -- --ignored --nocapture`; `PEERCACHE_MEASURE_BINARY` names another
+/// build to measure (the static release binary of scripts/build-static.sh).
 #[test]
 #[ignore = "a measurement, run by hand: cargo test --test hub -- --ignored --nocapture"]
 fn measure_the_hub_with_fifty_reserved_runners() {
     let _serial = serial();
+    let binary = std::env::var_os("PEERCACHE_MEASURE_BINARY").map(std::path::PathBuf::from);
     let api = FakeHub::start();
     let root = tempfile::tempdir().unwrap();
     let hub = start(
@@ -216,6 +218,7 @@ fn measure_the_hub_with_fifty_reserved_runners() {
                 ("PEERCACHE_HUB", "true".into()),
                 ("PEERCACHE_LOG", "info".into()),
             ],
+            binary: binary.as_deref(),
             ..NodeSpec::default()
         },
     );
@@ -229,6 +232,7 @@ fn measure_the_hub_with_fifty_reserved_runners() {
                 NodeSpec {
                     bootstrap: vec![hub.bootstrap_addr()],
                     env: vec![("PEERCACHE_LOG", "info".into())],
+                    binary: binary.as_deref(),
                     ..NodeSpec::default()
                 },
             )

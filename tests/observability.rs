@@ -356,7 +356,7 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
     for other in others {
         assert!(
             md.lines().any(|l| l.starts_with(&format!(
-                "| `{}` | {} | `/ip4/127.0.0.1/tcp/",
+                "| `{}` | {} | direct | `/ip4/127.0.0.1/tcp/",
                 other.peer_id, other.name
             ))),
             "{name}: the summary lacks peer {}:\n{md}",
@@ -674,6 +674,11 @@ fn the_status_page_shows_peers_and_figures_in_a_browser() {
             "{dom}"
         );
         assert_eq!(element_text(&dom, "peer-count"), "1", "{dom}");
+        let reach = element_text(&dom, "reach");
+        assert!(
+            reach.starts_with("Reachability: ") && reach.ends_with("1 peer(s) direct, 0 relayed"),
+            "{reach}"
+        );
         assert_eq!(element_text(&dom, "requests"), "4", "{dom}");
         assert_eq!(element_text(&dom, "hits"), "2", "{dom}");
         assert_eq!(element_text(&dom, "hit-rate"), "50.0 %", "{dom}");
