@@ -515,7 +515,7 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         (&cone1, SECRET),
         (&cone2, SECRET),
         (&sym, SECRET),
-        (&odd, "another-swarm-secret-0123456789abcdef"),
+        (&odd, "q7Vb2XkP9mR4tW8zL1nC6yH3sJ5dF0gAe9Ur"),
     ] {
         let api_url = api_forwarder(&site.runner_ns, upstream.addr());
         let spec = Spec {
