@@ -130,11 +130,11 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
 /// Prints an error as one line and picks its exit code.
 fn report(err: &anyhow::Error) -> ExitCode {
     if let Some(user) = err.downcast_ref::<UserError>() {
-        eprintln!("peercache: {}", user.message);
+        eprintln!("peercache: {}", crate::logging::defuse(&user.message));
         return ExitCode::from(user.exit as u8);
     }
     let text = format!("{err:#}").replace('\n', " ");
-    eprintln!("peercache: error: {text}");
+    eprintln!("peercache: error: {}", crate::logging::defuse(&text));
     ExitCode::from(Exit::Http as u8)
 }
 

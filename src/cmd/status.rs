@@ -284,9 +284,11 @@ fn plural(n: u64, word: &str) -> String {
 
 /// Untrusted text on one terminal line: control characters become spaces.
 fn one_line(text: &str) -> String {
-    text.chars()
+    let flat: String = text
+        .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+        .collect();
+    crate::logging::defuse(&flat)
 }
 
 /// Untrusted text as Markdown text in a table cell: no markup, no HTML, no cell break.

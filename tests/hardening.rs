@@ -1,0 +1,234 @@
+//! The review's findings outside the swarm (issue #15), each through the real binary: weak
+//! secrets, a long-lived token as the secret, hostile `dir:` records, log injection, the port lock
+//! of another user, and overflowing numbers.
+
+mod common;
+
+use common::Sandbox;
+
+/// 32 random bytes, base64 (`peercache secret` made it).
+const STRONG: &str = "mtbcje2LfpKCKE1flM62tMeW4Q83Fv+Kw+O/whyQ8vQ=";
+/// A personal access token's shape (`ghp_` and 36 characters).
+const PAT: &str = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+
+#[test]
+fn weak_secrets_are_refused_with_exit_2_and_the_fix() {
+    let sb = Sandbox::new();
+    for (var, weak) in [
+        ("PEERCACHE_SECRET", "s3cret"),
+        ("PEERCACHE_SECRET", "swarm-secret"),
+        ("PEERCACHE_SECRET", "q3V9kT2mX8pL4wZ7rB1nY"), // 21 random base64 characters
+        ("PEERCACHE_SECRET", "abcdabcdabcdabcdabcdabcdabcdabcdabcdabcdabcd"),
+        ("CACHE_P2P_SHARED_SECRET", "0000000000000000000000000000000000000000"),
+    ] {
+        for args in [&["serve", "--daemon"][..], &["discover"], &["init"]] {
+            let mut cmd = sb.command(args);
+            cmd.env(var, weak);
+            let run = common::Run::from(cmd.output().unwrap());
+            let line = run.fails_with(2);
+            assert!(
+                line.contains(var) && line.contains("peercache secret") && line.contains("128"),
+                "{args:?} with {var}={weak}: {line}"
+            );
+            assert!(!line.contains(weak), "the secret is echoed: {line}");
+        }
+    }
+    assert!(sb.serve_json().is_none(), "no daemon started");
+}
+
+#[test]
+fn peercache_secret_prints_a_new_strong_secret_that_serve_accepts() {
+    let sb = Sandbox::new();
+    // It works even while a refused secret is set, so the fix is always at hand.
+    let mut cmd = sb.command(&["secret"]);
+    cmd.env("PEERCACHE_SECRET", "weak");
+    let first = common::Run::from(cmd.output().unwrap()).ok();
+    let second = sb.run(None, &["secret"]).ok();
+    let (a, b) = (
+        String::from_utf8(first.stdout).unwrap(),
+        String::from_utf8(second.stdout).unwrap(),
+    );
+    let a = a.strip_suffix('\n').expect("one line");
+    assert_eq!(a.len(), 44, "32 bytes in base64: {a:?}");
+    assert!(
+        a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)),
+        "{a:?}"
+    );
+    assert_ne!(a, b.trim(), "a new secret every time");
+
+    let daemon = sb.start_daemon(
+        &[("PEERCACHE_SECRET", a), ("PEERCACHE_MDNS", "false")],
+        &["--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    assert_eq!(daemon.json("/api/status")["sharing"]["enabled"], true);
+    let log = std::fs::read_to_string(sb.home().join("serve.log")).unwrap();
+    assert!(!log.contains(a), "the secret reached the log");
+}
+
+#[test]
+fn a_long_lived_gh_token_is_the_secret_only_when_asked_and_then_says_so() {
+    let sb = Sandbox::new();
+    {
+        let daemon = sb.start_daemon(&[("GH_TOKEN", PAT), ("PEERCACHE_MDNS", "false")], &[]);
+        let sharing = &daemon.json("/api/status")["sharing"];
+        assert_eq!(sharing["enabled"], false, "{sharing}");
+        let reason = sharing["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("GH_TOKEN") && reason.contains("PEERCACHE_SECRET_FROM_TOKEN=true"),
+            "{reason}"
+        );
+        sb.run(None, &["stop"]).ok();
+    }
+    let daemon = sb.start_daemon(
+        &[
+            ("GH_TOKEN", PAT),
+            ("PEERCACHE_SECRET_FROM_TOKEN", "true"),
+            ("PEERCACHE_MDNS", "false"),
+        ],
+        &["--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    assert_eq!(daemon.json("/api/status")["sharing"]["enabled"], true);
+    let log = std::fs::read_to_string(sb.home().join("serve.log")).unwrap();
+    assert!(
+        log.contains("GH_TOKEN (a long-lived token) is the swarm secret"),
+        "{log}"
+    );
+    assert!(!log.contains(PAT), "the token reached the log");
+    let _ = STRONG;
+}
+
+/// A peer id that parses, as a record's file name needs.
+fn peer_id() -> String {
+    libp2p::PeerId::random().to_string()
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn record(peer: &str, runner: &str) -> String {
+    serde_json::json!({
+        "version": 1,
+        "peer_id": peer,
+        "multiaddrs": [format!("/ip4/10.0.0.5/tcp/9000/p2p/{peer}")],
+        "runner_name": runner,
+        "last_seen": now(),
+        "expires_at": now() + 600,
+    })
+    .to_string()
+}
+
+/// `peercache discover --format json` over `dir:DIR`, killed if it runs past `limit`.
+fn discover_dir(sb: &Sandbox, dir: &std::path::Path, env: &[(&str, &str)]) -> common::Run {
+    let registry = format!("dir:{}", dir.display());
+    let mut cmd = sb.command(&["discover", "--format", "json"]);
+    cmd.env("PEERCACHE_REGISTRY", &registry)
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let limit = std::time::Duration::from_secs(20);
+    if !common::wait_until(limit, || child.try_wait().unwrap().is_some()) {
+        let _ = child.kill();
+        panic!("discover still ran after {limit:?} (reading something endless?)");
+    }
+    common::Run::from(child.wait_with_output().unwrap())
+}
+
+#[test]
+fn dir_records_are_never_read_through_symlinks_fifos_or_past_the_limit() {
+    let sb = Sandbox::new();
+    let peers = sb.root.path().join("peers");
+    std::fs::create_dir_all(&peers).unwrap();
+    let file = |peer: &str| peers.join(format!("peer_{peer}.json"));
+
+    let good = peer_id();
+    std::fs::write(file(&good), record(&good, "good")).unwrap();
+    // A valid record outside the directory, reached through a symlink: not a record of it.
+    let outside = peer_id();
+    let elsewhere = sb.root.path().join("elsewhere.json");
+    std::fs::write(&elsewhere, record(&outside, "outside")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, file(&outside)).unwrap();
+    // The review's case: stat says 0 bytes, reading it walks the reader's own address space.
+    let pagemap = peer_id();
+    std::os::unix::fs::symlink("/proc/self/pagemap", file(&pagemap)).unwrap();
+    // A FIFO nobody writes: opening it for reading would block forever.
+    let fifo = peer_id();
+    let path = std::ffi::CString::new(file(&fifo).to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+    // Larger than a record may be.
+    let huge = peer_id();
+    std::fs::write(file(&huge), vec![b' '; 65 * 1024]).unwrap();
+
+    let run = discover_dir(&sb, &peers, &[]).ok();
+    let listed: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["peer_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [good.as_str()], "stderr: {}", run.stderr);
+    for (peer, why) in [
+        (&outside, "symlink"),
+        (&pagemap, "symlink"),
+        (&fifo, "not a regular file"),
+        (&huge, "too large"),
+    ] {
+        assert!(
+            run.stderr
+                .lines()
+                .any(|l| l.contains(peer.as_str()) && l.contains(why)),
+            "no warning that {peer} is {why}: {}",
+            run.stderr
+        );
+    }
+}
+
+#[test]
+fn hostile_registry_fields_cannot_write_workflow_commands_into_the_log() {
+    let sb = Sandbox::new();
+    let peers = sb.root.path().join("peers");
+    std::fs::create_dir_all(&peers).unwrap();
+    // A file name and a record whose peer id carry workflow commands.
+    std::fs::write(
+        peers.join("peer_##[error title=owned]injected.json"),
+        "{\"peer_id\": 1}",
+    )
+    .unwrap();
+    let named = peer_id();
+    std::fs::write(
+        peers.join(format!("peer_{named}.json")),
+        record("##[error]forged::x", "r"),
+    )
+    .unwrap();
+    let multi = peer_id();
+    std::fs::write(
+        peers.join(format!("peer_{multi}.json")),
+        record("a\n::error::second line", "r"),
+    )
+    .unwrap();
+
+    for actions in ["true", "false"] {
+        let run = discover_dir(&sb, &peers, &[("GITHUB_ACTIONS", actions)]).ok();
+        assert!(
+            run.stderr.contains("injected") && run.stderr.contains("forged"),
+            "the records are still reported: {}",
+            run.stderr
+        );
+        for line in run.stderr.lines() {
+            assert!(!line.contains("##["), "a ##[ command reached the log: {line:?}");
+            let trimmed = line.trim_start();
+            assert!(
+                !trimmed.starts_with("::")
+                    || trimmed.starts_with("::warning::peercache: ")
+                    || trimmed.starts_with("::error::peercache: "),
+                "a line starts a command of someone else's: {line:?}"
+            );
+        }
+    }
+}
