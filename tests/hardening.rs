@@ -95,7 +95,6 @@ fn a_long_lived_gh_token_is_the_secret_only_when_asked_and_then_says_so() {
         "{log}"
     );
     assert!(!log.contains(PAT), "the token reached the log");
-    let _ = STRONG;
 }
 
 /// A peer id that parses, as a record's file name needs.
@@ -231,4 +230,91 @@ fn hostile_registry_fields_cannot_write_workflow_commands_into_the_log() {
             );
         }
     }
+}
+
+#[test]
+fn another_users_hold_on_the_port_lock_does_not_make_init_wait() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run a lock holder as another user (CI runs as root)");
+        return;
+    }
+    let sb = Sandbox::new();
+    let locks = sb.root.path().join("ports");
+    std::fs::create_dir_all(&locks).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for dir in [sb.root.path(), locks.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    }
+    let lock = locks.join("lock");
+    std::fs::write(&lock, b"").unwrap();
+    std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // `nobody` holds the host-wide lock and never lets go.
+    let mut holder = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock", "-x"])
+        .arg(&lock)
+        .args(["sleep", "120"])
+        .spawn()
+        .expect("setpriv and flock (util-linux)");
+    let held = common::wait_until(std::time::Duration::from_secs(10), || {
+        let file = std::fs::File::open(&lock).unwrap();
+        use std::os::fd::AsRawFd;
+        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+    });
+    assert!(held, "the holder never took the lock");
+
+    let workflows = sb.root.path().join("workflows");
+    std::fs::create_dir_all(&workflows).unwrap();
+    let started = std::time::Instant::now();
+    let mut cmd = sb.command(&["init", "--workflows-dir", workflows.to_str().unwrap()]);
+    cmd.env("PEERCACHE_PORT_LOCK_DIR", &locks)
+        .env("GITHUB_WORKFLOW", "ci");
+    let run = common::Run::from(cmd.output().unwrap());
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let run = run.ok();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "init waited {took:?} for another user's lock: {}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("another user") && run.stderr.contains("uid 65534"),
+        "{}",
+        run.stderr
+    );
+    assert!(String::from_utf8_lossy(&run.stdout).contains("PEERCACHE_PORT="));
+}
+
+#[test]
+fn register_refuses_a_ttl_that_would_overflow_the_expiry() {
+    let sb = Sandbox::new();
+    let peers = sb.root.path().join("peers");
+    let registry = format!("dir:{}", peers.display());
+    let _daemon = sb.start_daemon(
+        &[
+            ("PEERCACHE_SECRET", STRONG),
+            ("PEERCACHE_MDNS", "false"),
+            ("PEERCACHE_REGISTRY", registry.as_str()),
+        ],
+        &["--listen", "/ip4/127.0.0.1/tcp/0"],
+    );
+    let register = |ttl: &str| {
+        let mut cmd = sb.command(&["register", "--ttl", ttl]);
+        cmd.env("PEERCACHE_SECRET", STRONG)
+            .env("PEERCACHE_REGISTRY", &registry);
+        common::Run::from(cmd.output().unwrap())
+    };
+    for huge in ["18446744073709551615", "604801"] {
+        let run = register(huge);
+        let line = run.fails_with(2);
+        assert!(line.contains("--ttl") && line.contains("604800"), "{line}");
+    }
+    register("604800").ok();
+    let files: Vec<_> = std::fs::read_dir(&peers).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
+    let expires = record["expires_at"].as_u64().unwrap();
+    assert!(expires >= now() + 604_790 && expires <= now() + 604_800, "{record}");
 }
