@@ -269,7 +269,14 @@ mod tests {
         assert_eq!(defuse("x\n::error::y"), "x\\n::error::y");
         assert_eq!(defuse("x##[group]y"), "x##\\[group]y");
         assert_eq!(defuse("bell\u{7}"), "bell\\u{7}");
-        for hostile in ["##[error]a", "::error::a", " \t::a", "a\n::b", "##[##[", "\u{85}::x"] {
+        for hostile in [
+            "##[error]a",
+            "::error::a",
+            " \t::a",
+            "a\n::b",
+            "##[##[",
+            "\u{85}::x",
+        ] {
             let safe = defuse(hostile);
             assert!(!safe.contains("##["), "{safe}");
             assert!(!safe.trim_start().starts_with("::"), "{safe}");

@@ -77,7 +77,8 @@ pub fn entropy_bits(value: &str) -> f64 {
 /// The number of symbols of the character classes `chars` uses.
 fn alphabet_size(chars: &[char]) -> f64 {
     if chars.iter().all(char::is_ascii_hexdigit)
-        && !(chars.iter().any(char::is_ascii_lowercase) && chars.iter().any(char::is_ascii_uppercase))
+        && !(chars.iter().any(char::is_ascii_lowercase)
+            && chars.iter().any(char::is_ascii_uppercase))
     {
         return 16.0;
     }
@@ -89,7 +90,10 @@ fn alphabet_size(chars: &[char]) -> f64 {
         // The 33 printable ASCII symbols, the space among them.
         (|c| c.is_ascii_punctuation() || *c == ' ', 33.0),
         // Anything else (control characters, non-ASCII): counted generously as 128 more.
-        (|c| !c.is_ascii_alphanumeric() && !c.is_ascii_punctuation() && *c != ' ', 128.0),
+        (
+            |c| !c.is_ascii_alphanumeric() && !c.is_ascii_punctuation() && *c != ' ',
+            128.0,
+        ),
     ];
     for (is_in, symbols) in classes {
         if chars.iter().any(is_in) {
@@ -115,13 +119,21 @@ fn smallest_period(chars: &[char]) -> usize {
     }
     let period = chars.len() - fail[chars.len() - 1];
     // A partial last repetition (`abcab`) still counts as repeated.
-    if period < chars.len() { period } else { chars.len() }
+    if period < chars.len() {
+        period
+    } else {
+        chars.len()
+    }
 }
 
 /// `Err` with the estimate when `value` is too weak to be a swarm secret.
 pub fn check_strength(value: &str) -> Result<(), f64> {
     let bits = entropy_bits(value);
-    if bits < MIN_SECRET_BITS { Err(bits) } else { Ok(()) }
+    if bits < MIN_SECRET_BITS {
+        Err(bits)
+    } else {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -144,7 +156,11 @@ mod tests {
             // 31 hex digits: 124 bits.
             "3f9a1c7e5b2d8f4a6c0e9b1d7f3a5c2",
         ] {
-            assert!(check_strength(weak).is_err(), "{weak:?} passed: {}", entropy_bits(weak));
+            assert!(
+                check_strength(weak).is_err(),
+                "{weak:?} passed: {}",
+                entropy_bits(weak)
+            );
         }
         for strong in [
             // 22 random base64 characters: 132 bits.
@@ -153,12 +169,20 @@ mod tests {
             "3f9a1c7e5b2d8f4a6c0e9b1d7f3a5c2e",
             "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
         ] {
-            assert!(check_strength(strong).is_ok(), "{strong:?} refused: {}", entropy_bits(strong));
+            assert!(
+                check_strength(strong).is_ok(),
+                "{strong:?} refused: {}",
+                entropy_bits(strong)
+            );
         }
         for _ in 0..200 {
             let made = generate();
             assert_eq!(made.len(), 44);
-            assert!(entropy_bits(&made) >= 200.0, "{made}: {}", entropy_bits(&made));
+            assert!(
+                entropy_bits(&made) >= 200.0,
+                "{made}: {}",
+                entropy_bits(&made)
+            );
         }
     }
 }

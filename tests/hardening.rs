@@ -18,8 +18,14 @@ fn weak_secrets_are_refused_with_exit_2_and_the_fix() {
         ("PEERCACHE_SECRET", "s3cret"),
         ("PEERCACHE_SECRET", "swarm-secret"),
         ("PEERCACHE_SECRET", "q3V9kT2mX8pL4wZ7rB1nY"), // 21 random base64 characters
-        ("PEERCACHE_SECRET", "abcdabcdabcdabcdabcdabcdabcdabcdabcdabcdabcd"),
-        ("CACHE_P2P_SHARED_SECRET", "0000000000000000000000000000000000000000"),
+        (
+            "PEERCACHE_SECRET",
+            "abcdabcdabcdabcdabcdabcdabcdabcdabcdabcdabcd",
+        ),
+        (
+            "CACHE_P2P_SHARED_SECRET",
+            "0000000000000000000000000000000000000000",
+        ),
     ] {
         for args in [&["serve", "--daemon"][..], &["discover"], &["init"]] {
             let mut cmd = sb.command(args);
@@ -220,7 +226,10 @@ fn hostile_registry_fields_cannot_write_workflow_commands_into_the_log() {
             run.stderr
         );
         for line in run.stderr.lines() {
-            assert!(!line.contains("##["), "a ##[ command reached the log: {line:?}");
+            assert!(
+                !line.contains("##["),
+                "a ##[ command reached the log: {line:?}"
+            );
             let trimmed = line.trim_start();
             assert!(
                 !trimmed.starts_with("::")
@@ -250,7 +259,13 @@ fn another_users_hold_on_the_port_lock_does_not_make_init_wait() {
     std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
     // `nobody` holds the host-wide lock and never lets go.
     let mut holder = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "flock", "-x"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "flock",
+            "-x",
+        ])
         .arg(&lock)
         .args(["sleep", "120"])
         .spawn()
@@ -316,5 +331,8 @@ fn register_refuses_a_ttl_that_would_overflow_the_expiry() {
     let record: serde_json::Value =
         serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
     let expires = record["expires_at"].as_u64().unwrap();
-    assert!(expires >= now() + 604_790 && expires <= now() + 604_800, "{record}");
+    assert!(
+        expires >= now() + 604_790 && expires <= now() + 604_800,
+        "{record}"
+    );
 }

@@ -510,7 +510,10 @@ fn the_own_daemon_keeps_its_port() {
     // The daemon takes the recorded port from peercache.yml and holds it.
     let daemon = sb.start_daemon(
         &[
-            ("PEERCACHE_SECRET", "HzRc1V5j7sWwgvcC8xx69dDAEuQSE6P2mbTVnGU9FLs="),
+            (
+                "PEERCACHE_SECRET",
+                "HzRc1V5j7sWwgvcC8xx69dDAEuQSE6P2mbTVnGU9FLs=",
+            ),
             ("PEERCACHE_MDNS", "false"),
         ],
         &[],

@@ -174,7 +174,10 @@ fn secret_rules() {
     // A long-lived token serves only when asked to, and the reason says how.
     match secret(&[("GH_TOKEN", PAT)]) {
         SwarmSecret::Missing { reason } => {
-            assert!(reason.contains("PEERCACHE_SECRET_FROM_TOKEN=true"), "{reason}")
+            assert!(
+                reason.contains("PEERCACHE_SECRET_FROM_TOKEN=true"),
+                "{reason}"
+            )
         }
         other => panic!("a ghp_ token must not silently be the secret: {other:?}"),
     }
@@ -184,12 +187,18 @@ fn secret_rules() {
     ));
     assert!(matches!(
         secret(&[
-            ("GITHUB_TOKEN", "github_pat_11ABCDEFG0aBcDeFgHiJkL_mNoPqRsTuVwXyZ0123456789"),
+            (
+                "GITHUB_TOKEN",
+                "github_pat_11ABCDEFG0aBcDeFgHiJkL_mNoPqRsTuVwXyZ0123456789"
+            ),
             ("PEERCACHE_SECRET_FROM_TOKEN", "1"),
         ]),
         SwarmSecret::Set { .. }
     ));
-    match secret(&[("GITHUB_TOKEN", "ghs_jobtoken"), ("PEERCACHE_SECRET_FROM_TOKEN", "true")]) {
+    match secret(&[
+        ("GITHUB_TOKEN", "ghs_jobtoken"),
+        ("PEERCACHE_SECRET_FROM_TOKEN", "true"),
+    ]) {
         SwarmSecret::Missing { reason } => assert!(reason.contains("job token"), "{reason}"),
         other => panic!("a ghs_ token must never be the secret: {other:?}"),
     }
@@ -201,7 +210,10 @@ fn weak_secrets_are_refused_with_the_fix() {
     for (name, value) in [
         ("PEERCACHE_SECRET", "s3cret"),
         ("CACHE_P2P_SHARED_SECRET", "swarm-secret"),
-        ("PEERCACHE_SECRET", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
+        (
+            "PEERCACHE_SECRET",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ),
     ] {
         let err = load(&Flags::default(), &[("HOME", "/h"), (name, value)]).unwrap_err();
         let user = err.downcast_ref::<UserError>().expect("a user error");
@@ -211,11 +223,19 @@ fn weak_secrets_are_refused_with_the_fix() {
             "{}",
             user.message
         );
-        assert!(!user.message.contains(value), "the secret is not echoed: {}", user.message);
+        assert!(
+            !user.message.contains(value),
+            "the secret is not echoed: {}",
+            user.message
+        );
     }
     let err = load(
         &Flags::default(),
-        &[("HOME", "/h"), ("GH_TOKEN", "ghp_x"), ("PEERCACHE_SECRET_FROM_TOKEN", "yes")],
+        &[
+            ("HOME", "/h"),
+            ("GH_TOKEN", "ghp_x"),
+            ("PEERCACHE_SECRET_FROM_TOKEN", "yes"),
+        ],
     )
     .unwrap_err();
     assert!(err.to_string().contains("PEERCACHE_SECRET"), "{err}");

@@ -240,7 +240,11 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffe\r\n",
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
         ] {
-            assert!(parse_response(raw).is_err(), "{}", String::from_utf8_lossy(raw));
+            assert!(
+                parse_response(raw).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
         }
     }
 
