@@ -47,7 +47,8 @@ wait_for() {
 }
 # at_least N PATTERN: whether N files match PATTERN (one per job that got there).
 at_least() { (($(compgen -G "$2" | wc -l) >= $1)); }
-get() { curl --silent --show-error --fail --max-time 10 "$1"; }
+# The URL goes to curl on stdin (a config line), never in argv: it may hold the capability.
+get() { curl --silent --show-error --fail --max-time 10 --config - <<<"url = \"$1\""; }
 
 hub() {
   mkdir -p "$dir"

@@ -16,6 +16,10 @@ command -v file >/dev/null 2>&1 || missing+=(file)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the status page test (tests/observability.rs)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv) # the venv of the action's tools below
+# Hardening (issue #15): strace records every execve of the action's step (scripts/test-action.sh:
+# no capability in argv); setpriv (util-linux) runs a lock holder as another user (tests/hardening.rs).
+command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq >&2

@@ -302,8 +302,10 @@ run_setup() {
     GITHUB_ACTION_PATH="$root" PEERCACHE_PORT_LOCK_DIR="$work/port-locks" \
     INPUT_BINARY="$debug_bin" INPUT_GITHUB_TOKEN=ghs_jobtoken1234 INPUT_PORT=auto INPUT_TTL=300 INPUT_MDNS=false \
     INPUT_LOG_LEVEL=info INPUT_FAIL_ON_ERROR=false "$@" \
-    bash scripts/action-setup.sh >"$d/log" 2>&1
+    "${setup_tracer[@]}" bash scripts/action-setup.sh >"$d/log" 2>&1
 }
+# A command that run_setup puts in front of the step (setup_capability_not_in_argv traces it).
+setup_tracer=()
 stop_setup() { PEERCACHE_HOME="$work/setup-$1/tmp/peercache" "$debug_bin" stop >/dev/null 2>&1 || true; }
 
 setup_no_secret_warns() {
@@ -328,7 +330,7 @@ setup_no_secret_warns() {
   [[ "$(grep -n -m1 -F -- "$capability" "$d/log" | cut -d: -f1)" == "$(grep -n -m1 -F -- "::add-mask::$capability" "$d/log" | cut -d: -f1)" ]] ||
     fail "the capability shows in the log before its ::add-mask::"
   # The node runs on for the later steps, and fetch finds it.
-  curl -fsS "$(sed -n 's/^PEERCACHE_API=//p' "$d/env")/api/peers" >/dev/null || fail "the daemon does not answer"
+  curl -fsS -K- <<<"url = \"$(sed -n 's/^PEERCACHE_API=//p' "$d/env")/api/peers\"" >/dev/null || fail "the daemon does not answer"
   stop_setup nosecret
 }
 
@@ -342,7 +344,7 @@ setup_no_secret_fail_on_error() {
   local api
   api="$(sed -n 's/^api-url=//p' "$d/output")"
   [[ -n "$api" ]] || fail "no api-url output: the daemon never started"
-  if curl -fsS --max-time 5 "$api/api/peers" >/dev/null 2>&1; then
+  if curl -fsS --max-time 5 -K- <<<"url = \"$api/api/peers\"" >/dev/null 2>&1; then
     stop_setup strict
     fail "the daemon was left running"
   fi
@@ -387,6 +389,30 @@ setup_two_jobs_find_each_other() {
   expect_not_in "$work/setup-second/output" 'SetupSwarm0lj9kOKzVk5eHA0yQnEUGPyK8ga1l1iN9drXL6lCpAxc'
   stop_setup first
   stop_setup second
+}
+
+# No process the step starts carries the capability (or the secret, or the token) in its
+# arguments, which every local user reads in /proc/*/cmdline: strace records every execve of
+# the step and its children, with whole argument strings.
+setup_capability_not_in_argv() {
+  local d="$work/setup-argv" secret=ArgvCheck0mtbcje2LfpKCKE1flM62tMeW4Q83FvKwOwhyQ8vQ capability
+  command -v strace >/dev/null 2>&1 || fail "strace is missing (scripts/ensure-tools.sh installs it)"
+  # -b execve: each process is let go once it runs another program, so the daemon the step
+  # leaves running is not held by strace (what those programs start is theirs, not the step's).
+  setup_tracer=(strace -f -qq -b execve -e trace=execve -e signal=none -s 65536 -o "$d.execve")
+  run_setup argv INPUT_SECRET="$secret" INPUT_REGISTRY="dir:$work/setup-argv-registry" ||
+    { setup_tracer=(); fail "the step failed: $(cat "$d/log")"; }
+  setup_tracer=()
+  capability="$(sed -n 's|^api-url=http://127\.0\.0\.1:[0-9]*/||p' "$d/output")"
+  [[ -n "$capability" ]] || fail "no capability in the api-url output"
+  expect_in "$d.execve" 'execve\("[^"]*curl"'
+  expect_in "$d.execve" 'execve\("[^"]*peercache", \[[^]]*"discover"'
+  for needle in "$capability" "$secret" ghs_jobtoken1234; do
+    if grep -F -- "$needle" "$d.execve" | grep -q 'execve('; then
+      fail "a process got ${needle:0:8}… in its arguments: $(grep -F -- "$needle" "$d.execve" | head -n 3)"
+    fi
+  done
+  stop_setup argv
 }
 
 # The action's overhead with the binary cached: the whole step (install through discover).
@@ -458,6 +484,7 @@ for group in "${groups[@]}"; do
       t "setup: a failed install: a warning (an error with fail-on-error)" setup_install_failure_warns
       t "setup: bad inputs are refused" setup_bad_input_fails
       t "setup: two jobs with one secret and registry find each other; the secret stays out" setup_two_jobs_find_each_other
+      t "setup: no process of the step has the capability, the secret or the token in argv" setup_capability_not_in_argv
       t "setup: the whole step with a cached binary takes under 3 s (median of 5)" setup_overhead
       ;;
     act)

@@ -336,3 +336,98 @@ fn register_refuses_a_ttl_that_would_overflow_the_expiry() {
         "{record}"
     );
 }
+
+/// Every shell line of the scripts, the action, the workflows and the docs, with continuation
+/// lines (`\` at the end) joined: (file, first line number, text).
+fn shell_lines() -> Vec<(String, usize, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md"), root.join("action.yml")];
+    for (dir, ext) in [
+        ("scripts", "sh"),
+        ("docs", "md"),
+        (".github/workflows", "yml"),
+        ("tests/action", "sh"),
+        (".ci", ""),
+    ] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let path = entry.path();
+            let matches = path.extension().and_then(|e| e.to_str()).unwrap_or("") == ext;
+            if path.is_file() && matches {
+                files.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let name = path.strip_prefix(root).unwrap().display().to_string();
+        let markdown = name.ends_with(".md");
+        let mut in_code = false;
+        let mut pending: Option<(usize, String)> = None;
+        for (i, line) in text.lines().enumerate() {
+            // In Markdown, only the code blocks are commands; the prose may name things.
+            if markdown && line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if markdown && !in_code {
+                continue;
+            }
+            let (start, mut joined) = pending.take().unwrap_or((i + 1, String::new()));
+            joined.push_str(line.trim_end_matches('\\'));
+            if line.ends_with('\\') {
+                pending = Some((start, joined));
+            } else {
+                out.push((name.clone(), start, joined));
+            }
+        }
+    }
+    assert!(
+        out.len() > 1000,
+        "the scan found the files: {} lines",
+        out.len()
+    );
+    out
+}
+
+#[test]
+fn no_script_or_doc_example_puts_the_capability_or_a_token_in_argv() {
+    // What holds the local API's capability (or a token) in the scripts and examples.
+    let sources = [
+        "$PEERCACHE_API/",
+        "${PEERCACHE_API}",
+        "$PEERCACHE_API\"",
+        "$api/",
+        "${api}",
+        "$api\"",
+        "api-url",
+        "api_url",
+        "Authorization",
+    ];
+    let mut offenders = Vec::new();
+    for (file, line_no, line) in shell_lines() {
+        let runs_http_client = line
+            .split(|c: char| c.is_whitespace() || "()`;|&\"'".contains(c))
+            .any(|word| matches!(word, "curl" | "wget" | "http" | "xh"));
+        if !runs_http_client {
+            continue;
+        }
+        let via_config = line.contains(" -K") || line.contains("--config");
+        if let Some(source) = sources.iter().find(|s| line.contains(*s))
+            && !via_config
+        {
+            offenders.push(format!(
+                "{file}:{line_no}: {source} on a command line: {line}"
+            ));
+        }
+    }
+    assert!(
+        offenders.is_empty(),
+        "the capability (or a token) would be in argv, readable in /proc/*/cmdline by every local user; pass it with curl -K- (a config line on stdin) or use peercache fetch:\n{}",
+        offenders.join("\n")
+    );
+}
