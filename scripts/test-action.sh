@@ -131,6 +131,7 @@ make_release() {
 start_release_server() {
   release_log="$work/release-requests-$RANDOM.log"
   : >"$release_log"
+  : >"$work/release.out" # before the server's own redirect: the loop below reads it at once
   python3 tests/action/fake_release.py "$1" "$release_log" >"$work/release.out" 2>&1 &
   echo "$!" >>"$work/pids"
   local i
@@ -178,9 +179,70 @@ install_good_then_cached() {
   # A binary changed in the tool cache is not trusted: it is downloaded again.
   printf '#!/bin/sh\necho tampered\n' >"$entry/peercache"
   run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" || fail "reinstall failed: $(cat "$d/err")"
-  expect_in "$d/err" 'changed since it was installed'
+  expect_in "$d/err" 'is not the binary it should be .*recorded at install time'
   expect_in "$release_log" '^/peercache-x86_64-unknown-linux-musl.tar.gz$'
   cmp -s "$entry/peercache" "$work/fake-bin/peercache" || fail "the tampered binary stayed"
+}
+
+# pin_release DIR ACTION_DIR: an action checkout (ACTION_DIR/checksums.sha256) that pins the
+# release v9.9.9 in DIR, as release.yml writes it into the tag's commit.
+pin_release() {
+  local dir="$1" action="$2" staging
+  mkdir -p "$action"
+  staging="$(mktemp -d)"
+  tar -xzf "$dir/peercache-x86_64-unknown-linux-musl.tar.gz" -C "$staging" peercache
+  {
+    echo "# the release v9.9.9, pinned in the action at its tag"
+    printf '%s  v9.9.9/peercache-x86_64-unknown-linux-musl.tar.gz\n' "$(sha256sum "$dir/peercache-x86_64-unknown-linux-musl.tar.gz" | cut -d' ' -f1)"
+    printf '%s  v9.9.9/peercache-x86_64-unknown-linux-musl/peercache\n' "$(sha256sum "$staging/peercache" | cut -d' ' -f1)"
+  } >"$action/checksums.sha256"
+  rm -rf "$staging"
+}
+
+install_pinned_tool_cache_swap_refused() {
+  local d="$work/i-pinned" action="$work/pinned-action" entry evil
+  make_release "$work/rel-pinned" "$work/fake-bin/peercache"
+  pin_release "$work/rel-pinned" "$action"
+  start_release_server "$work/rel-pinned"
+  run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action" ||
+    fail "install failed: $(cat "$d/err")"
+  expect_in "$d/err" 'verified SHA-256 .* \(pinned in the action\)'
+  expect_not_in "$release_log" '^/SHA256SUMS$' # the pins, not the release's file, are trusted
+  entry="$d/tool-cache/peercache/9.9.9/x64"
+  # Another job on the runner swaps the cached binary and the checksum stored beside it.
+  evil="$(printf '#!/bin/sh\necho evil\n')"
+  printf '%s\n' "$evil" >"$entry/peercache"
+  sha256sum "$entry/peercache" | cut -d' ' -f1 >"$entry/peercache.sha256"
+  : >"$release_log"
+  run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action" ||
+    fail "reinstall failed: $(cat "$d/err")"
+  expect_in "$d/err" 'is not the binary it should be .*pinned in the action'
+  expect_in "$release_log" '^/peercache-x86_64-unknown-linux-musl.tar.gz$'
+  cmp -s "$entry/peercache" "$work/fake-bin/peercache" || fail "the swapped binary stayed in the tool cache"
+  [[ "$(cat "$d/out")" == "$entry/peercache" ]] || fail "printed $(cat "$d/out")"
+  # An untouched cache is used as it is, checked against the pin.
+  : >"$release_log"
+  run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action" ||
+    fail "third install failed: $(cat "$d/err")"
+  expect_in "$d/err" 'using the tool cache: .*\(SHA-256 pinned in the action\)'
+  [[ ! -s "$release_log" ]] || fail "the third run downloaded: $(cat "$release_log")"
+}
+
+install_pinned_mismatch_refused() {
+  local d="$work/i-pinned-bad" action="$work/pinned-bad-action"
+  # The pins name one binary; the release (its SHA256SUMS agreeing) serves another.
+  make_release "$work/rel-pinned-other" "$work/fake-bin/peercache"
+  pin_release "$work/rel-pinned-other" "$action"
+  mkdir -p "$work/other-bin"
+  printf '#!/bin/sh\necho "peercache 9.9.9 (another build)"\n' >"$work/other-bin/peercache"
+  chmod +x "$work/other-bin/peercache"
+  make_release "$work/rel-pinned-bad" "$work/other-bin/peercache"
+  start_release_server "$work/rel-pinned-bad"
+  if run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action"; then
+    fail "a download that is not the pinned one was installed"
+  fi
+  expect_in "$d/err" 'error: checksum mismatch for peercache-x86_64-unknown-linux-musl.tar.gz of release v9.9.9: the action pins'
+  [[ ! -e "$d/tool-cache/peercache/9.9.9/x64/peercache" ]] || fail "something was installed"
 }
 
 install_bad_checksum_refused() {
@@ -470,6 +532,8 @@ for group in "${groups[@]}"; do
       make_fake_binary
       t "install: a good checksum installs; a second run uses the tool cache; a changed one is replaced" install_good_then_cached
       t "install: a checksum mismatch is refused" install_bad_checksum_refused
+      t "install: pinned in the action: a swapped tool cache (binary and checksum) is not used" install_pinned_tool_cache_swap_refused
+      t "install: pinned in the action: a release that is not the pinned one is refused" install_pinned_mismatch_refused
       t "install: plain http only to loopback, no credentials, https only" install_refuses_plain_http_elsewhere
       t "install: an explicit version without a release is an error" install_explicit_version_without_release_fails
       t "install: the default URL is the action's own release" install_default_url
