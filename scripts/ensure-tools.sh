@@ -45,3 +45,11 @@ if [[ "$(cat "$tools_venv/pins" 2>/dev/null)" != "${tools_pins[*]}" ]]; then
   "$tools_venv/bin/python" -m pip install --quiet --disable-pip-version-check "${tools_pins[@]}" >&2
   echo "${tools_pins[*]}" >"$tools_venv/pins"
 fi
+
+# Fuzzing (issue #15: scripts/fuzz.sh, its smoke in scripts/test.sh): cargo-fuzz, pinned, built
+# from crates.io (a few minutes, once per machine).
+cargo_fuzz_version=0.13.1
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]]; then
+  echo "installing cargo-fuzz $cargo_fuzz_version" >&2
+  cargo install --locked --quiet cargo-fuzz --version "$cargo_fuzz_version" >&2
+fi

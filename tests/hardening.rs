@@ -431,3 +431,26 @@ fn no_script_or_doc_example_puts_the_capability_or_a_token_in_argv() {
         offenders.join("\n")
     );
 }
+
+#[test]
+fn a_percent_encoded_dot_segment_cannot_send_the_token_outside_the_api_path() {
+    // Found by the fuzz target endpoint_link: `.%2E` is `..` to a URL parser.
+    let sb = Sandbox::new();
+    let base = format!("{}/api/v3", sb.hub.url());
+    let before = sb.hub.stats().total;
+    for endpoint in [
+        ".%2E/login",
+        "repos/o/r/.%2e/.%2E/.%2E/.%2E/admin",
+        "%2e%2e",
+    ] {
+        let mut cmd = sb.command(&["fetch", "--no-daemon", endpoint]);
+        cmd.env("PEERCACHE_API_URL", &base).env(
+            "PEERCACHE_TOKEN",
+            "ghp_tokenAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        );
+        let run = common::Run::from(cmd.output().unwrap());
+        let line = run.fails_with(2);
+        assert!(line.contains("'..'"), "{endpoint}: {line}");
+    }
+    assert_eq!(sb.hub.stats().total, before, "nothing was sent");
+}
