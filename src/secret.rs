@@ -82,8 +82,10 @@ fn alphabet_size(chars: &[char]) -> f64 {
     {
         return 16.0;
     }
+    /// A character class: membership, and how many symbols it has.
+    type Class = (fn(&char) -> bool, f64);
     let mut size = 0.0;
-    let classes: [(fn(&char) -> bool, f64); 5] = [
+    let classes: [Class; 5] = [
         (char::is_ascii_lowercase, 26.0),
         (char::is_ascii_uppercase, 26.0),
         (char::is_ascii_digit, 10.0),
