@@ -4,14 +4,16 @@
 #
 #   scripts/fuzz.sh [--smoke] [--seconds N] [--runs N] [TARGET...]
 #
-#   --smoke       a few seconds per target (what scripts/test.sh runs); --seconds overrides it
+#   --smoke       a few seconds per target (what scripts/test.sh runs), built without
+#                 optimisation (half the build time; slower runs); --seconds overrides it
 #   --seconds N   seconds per target (default 600)
 #   --runs N      stop a target after N executions (whichever of the two comes first)
 #   TARGET...     only these targets (default: every target in fuzz/Cargo.toml)
 #
 # Stable toolchain: cargo-fuzz needs nightly flags, which RUSTC_BOOTSTRAP=1 allows. Builds with
-# AddressSanitizer and debug assertions, in fuzz/target. One fuzzer process at a time, at nice 19,
-# so that other work on the machine keeps the cores. Each target's working corpus is
+# AddressSanitizer and debug assertions, in fuzz/target (optimised, except for --smoke). One
+# fuzzer process at a time, at nice 19, so that other work on the machine keeps the cores.
+# Each target's working corpus is
 # fuzz/corpus/TARGET (not in git), seeded from fuzz/seeds/TARGET; a crash is saved under
 # fuzz/artifacts/TARGET and makes the script exit 1. The table also goes to
 # fuzz/target/fuzz-report.md.
@@ -22,10 +24,14 @@ cd "$root"
 
 seconds=600
 runs=""
+profile=()
 targets=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    --smoke) seconds=4 ;;
+    --smoke)
+      seconds=4
+      profile=(--dev)
+      ;;
     --seconds)
       [[ "${2:-}" =~ ^[0-9]+$ && "$2" -gt 0 ]] || { echo "fuzz.sh: --seconds needs a whole number of seconds" >&2; exit 2; }
       seconds="$2"
@@ -36,7 +42,7 @@ while [[ $# -gt 0 ]]; do
       runs="$2"
       shift
       ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     -*) echo "fuzz.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     *) targets+=("$1") ;;
   esac
@@ -50,8 +56,8 @@ if [[ ${#targets[@]} -eq 0 ]]; then
 fi
 [[ ${#targets[@]} -gt 0 ]] || { echo "fuzz.sh: no fuzz targets found in fuzz/" >&2; exit 1; }
 
-echo "building ${#targets[@]} fuzz targets (AddressSanitizer, debug assertions)" >&2
-nice -n 19 cargo fuzz build --fuzz-dir fuzz >&2
+echo "building ${#targets[@]} fuzz targets (AddressSanitizer, debug assertions${profile[*]:+, unoptimised})" >&2
+nice -n 19 cargo fuzz build "${profile[@]}" --fuzz-dir fuzz >&2
 
 report="fuzz/target/fuzz-report.md"
 mkdir -p "$(dirname "$report")"
@@ -70,7 +76,7 @@ for target in "${targets[@]}"; do
     -artifact_prefix="fuzz/artifacts/$target/")
   if [[ -f "fuzz/dicts/$target.dict" ]]; then options+=(-dict="fuzz/dicts/$target.dict"); fi
   if [[ -n "$runs" ]]; then options+=(-runs="$runs"); fi
-  nice -n 19 cargo fuzz run --fuzz-dir fuzz "$target" "$corpus" "$seeds" -- "${options[@]}" >"$log" 2>&1 ||
+  nice -n 19 cargo fuzz run "${profile[@]}" --fuzz-dir fuzz "$target" "$corpus" "$seeds" -- "${options[@]}" >"$log" 2>&1 ||
     status=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
   crashes=0
