@@ -453,6 +453,14 @@ setup_two_jobs_find_each_other() {
   stop_setup second
 }
 
+setup_weak_secret_refused() {
+  local d="$work/setup-weak" status=0
+  run_setup weak INPUT_SECRET=s3cret INPUT_FAIL_ON_ERROR=true || status=$?
+  [[ "$status" -eq 1 ]] || fail "exit status $status with a weak secret and fail-on-error, expected 1: $(cat "$d/log")"
+  expect_in "$d/log" "^::error title=peercache::peercache init failed: .*PEERCACHE_SECRET is too weak.*'peercache secret'"
+  expect_not_in "$d/log" '^[^:].*s3cret' # masked, and never echoed
+}
+
 # No process the step starts carries the capability (or the secret, or the token) in its
 # arguments, which every local user reads in /proc/*/cmdline: strace records every execve of
 # the step and its children, with whole argument strings.
@@ -549,6 +557,7 @@ for group in "${groups[@]}"; do
       t "setup: bad inputs are refused" setup_bad_input_fails
       t "setup: two jobs with one secret and registry find each other; the secret stays out" setup_two_jobs_find_each_other
       t "setup: no process of the step has the capability, the secret or the token in argv" setup_capability_not_in_argv
+      t "setup: a weak secret is refused with the fix (an error with fail-on-error)" setup_weak_secret_refused
       t "setup: the whole step with a cached binary takes under 3 s (median of 5)" setup_overhead
       ;;
     act)
