@@ -134,6 +134,17 @@ pub fn defuse(text: &str) -> String {
     defuse_commands(out)
 }
 
+/// JSON text (of untrusted strings) that may be printed into a job's log: `##[` inside a string
+/// becomes `#\u0023[`, the same JSON value. (No line of JSON starts with `::`, and `#` occurs
+/// only inside strings.)
+pub fn defuse_json(json: String) -> String {
+    if json.contains("##[") {
+        json.replace("##[", "#\\u0023[")
+    } else {
+        json
+    }
+}
+
 /// One line with `##[` made `##\\[` and a leading `::` (after blanks) made `\\::`.
 fn defuse_commands(line: String) -> String {
     let mut out = if line.contains("##[") {
@@ -269,6 +280,11 @@ mod tests {
         assert_eq!(defuse("x\n::error::y"), "x\\n::error::y");
         assert_eq!(defuse("x##[group]y"), "x##\\[group]y");
         assert_eq!(defuse("bell\u{7}"), "bell\\u{7}");
+        let json = serde_json::json!({"runner_name": "##[error]x"}).to_string();
+        let safe = defuse_json(json);
+        assert!(!safe.contains("##["), "{safe}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["runner_name"], "##[error]x", "the same value");
         for hostile in [
             "##[error]a",
             "::error::a",

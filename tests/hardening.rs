@@ -218,8 +218,20 @@ fn hostile_registry_fields_cannot_write_workflow_commands_into_the_log() {
     )
     .unwrap();
 
+    // A valid record whose runner name carries one: listed, with its value intact.
+    let listed = peer_id();
+    std::fs::write(
+        peers.join(format!("peer_{listed}.json")),
+        record(&listed, "##[error]runner"),
+    )
+    .unwrap();
+
     for actions in ["true", "false"] {
         let run = discover_dir(&sb, &peers, &[("GITHUB_ACTIONS", actions)]).ok();
+        let stdout = String::from_utf8(run.stdout.clone()).unwrap();
+        assert!(!stdout.contains("##["), "{stdout}");
+        let found: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(found[0]["runner_name"], "##[error]runner", "{stdout}");
         assert!(
             run.stderr.contains("injected") && run.stderr.contains("forged"),
             "the records are still reported: {}",

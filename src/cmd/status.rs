@@ -42,7 +42,7 @@ pub struct StatusArgs {
 pub fn run(settings: &Settings, args: StatusArgs) -> anyhow::Result<Exit> {
     let status = fetch_status(settings)?;
     let text = if args.json {
-        let mut text = serde_json::to_string_pretty(&status)?;
+        let mut text = crate::logging::defuse_json(serde_json::to_string_pretty(&status)?);
         text.push('\n');
         text
     } else if args.markdown {
