@@ -56,7 +56,7 @@ job() {
     GITHUB_ACTIONS=true RUNNER_OS=Linux RUNNER_ARCH=X64 RUNNER_TEMP="$d/tmp" RUNNER_TOOL_CACHE="$work/tool-cache" \
     GITHUB_ENV="$d/env" GITHUB_OUTPUT="$d/output" GITHUB_PATH="$d/path" GITHUB_WORKFLOW=action-bench \
     GITHUB_ACTION_PATH="$root" PEERCACHE_PORT_LOCK_DIR="$work/port-locks" \
-    PEERCACHE_DOWNLOAD_URL="$url" INPUT_VERSION=0.0.0-bench INPUT_SECRET=action-bench-secret \
+    PEERCACHE_DOWNLOAD_URL="$url" INPUT_VERSION=0.0.0-bench INPUT_SECRET=ActionBench0iqehmi6L6yxQHplLeH6ieBlvwChWqe7MJ2qCp2 \
     INPUT_GITHUB_TOKEN=ghs_benchtoken INPUT_REGISTRY="dir:$work/peers" INPUT_PORT=auto INPUT_TTL=300 \
     INPUT_MDNS=false INPUT_LOG_LEVEL=info INPUT_FAIL_ON_ERROR=true \
     bash scripts/action-setup.sh >"$d/log" 2>&1 || { cat "$d/log" >&2; exit 1; }

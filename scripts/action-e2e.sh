@@ -3,7 +3,8 @@
 # endpoints from the stand-in GitHub API (tests/fakehub), which must count each endpoint once.
 #
 #   action-e2e.sh hub       start the stand-in, or reuse the one the jobs on this host share;
-#                           exports E2E_HUB_URL and E2E_DIR to GITHUB_ENV
+#                           exports E2E_HUB_URL and E2E_DIR to GITHUB_ENV, and the swarm secret
+#                           the jobs of this host share as the step output `secret` (masked)
 #   action-e2e.sh outputs   check the action's outputs (OUT_* variables) and environment
 #   action-e2e.sh fetch     wait for the other jobs' nodes, fetch, wait for them to finish, check
 #                           the stand-in's counts
@@ -46,7 +47,8 @@ wait_for() {
 }
 # at_least N PATTERN: whether N files match PATTERN (one per job that got there).
 at_least() { (($(compgen -G "$2" | wc -l) >= $1)); }
-get() { curl --silent --show-error --fail --max-time 10 "$1"; }
+# The URL goes to curl on stdin (a config line), never in argv: it may hold the capability.
+get() { curl --silent --show-error --fail --max-time 10 --config - <<<"url = \"$1\""; }
 
 hub() {
   mkdir -p "$dir"
@@ -71,6 +73,15 @@ hub() {
     sed -n 's/^FAKEHUB_URL=//p' "$dir/hub.out" >"$dir/hub.url"
     echo "started the stand-in GitHub API at $(<"$dir/hub.url") (pid $(<"$dir/hub.pid"))"
   fi
+  # The swarm secret of the jobs that share this host: made once (32 random bytes, as
+  # `peercache secret` makes them), kept 0600, masked, handed to the action as a step output.
+  if [[ ! -s "$dir/swarm.secret" ]]; then
+    (umask 077 && head -c 32 /dev/urandom | base64 >"$dir/swarm.secret.tmp" && mv "$dir/swarm.secret.tmp" "$dir/swarm.secret")
+  fi
+  local secret
+  secret="$(<"$dir/swarm.secret")"
+  echo "::add-mask::$secret"
+  printf 'secret=%s\n' "$secret" >>"$GITHUB_OUTPUT"
   printf 'E2E_HUB_URL=%s\nE2E_DIR=%s\n' "$(<"$dir/hub.url")" "$dir" >>"$GITHUB_ENV"
 }
 

@@ -170,7 +170,9 @@ if [[ -n "$api" ]]; then
   put "${GITHUB_OUTPUT:-}" api-url "$api"
   export PEERCACHE_API="$api"
   if command -v curl >/dev/null 2>&1; then
-    peers_json="$(curl --silent --show-error --max-time 10 "$api/api/peers" 2>&1 || true)"
+    # The URL (with the capability) goes to curl on stdin, as a config line: never in argv,
+    # where every local user could read it in /proc/*/cmdline.
+    peers_json="$(curl --silent --show-error --max-time 10 --config - <<<"url = \"$api/api/peers\"" 2>&1 || true)"
   else
     peers_json='"enabled":true' # cannot ask; register and discover will tell
   fi

@@ -20,6 +20,10 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv) # the venv of the action's tools below
 # libfaketime: the clock-skew fault test (tests/faults.rs) shifts a daemon's wall clock.
 [[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 || "$(uname -m)" != x86_64 ]] || missing+=(faketime)
+# Hardening (issue #15): strace records every execve of the action's step (scripts/test-action.sh:
+# no capability in argv); setpriv (util-linux) runs a lock holder as another user (tests/hardening.rs).
+command -v strace >/dev/null 2>&1 || missing+=(strace)
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 if [[ ${#missing[@]} -gt 0 ]]; then
   echo "installing Debian packages: ${missing[*]}" >&2
   "${sudo_cmd[@]}" apt-get update -qq >&2
@@ -65,4 +69,12 @@ if [[ "$(cat "$clients_dir/pins" 2>/dev/null)" != "$clients_pins" ]]; then
   python3 -m venv "$clients_dir/venv" >&2
   "$clients_dir/venv/bin/python" -m pip install --quiet --disable-pip-version-check "${python_clients[@]}" >&2
   echo "$clients_pins" >"$clients_dir/pins"
+fi
+
+# Fuzzing (issue #15: scripts/fuzz.sh, its smoke in scripts/test.sh): cargo-fuzz, pinned, built
+# from crates.io (a few minutes, once per machine).
+cargo_fuzz_version=0.13.1
+if [[ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz_version" ]]; then
+  echo "installing cargo-fuzz $cargo_fuzz_version" >&2
+  cargo install --locked --quiet cargo-fuzz --version "$cargo_fuzz_version" >&2
 fi

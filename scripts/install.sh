@@ -4,10 +4,20 @@
 # Where the binary comes from, first match wins:
 #   1. INPUT_BINARY (the `binary` input): a preinstalled binary, used as it is.
 #   2. The tool cache: $RUNNER_TOOL_CACHE/peercache/<version>/<arch>/peercache, when an earlier
-#      run installed it (its SHA-256 is checked again; nothing is downloaded).
+#      run installed it (its SHA-256 is checked again on every use; nothing is downloaded).
 #   3. The release: the asset for RUNNER_OS/RUNNER_ARCH of the release <version> of the action's
 #      own repository (GITHUB_ACTION_REPOSITORY), over HTTPS with TLS 1.2 or later, checked
-#      against the release's SHA256SUMS. A checksum mismatch is refused, never installed.
+#      against the checksums pinned in the action, else the release's SHA256SUMS. A checksum
+#      mismatch is refused, never installed.
+#
+# Pinned checksums: `checksums.sha256` at the root of the action's checkout at its tag (written
+# into the tag's commit by .github/workflows/release.yml), lines `<sha256>  <tag>/<file>` for
+# each asset and for the binary inside it (`<tag>/<asset without .tar.gz>/peercache`). A job
+# cannot change the action's checkout of another job, but on a self-hosted runner it can change
+# the tool cache: so a pinned binary is checked against the pin on every use of the tool cache,
+# never against the checksum stored beside it. A version without pins (a `version` input other
+# than the action's own tag) falls back to the release's SHA256SUMS and the checksum recorded at
+# install time, with a note in the log.
 #   4. A build from source with cargo, from the action's own checkout ($GITHUB_ACTION_PATH), when
 #      the ref has no release (a branch, a commit SHA, `uses: ./`) or no asset fits the runner.
 #
@@ -114,19 +124,34 @@ if [[ -n "$version" ]]; then
   version="${version#v}"
 fi
 
-# Uses an installed tool cache entry: <dir>/peercache with its recorded SHA-256 and the
-# <dir>.complete marker. Never downloads.
+# The checksums pinned in the action's checkout (see the top of this file).
+action_dir="${GITHUB_ACTION_PATH:-$(dirname "${BASH_SOURCE[0]}")/..}"
+pins="$action_dir/checksums.sha256"
+
+# pinned NAME: the pinned SHA-256 of <tag>/NAME, or nothing.
+pinned() {
+  [[ -n "$tag" && -f "$pins" ]] || return 0
+  awk -v name="$tag/$1" 'length($1) == 64 && $1 ~ /^[0-9a-fA-F]+$/ && $2 == name { print tolower($1); exit }' "$pins"
+}
+
+# Uses an installed tool cache entry: <dir>/peercache and the <dir>.complete marker, checked
+# against the pinned SHA-256 of the binary when there is one (a checksum stored beside the binary
+# can be swapped with it), else against the one recorded at install time. Never downloads.
 use_cached() {
-  local dir="$1" want got
+  local dir="$1" want got source="recorded at install time"
   [[ -f "$dir.complete" && -x "$dir/$tool" && -f "$dir/$tool.sha256" ]] || return 1
   want="$(<"$dir/$tool.sha256")"
+  if [[ -n "${pinned_binary:-}" ]]; then
+    want="$pinned_binary"
+    source="pinned in the action"
+  fi
   got="$(sha256_of "$dir/$tool")"
   if [[ "$want" != "$got" ]]; then
-    log "warning: the cached $dir/$tool changed since it was installed (SHA-256 $got, recorded $want); installing it again"
+    log "warning: the cached $dir/$tool is not the binary it should be (SHA-256 $got, $source $want); installing it again"
     rm -f "$dir.complete"
     return 1
   fi
-  log "using the tool cache: $dir/$tool"
+  log "using the tool cache: $dir/$tool (SHA-256 $source)"
   finish "$dir/$tool"
 }
 
@@ -156,7 +181,17 @@ lock_entry() {
 
 # --- 2 and 3. the tool cache, then the release --------------------------------------------------
 release_missing=""
+pinned_asset=""
+pinned_binary=""
 if [[ -n "$version" && -n "$target" ]]; then
+  pinned_asset="$(pinned "$tool-$target.tar.gz")"
+  pinned_binary="$(pinned "$tool-$target/$tool")"
+  if [[ -n "$pinned_asset" && -z "$pinned_binary" ]] || [[ -z "$pinned_asset" && -n "$pinned_binary" ]]; then
+    fail "$pins pins only one of $tag/$tool-$target.tar.gz and $tag/$tool-$target/$tool; it needs both"
+  fi
+  if [[ -z "$pinned_asset" ]]; then
+    log "note: release $tag is not pinned in the action ($pins); checking it against the release's SHA256SUMS"
+  fi
   entry="$tool_cache/$tool/$version/$arch_dir"
   use_cached "$entry" || true
 
@@ -199,26 +234,37 @@ if [[ -n "$version" && -n "$target" ]]; then
     work="$(mktemp -d)"
     asset="$tool-$target.tar.gz"
     log "downloading release $tag for $os/$arch from $base"
-    status="$(curl "${curl_args[@]}" --output "$work/SHA256SUMS" --write-out '%{http_code}' "$base/SHA256SUMS")" ||
-      fail "cannot download $base/SHA256SUMS (curl failed${status:+, HTTP $status})"
+    if [[ -n "$pinned_asset" ]]; then
+      status=pinned # the pins of the action's own checkout, not the release's file, are trusted
+    else
+      status="$(curl "${curl_args[@]}" --output "$work/SHA256SUMS" --write-out '%{http_code}' "$base/SHA256SUMS")" ||
+        fail "cannot download $base/SHA256SUMS (curl failed${status:+, HTTP $status})"
+    fi
     if [[ "$status" == 404 ]]; then
       release_missing="release $tag has no SHA256SUMS at $base (HTTP 404)"
-    elif [[ "$status" != 200 ]]; then
+    elif [[ "$status" != 200 && "$status" != pinned ]]; then
       fail "cannot download $base/SHA256SUMS: HTTP $status"
     else
-      want="$(awk -v name="$asset" '{ n = $2; sub(/^\*/, "", n) } n == name { print tolower($1); exit }' "$work/SHA256SUMS")"
+      if [[ -n "$pinned_asset" ]]; then
+        want="$pinned_asset"
+      else
+        want="$(awk -v name="$asset" '{ n = $2; sub(/^\*/, "", n) } n == name { print tolower($1); exit }' "$work/SHA256SUMS")"
+      fi
       [[ "$want" =~ ^[0-9a-f]{64}$ ]] || fail "SHA256SUMS of release $tag has no checksum for $asset"
       status="$(curl "${curl_args[@]}" --output "$work/$asset" --write-out '%{http_code}' "$base/$asset")" ||
         fail "cannot download $base/$asset (curl failed${status:+, HTTP $status})"
       [[ "$status" == 200 ]] || fail "cannot download $base/$asset: HTTP $status"
       got="$(sha256_of "$work/$asset")"
       if [[ "$got" != "$want" ]]; then
-        fail "checksum mismatch for $asset of release $tag: SHA256SUMS says $want, the download is $got; refusing to install it"
+        fail "checksum mismatch for $asset of release $tag: ${pinned_asset:+the action pins}${pinned_asset:-SHA256SUMS says} $want, the download is $got; refusing to install it"
       fi
-      log "verified SHA-256 $got of $asset"
+      log "verified SHA-256 $got of $asset${pinned_asset:+ (pinned in the action)}"
       mkdir "$work/unpacked"
       tar -xzf "$work/$asset" -C "$work/unpacked" "$tool" ||
         fail "$asset does not hold a \`$tool\` binary at its top level"
+      if [[ -n "$pinned_binary" && "$(sha256_of "$work/unpacked/$tool")" != "$pinned_binary" ]]; then
+        fail "the $tool binary in $asset of release $tag is not the one the action pins ($pinned_binary); refusing to install it"
+      fi
       probe "$work/unpacked/$tool" >/dev/null
       store "$work/unpacked/$tool" "$entry"
       finish "$entry/$tool"
@@ -231,6 +277,9 @@ if [[ -n "$release_missing" && "$explicit_version" == true && -n "$target" ]]; t
 fi
 
 # --- 4. a build from source ---------------------------------------------------------------------
+# A build of the action's own checkout has no pins: its tool cache entry is checked against the
+# checksum recorded when it was built (use a release tag on runners that jobs share).
+pinned_binary=""
 src="${GITHUB_ACTION_PATH:-$(dirname "${BASH_SOURCE[0]}")/..}"
 src="$(cd "$src" && pwd)"
 if [[ -n "$release_missing" ]]; then

@@ -131,6 +131,7 @@ make_release() {
 start_release_server() {
   release_log="$work/release-requests-$RANDOM.log"
   : >"$release_log"
+  : >"$work/release.out" # before the server's own redirect: the loop below reads it at once
   python3 tests/action/fake_release.py "$1" "$release_log" >"$work/release.out" 2>&1 &
   echo "$!" >>"$work/pids"
   local i
@@ -178,9 +179,70 @@ install_good_then_cached() {
   # A binary changed in the tool cache is not trusted: it is downloaded again.
   printf '#!/bin/sh\necho tampered\n' >"$entry/peercache"
   run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" || fail "reinstall failed: $(cat "$d/err")"
-  expect_in "$d/err" 'changed since it was installed'
+  expect_in "$d/err" 'is not the binary it should be .*recorded at install time'
   expect_in "$release_log" '^/peercache-x86_64-unknown-linux-musl.tar.gz$'
   cmp -s "$entry/peercache" "$work/fake-bin/peercache" || fail "the tampered binary stayed"
+}
+
+# pin_release DIR ACTION_DIR: an action checkout (ACTION_DIR/checksums.sha256) that pins the
+# release v9.9.9 in DIR, as release.yml writes it into the tag's commit.
+pin_release() {
+  local dir="$1" action="$2" staging
+  mkdir -p "$action"
+  staging="$(mktemp -d)"
+  tar -xzf "$dir/peercache-x86_64-unknown-linux-musl.tar.gz" -C "$staging" peercache
+  {
+    echo "# the release v9.9.9, pinned in the action at its tag"
+    printf '%s  v9.9.9/peercache-x86_64-unknown-linux-musl.tar.gz\n' "$(sha256sum "$dir/peercache-x86_64-unknown-linux-musl.tar.gz" | cut -d' ' -f1)"
+    printf '%s  v9.9.9/peercache-x86_64-unknown-linux-musl/peercache\n' "$(sha256sum "$staging/peercache" | cut -d' ' -f1)"
+  } >"$action/checksums.sha256"
+  rm -rf "$staging"
+}
+
+install_pinned_tool_cache_swap_refused() {
+  local d="$work/i-pinned" action="$work/pinned-action" entry evil
+  make_release "$work/rel-pinned" "$work/fake-bin/peercache"
+  pin_release "$work/rel-pinned" "$action"
+  start_release_server "$work/rel-pinned"
+  run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action" ||
+    fail "install failed: $(cat "$d/err")"
+  expect_in "$d/err" 'verified SHA-256 .* \(pinned in the action\)'
+  expect_not_in "$release_log" '^/SHA256SUMS$' # the pins, not the release's file, are trusted
+  entry="$d/tool-cache/peercache/9.9.9/x64"
+  # Another job on the runner swaps the cached binary and the checksum stored beside it.
+  evil="$(printf '#!/bin/sh\necho evil\n')"
+  printf '%s\n' "$evil" >"$entry/peercache"
+  sha256sum "$entry/peercache" | cut -d' ' -f1 >"$entry/peercache.sha256"
+  : >"$release_log"
+  run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action" ||
+    fail "reinstall failed: $(cat "$d/err")"
+  expect_in "$d/err" 'is not the binary it should be .*pinned in the action'
+  expect_in "$release_log" '^/peercache-x86_64-unknown-linux-musl.tar.gz$'
+  cmp -s "$entry/peercache" "$work/fake-bin/peercache" || fail "the swapped binary stayed in the tool cache"
+  [[ "$(cat "$d/out")" == "$entry/peercache" ]] || fail "printed $(cat "$d/out")"
+  # An untouched cache is used as it is, checked against the pin.
+  : >"$release_log"
+  run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action" ||
+    fail "third install failed: $(cat "$d/err")"
+  expect_in "$d/err" 'using the tool cache: .*\(SHA-256 pinned in the action\)'
+  [[ ! -s "$release_log" ]] || fail "the third run downloaded: $(cat "$release_log")"
+}
+
+install_pinned_mismatch_refused() {
+  local d="$work/i-pinned-bad" action="$work/pinned-bad-action"
+  # The pins name one binary; the release (its SHA256SUMS agreeing) serves another.
+  make_release "$work/rel-pinned-other" "$work/fake-bin/peercache"
+  pin_release "$work/rel-pinned-other" "$action"
+  mkdir -p "$work/other-bin"
+  printf '#!/bin/sh\necho "peercache 9.9.9 (another build)"\n' >"$work/other-bin/peercache"
+  chmod +x "$work/other-bin/peercache"
+  make_release "$work/rel-pinned-bad" "$work/other-bin/peercache"
+  start_release_server "$work/rel-pinned-bad"
+  if run_install "$d" INPUT_VERSION=v9.9.9 PEERCACHE_DOWNLOAD_URL="$release_url" GITHUB_ACTION_PATH="$action"; then
+    fail "a download that is not the pinned one was installed"
+  fi
+  expect_in "$d/err" 'error: checksum mismatch for peercache-x86_64-unknown-linux-musl.tar.gz of release v9.9.9: the action pins'
+  [[ ! -e "$d/tool-cache/peercache/9.9.9/x64/peercache" ]] || fail "something was installed"
 }
 
 install_bad_checksum_refused() {
@@ -302,8 +364,10 @@ run_setup() {
     GITHUB_ACTION_PATH="$root" PEERCACHE_PORT_LOCK_DIR="$work/port-locks" \
     INPUT_BINARY="$debug_bin" INPUT_GITHUB_TOKEN=ghs_jobtoken1234 INPUT_PORT=auto INPUT_TTL=300 INPUT_MDNS=false \
     INPUT_LOG_LEVEL=info INPUT_FAIL_ON_ERROR=false "$@" \
-    bash scripts/action-setup.sh >"$d/log" 2>&1
+    "${setup_tracer[@]}" bash scripts/action-setup.sh >"$d/log" 2>&1
 }
+# A command that run_setup puts in front of the step (setup_capability_not_in_argv traces it).
+setup_tracer=()
 stop_setup() { PEERCACHE_HOME="$work/setup-$1/tmp/peercache" "$debug_bin" stop >/dev/null 2>&1 || true; }
 
 setup_no_secret_warns() {
@@ -328,7 +392,7 @@ setup_no_secret_warns() {
   [[ "$(grep -n -m1 -F -- "$capability" "$d/log" | cut -d: -f1)" == "$(grep -n -m1 -F -- "::add-mask::$capability" "$d/log" | cut -d: -f1)" ]] ||
     fail "the capability shows in the log before its ::add-mask::"
   # The node runs on for the later steps, and fetch finds it.
-  curl -fsS "$(sed -n 's/^PEERCACHE_API=//p' "$d/env")/api/peers" >/dev/null || fail "the daemon does not answer"
+  curl -fsS -K- <<<"url = \"$(sed -n 's/^PEERCACHE_API=//p' "$d/env")/api/peers\"" >/dev/null || fail "the daemon does not answer"
   stop_setup nosecret
 }
 
@@ -342,7 +406,7 @@ setup_no_secret_fail_on_error() {
   local api
   api="$(sed -n 's/^api-url=//p' "$d/output")"
   [[ -n "$api" ]] || fail "no api-url output: the daemon never started"
-  if curl -fsS --max-time 5 "$api/api/peers" >/dev/null 2>&1; then
+  if curl -fsS --max-time 5 -K- <<<"url = \"$api/api/peers\"" >/dev/null 2>&1; then
     stop_setup strict
     fail "the daemon was left running"
   fi
@@ -369,12 +433,12 @@ setup_bad_input_fails() {
 
 setup_two_jobs_find_each_other() {
   local registry="dir:$work/setup-registry" first_id second_log="$work/setup-second/log"
-  run_setup first INPUT_SECRET=setup-swarm-secret INPUT_REGISTRY="$registry" ||
+  run_setup first INPUT_SECRET=SetupSwarm0lj9kOKzVk5eHA0yQnEUGPyK8ga1l1iN9drXL6lCpAxc INPUT_REGISTRY="$registry" ||
     fail "first job: $(cat "$work/setup-first/log")"
   expect_in "$work/setup-first/output" '^peer-count=0$'
   expect_not_in "$work/setup-first/log" '::warning'
   first_id="$(sed -n 's/^peer-id=//p' "$work/setup-first/output")"
-  run_setup second INPUT_SECRET=setup-swarm-secret INPUT_REGISTRY="$registry" ||
+  run_setup second INPUT_SECRET=SetupSwarm0lj9kOKzVk5eHA0yQnEUGPyK8ga1l1iN9drXL6lCpAxc INPUT_REGISTRY="$registry" ||
     fail "second job: $(cat "$second_log")"
   expect_not_in "$second_log" '::warning'
   expect_in "$work/setup-second/output" '^peer-count=1$'
@@ -382,11 +446,43 @@ setup_two_jobs_find_each_other() {
   expect_in "$work/setup-second/env" "^PEERCACHE_BOOTSTRAP_PEERS=.*/p2p/$first_id\$"
   expect_in "$work/setup-second/env" "^PEERCACHE_REGISTRY=$registry\$"
   # The secret is masked, and stays out of GITHUB_ENV and GITHUB_OUTPUT.
-  expect_in "$second_log" '^::add-mask::setup-swarm-secret$'
-  expect_not_in "$work/setup-second/env" 'setup-swarm-secret'
-  expect_not_in "$work/setup-second/output" 'setup-swarm-secret'
+  expect_in "$second_log" '^::add-mask::SetupSwarm0lj9kOKzVk5eHA0yQnEUGPyK8ga1l1iN9drXL6lCpAxc$'
+  expect_not_in "$work/setup-second/env" 'SetupSwarm0lj9kOKzVk5eHA0yQnEUGPyK8ga1l1iN9drXL6lCpAxc'
+  expect_not_in "$work/setup-second/output" 'SetupSwarm0lj9kOKzVk5eHA0yQnEUGPyK8ga1l1iN9drXL6lCpAxc'
   stop_setup first
   stop_setup second
+}
+
+setup_weak_secret_refused() {
+  local d="$work/setup-weak" status=0
+  run_setup weak INPUT_SECRET=s3cret INPUT_FAIL_ON_ERROR=true || status=$?
+  [[ "$status" -eq 1 ]] || fail "exit status $status with a weak secret and fail-on-error, expected 1: $(cat "$d/log")"
+  expect_in "$d/log" "^::error title=peercache::peercache init failed: .*PEERCACHE_SECRET is too weak.*'peercache secret'"
+  expect_not_in "$d/log" '^[^:].*s3cret' # masked, and never echoed
+}
+
+# No process the step starts carries the capability (or the secret, or the token) in its
+# arguments, which every local user reads in /proc/*/cmdline: strace records every execve of
+# the step and its children, with whole argument strings.
+setup_capability_not_in_argv() {
+  local d="$work/setup-argv" secret=ArgvCheck0mtbcje2LfpKCKE1flM62tMeW4Q83FvKwOwhyQ8vQ capability
+  command -v strace >/dev/null 2>&1 || fail "strace is missing (scripts/ensure-tools.sh installs it)"
+  # -b execve: each process is let go once it runs another program, so the daemon the step
+  # leaves running is not held by strace (what those programs start is theirs, not the step's).
+  setup_tracer=(strace -f -qq -b execve -e trace=execve -e signal=none -s 65536 -o "$d.execve")
+  run_setup argv INPUT_SECRET="$secret" INPUT_REGISTRY="dir:$work/setup-argv-registry" ||
+    { setup_tracer=(); fail "the step failed: $(cat "$d/log")"; }
+  setup_tracer=()
+  capability="$(sed -n 's|^api-url=http://127\.0\.0\.1:[0-9]*/||p' "$d/output")"
+  [[ -n "$capability" ]] || fail "no capability in the api-url output"
+  expect_in "$d.execve" 'execve\("[^"]*curl"'
+  expect_in "$d.execve" 'execve\("[^"]*peercache", \[[^]]*"discover"'
+  for needle in "$capability" "$secret" ghs_jobtoken1234; do
+    if grep -F -- "$needle" "$d.execve" | grep -q 'execve('; then
+      fail "a process got ${needle:0:8}… in its arguments: $(grep -F -- "$needle" "$d.execve" | head -n 3)"
+    fi
+  done
+  stop_setup argv
 }
 
 # The action's overhead with the binary cached: the whole step (install through discover).
@@ -394,7 +490,7 @@ setup_overhead() {
   local i start times=() median
   for i in 1 2 3 4 5; do
     start="$(date +%s%N)"
-    run_setup "overhead$i" INPUT_SECRET=overhead-secret INPUT_REGISTRY="dir:$work/overhead-registry" ||
+    run_setup "overhead$i" INPUT_SECRET=Overhead0BQhQ345OMxCxZqbRsPC4DiZRGH0HmYogaqZcN5vv INPUT_REGISTRY="dir:$work/overhead-registry" ||
       fail "run $i: $(cat "$work/setup-overhead$i/log")"
     times+=("$((($(date +%s%N) - start) / 1000000))")
   done
@@ -444,6 +540,8 @@ for group in "${groups[@]}"; do
       make_fake_binary
       t "install: a good checksum installs; a second run uses the tool cache; a changed one is replaced" install_good_then_cached
       t "install: a checksum mismatch is refused" install_bad_checksum_refused
+      t "install: pinned in the action: a swapped tool cache (binary and checksum) is not used" install_pinned_tool_cache_swap_refused
+      t "install: pinned in the action: a release that is not the pinned one is refused" install_pinned_mismatch_refused
       t "install: plain http only to loopback, no credentials, https only" install_refuses_plain_http_elsewhere
       t "install: an explicit version without a release is an error" install_explicit_version_without_release_fails
       t "install: the default URL is the action's own release" install_default_url
@@ -458,6 +556,8 @@ for group in "${groups[@]}"; do
       t "setup: a failed install: a warning (an error with fail-on-error)" setup_install_failure_warns
       t "setup: bad inputs are refused" setup_bad_input_fails
       t "setup: two jobs with one secret and registry find each other; the secret stays out" setup_two_jobs_find_each_other
+      t "setup: no process of the step has the capability, the secret or the token in argv" setup_capability_not_in_argv
+      t "setup: a weak secret is refused with the fix (an error with fail-on-error)" setup_weak_secret_refused
       t "setup: the whole step with a cached binary takes under 3 s (median of 5)" setup_overhead
       ;;
     act)

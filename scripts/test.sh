@@ -40,6 +40,9 @@ scripts/check-deploy.sh
 step "cargo test (unit and integration tests, against the stand-in GitHub API on loopback)"
 cargo test --workspace --locked
 
+step "fuzz smoke: every cargo-fuzz target of fuzz/ for a few seconds (scripts/fuzz.sh --smoke)"
+scripts/fuzz.sh --smoke
+
 step "the composite action: lint, install.sh, action-setup.sh, and act running e2e.yml"
 scripts/test-action.sh
 

@@ -52,6 +52,8 @@ enum Command {
     Register(cmd::register::RegisterArgs),
     /// List the live peers of the registries and the bootstrap setting
     Discover(cmd::discover::DiscoverArgs),
+    /// Print a new swarm secret (32 random bytes, base64) for PEERCACHE_SECRET
+    Secret,
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -75,6 +77,8 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
         ..Flags::default()
     };
     match cli.command {
+        // Reads no settings: it must work while a refused secret is still set.
+        Command::Secret => cmd::secret::run(),
         Command::Init(args) => {
             flags.port = args.port.clone();
             let settings = Settings::load(&flags)?;
@@ -130,11 +134,11 @@ fn run(cli: Cli) -> anyhow::Result<Exit> {
 /// Prints an error as one line and picks its exit code.
 fn report(err: &anyhow::Error) -> ExitCode {
     if let Some(user) = err.downcast_ref::<UserError>() {
-        eprintln!("peercache: {}", user.message);
+        eprintln!("peercache: {}", crate::logging::defuse(&user.message));
         return ExitCode::from(user.exit as u8);
     }
     let text = format!("{err:#}").replace('\n', " ");
-    eprintln!("peercache: error: {text}");
+    eprintln!("peercache: error: {}", crate::logging::defuse(&text));
     ExitCode::from(Exit::Http as u8)
 }
 

@@ -10,9 +10,11 @@
 //! - long phases (the daemon's startup) sit between `::group::TITLE` and `::endgroup::`, which
 //!   the log viewer folds ([`group`]).
 //!
-//! Everywhere, a log line that spans several lines has its continuation lines indented, so that
-//! no line of the log can begin with `::` and be taken for a workflow command (peer names and
-//! other untrusted text end up in messages).
+//! Everywhere, a log line that spans several lines has its continuation lines indented, and no
+//! line can carry a workflow command: the runner takes `##[…]` anywhere in a line and `::…::`
+//! at the start of a trimmed line, and peer ids, runner names and other untrusted text end up in
+//! messages, so both are defused in every line written ([`defuse`]; also for the few lines
+//! printed outside `tracing`, such as the one-line errors and `status`).
 //!
 //! Tokens and the swarm secret never reach a log: they are held in [`crate::secret::Secret`],
 //! whose `Debug` and `Display` print `<redacted>`.
@@ -95,19 +97,65 @@ fn write_stderr(bytes: &[u8]) {
     let _ = err.write_all(bytes).and_then(|()| err.flush());
 }
 
-/// Indents every line after the first of one formatted event (and shows a carriage return as
-/// `\r`), so that no output line starts with text chosen by someone else.
+/// Makes one formatted event safe for a job's log: continuation lines are indented, a carriage
+/// return shows as `\r`, and nothing in it can be taken for a workflow command (see [`defuse`]).
 fn neutralize(text: &[u8]) -> Vec<u8> {
     let body = text.strip_suffix(b"\n").unwrap_or(text);
     let mut out = Vec::with_capacity(text.len() + 8);
-    for &b in body {
-        match b {
-            b'\n' => out.extend_from_slice(b"\n    "),
-            b'\r' => out.extend_from_slice(b"\\r"),
-            _ => out.push(b),
+    for (i, line) in body.split(|&b| b == b'\n').enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\n    ");
         }
+        let text = String::from_utf8_lossy(line);
+        out.extend_from_slice(defuse_commands(text.replace('\r', "\\r")).as_bytes());
     }
     out.push(b'\n');
+    out
+}
+
+/// Text chosen by someone else (a peer id from a registry, a runner name, a URL), made safe to
+/// print on one line of a GitHub Actions log.
+///
+/// The runner takes `##[command]` anywhere in a line, and `::command::` at the start of a line
+/// once it is trimmed: `##[` becomes `##\[`, a leading `::` becomes `\::`, and control
+/// characters (line breaks among them, which would start a new line) are shown escaped.
+pub fn defuse(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() && c != '\t' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    defuse_commands(out)
+}
+
+/// JSON text (of untrusted strings) that may be printed into a job's log: `##[` inside a string
+/// becomes `#\u0023[`, the same JSON value. (No line of JSON starts with `::`, and `#` occurs
+/// only inside strings.)
+pub fn defuse_json(json: String) -> String {
+    if json.contains("##[") {
+        json.replace("##[", "#\\u0023[")
+    } else {
+        json
+    }
+}
+
+/// One line with `##[` made `##\\[` and a leading `::` (after blanks) made `\\::`.
+fn defuse_commands(line: String) -> String {
+    let mut out = if line.contains("##[") {
+        line.replace("##[", "##\\[")
+    } else {
+        line
+    };
+    let indent = out.len() - out.trim_start().len();
+    if out[indent..].starts_with("::") {
+        out.insert(indent, '\\');
+    }
     out
 }
 
@@ -156,7 +204,10 @@ impl<S: Subscriber> Layer<S> for Annotations {
         };
         let mut text = MessageText::default();
         event.record(&mut text);
-        let line = format!("::{command}::peercache: {}\n", escape_data(&text.0));
+        let line = format!(
+            "::{command}::peercache: {}\n",
+            escape_data(&text.0).replace("##[", "##\\[")
+        );
         write_stderr(line.as_bytes());
     }
 }
@@ -212,8 +263,40 @@ mod tests {
         assert_eq!(neutralize(b"one line\n"), b"one line\n");
         assert_eq!(
             neutralize(b"peer joined (x\n::error::boom)\n"),
-            b"peer joined (x\n    ::error::boom)\n"
+            b"peer joined (x\n    \\::error::boom)\n"
         );
         assert_eq!(neutralize(b"a\rb"), b"a\\rb\n");
+    }
+
+    #[test]
+    fn nothing_untrusted_can_become_a_workflow_command() {
+        assert_eq!(
+            neutralize(b" WARN skipping peer ##[error]owned\n  ::warning::x\n"),
+            b" WARN skipping peer ##\\[error]owned\n      \\::warning::x\n"
+        );
+        assert_eq!(defuse("::error::boom"), "\\::error::boom");
+        assert_eq!(defuse("  ::set-output"), "  \\::set-output");
+        assert_eq!(defuse("a::b"), "a::b");
+        assert_eq!(defuse("x\n::error::y"), "x\\n::error::y");
+        assert_eq!(defuse("x##[group]y"), "x##\\[group]y");
+        assert_eq!(defuse("bell\u{7}"), "bell\\u{7}");
+        let json = serde_json::json!({"runner_name": "##[error]x"}).to_string();
+        let safe = defuse_json(json);
+        assert!(!safe.contains("##["), "{safe}");
+        let back: serde_json::Value = serde_json::from_str(&safe).unwrap();
+        assert_eq!(back["runner_name"], "##[error]x", "the same value");
+        for hostile in [
+            "##[error]a",
+            "::error::a",
+            " \t::a",
+            "a\n::b",
+            "##[##[",
+            "\u{85}::x",
+        ] {
+            let safe = defuse(hostile);
+            assert!(!safe.contains("##["), "{safe}");
+            assert!(!safe.trim_start().starts_with("::"), "{safe}");
+            assert!(!safe.contains('\n') && !safe.contains('\r'), "{safe}");
+        }
     }
 }

@@ -13,6 +13,8 @@ use common::{Run, Sandbox, http_get, http_request, json_body, pid_alive, send_si
 const TOKEN_A: &str = "ghp_tokenAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 const TOKEN_B: &str = "ghp_tokenBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB";
 const DAEMON_TOKEN: &str = "ghp_daemonDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD";
+/// A swarm secret strong enough to be accepted (`peercache secret` made it).
+const SWARM_SECRET: &str = "A7JS8dPGF22SifG13V18Oqt6VZJjsdj8rvLBjtbignQ=";
 const WAIT: Duration = Duration::from_secs(20);
 
 fn keys(value: &serde_json::Value) -> BTreeSet<String> {
@@ -467,7 +469,7 @@ fn peercache_p2p_false_turns_sharing_off_even_with_a_secret() {
     let sb = Sandbox::new();
     let daemon = sb.start_daemon(
         &[
-            ("PEERCACHE_SECRET", "swarm-secret"),
+            ("PEERCACHE_SECRET", SWARM_SECRET),
             ("PEERCACHE_P2P", "false"),
         ],
         &[],
@@ -483,7 +485,7 @@ fn with_a_secret_sharing_is_on() {
     let sb = Sandbox::new();
     let daemon = sb.start_daemon(
         &[
-            ("PEERCACHE_SECRET", "swarm-secret"),
+            ("PEERCACHE_SECRET", SWARM_SECRET),
             ("PEERCACHE_MDNS", "false"),
         ],
         &["--listen", "/ip4/127.0.0.1/tcp/0"],

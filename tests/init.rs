@@ -362,7 +362,7 @@ fn state_is_private_settings_hold_no_secret_and_fetch_reads_them() {
     host.pad(30);
     host.workflow("ci.yml");
     let sb = Sandbox::new();
-    let secret = "swarm-secret-value-4242";
+    let secret = "mtbcje2LfpKCKE1flM62tMeW4Q83Fv+Kw+O/whyQ8vQ=";
     let token = "ghp_tokenSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSSS";
     // A settings file the user wrote keeps its keys and comments.
     std::fs::create_dir_all(sb.home()).unwrap();
@@ -512,7 +512,10 @@ fn the_own_daemon_keeps_its_port() {
     // The daemon takes the recorded port from peercache.yml and holds it.
     let daemon = sb.start_daemon(
         &[
-            ("PEERCACHE_SECRET", "swarm-secret"),
+            (
+                "PEERCACHE_SECRET",
+                "HzRc1V5j7sWwgvcC8xx69dDAEuQSE6P2mbTVnGU9FLs=",
+            ),
             ("PEERCACHE_MDNS", "false"),
         ],
         &[],

@@ -80,7 +80,10 @@ fn start_in(ns: &str, root: &Path, name: &str, hub_url: &str, net: &mut TestNet)
         .env("PEERCACHE_HOME", &home)
         .env("PEERCACHE_CACHE_DIR", root.join(name).join("cache"))
         .env("PEERCACHE_API_URL", hub_url)
-        .env("PEERCACHE_SECRET", "mdns-test-secret")
+        .env(
+            "PEERCACHE_SECRET",
+            "1oVroHa/Sb5gwo03znC7rooN849NumffexRxXypSotM=",
+        )
         .env("PEERCACHE_MDNS", "true")
         .env("PEERCACHE_REGISTRY", "none")
         .env("PEERCACHE_LOG", "info,peercache=debug")

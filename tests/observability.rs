@@ -805,7 +805,7 @@ fn no_token_or_secret_reaches_a_log_an_output_or_a_file() {
     const TOKEN: &str = "ghp_LEAKCHECKdaemonTOKEN0123456789abcdefAB";
     const REQUEST_TOKEN: &str = "ghp_LEAKCHECKrequestTOKEN0123456789abcdef";
     const FETCH_TOKEN: &str = "github_pat_LEAKCHECKfetchTOKEN0123456789";
-    const LEAK_SECRET: &str = "swarm-secret-LEAKCHECK-5f1d9a";
+    const LEAK_SECRET: &str = "LEAKCHECK-9hVNZu4ndJ61XappswKRSyTMnNENGt5NRDDiDmN5WMo";
     let needles = [TOKEN, REQUEST_TOKEN, FETCH_TOKEN, LEAK_SECRET, "LEAKCHECK"];
 
     let root = tempfile::tempdir().unwrap();

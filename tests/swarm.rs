@@ -87,7 +87,7 @@ fn a_node_with_another_secret_learns_nothing_and_the_swarm_keeps_serving() {
         "stranger",
         &hub,
         NodeSpec {
-            secret: Some("another-secret"),
+            secret: Some("iqehmi6L6yxQHplLeH6ieBlvwChWqe7+MJ2qCp2WjKA="),
             bootstrap: vec![nodes[0].bootstrap_addr()],
             ..NodeSpec::default()
         },

@@ -88,7 +88,10 @@ pub fn run(settings: &Settings, args: DiscoverArgs) -> anyhow::Result<Exit> {
             }
         }
         Format::Env => println!("PEERCACHE_BOOTSTRAP_PEERS={}", addrs.join(",")),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&peers)?),
+        Format::Json => println!(
+            "{}",
+            crate::logging::defuse_json(serde_json::to_string_pretty(&peers)?)
+        ),
     }
     tracing::debug!(
         "found {} peer(s) with {} address(es)",

@@ -71,8 +71,12 @@ pub const HASH_BLOCKS: u32 = 100;
 pub const PORT_LOCK_DIR: &str = "/tmp/peercache-ports";
 /// How long a reservation holds a port for its home's daemon.
 pub const RESERVATION_SECS: u64 = 180;
-/// How long init waits for another init's probe before going on without the lock.
+/// How long init waits for another init of the same user before going on without the lock.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// How long it waits when another user's process (or one it cannot see) holds the lock: an
+/// init holds it for milliseconds, so anything longer is a stuck or hostile holder, and every
+/// user may open the shared lock file.
+const FOREIGN_LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// The variables (after `--port`) that set the port, in precedence order.
 const PORT_VARS: &[&str] = &["PEERCACHE_PORT", "CACHE_LISTEN_PORT", "P2P_LISTEN_PORT"];
@@ -409,6 +413,24 @@ struct Reservation {
     home: PathBuf,
 }
 
+/// The pid and uid of the process holding the `flock` on `file`, from `/proc/locks`.
+fn lock_holder(file: &File) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata().ok()?;
+    let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+    // "1: FLOCK  ADVISORY  WRITE 4242 08:01:1234567 0 EOF"; waiters are "1: -> FLOCK …".
+    let wanted = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+    let locks = fs::read_to_string("/proc/locks").ok()?;
+    let pid = locks.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(1) == Some(&"FLOCK") && fields.get(5) == Some(&wanted.as_str()))
+            .then(|| fields.get(4)?.parse::<u32>().ok())
+            .flatten()
+    })?;
+    let uid = fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+    Some((pid, uid))
+}
+
 /// The reservations dir, locked for as long as this value lives.
 struct Reservations {
     dir: PathBuf,
@@ -448,7 +470,8 @@ impl Reservations {
                 .custom_flags(libc::O_NOFOLLOW)
                 .open(&lock_path)
         })?;
-        let deadline = Instant::now() + LOCK_WAIT;
+        let start = Instant::now();
+        let mut holder = None;
         loop {
             // SAFETY: flock on a file descriptor we own.
             if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
@@ -458,11 +481,20 @@ impl Reservations {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(err);
             }
-            if Instant::now() >= deadline {
+            let holder = *holder.get_or_insert_with(|| lock_holder(&lock));
+            // SAFETY: getuid cannot fail.
+            let own = holder.is_some_and(|(_, uid)| uid == unsafe { libc::getuid() });
+            let wait = if own { LOCK_WAIT } else { FOREIGN_LOCK_WAIT };
+            if start.elapsed() >= wait {
+                let who = match holder {
+                    Some((pid, _)) if own => format!("another peercache init (pid {pid})"),
+                    Some((pid, uid)) => format!("a process of another user (pid {pid}, uid {uid})"),
+                    None => "a process this user cannot see".to_string(),
+                };
                 tracing::warn!(
-                    "another peercache init has held {} for {} s; going on without it",
-                    dir.join("lock").display(),
-                    LOCK_WAIT.as_secs()
+                    "{who} has held {} for {} ms; choosing the port without the host's reservations (by the bind test alone)",
+                    lock_path.display(),
+                    start.elapsed().as_millis()
                 );
                 return Ok(Reservations {
                     dir: dir.to_path_buf(),

@@ -36,6 +36,13 @@ pub fn run(settings: &Settings, args: RegisterArgs) -> anyhow::Result<Exit> {
                 )
                 .into());
             }
+            if ttl > registry::MAX_RECORD_TTL {
+                return Err(UserError::usage(format!(
+                    "invalid --ttl {value:?}: a record may live at most {} seconds (7 days); the daemon's heartbeat renews it",
+                    registry::MAX_RECORD_TTL.as_secs()
+                ))
+                .into());
+            }
             Some(ttl)
         }
         None => None,

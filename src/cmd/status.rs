@@ -42,7 +42,7 @@ pub struct StatusArgs {
 pub fn run(settings: &Settings, args: StatusArgs) -> anyhow::Result<Exit> {
     let status = fetch_status(settings)?;
     let text = if args.json {
-        let mut text = serde_json::to_string_pretty(&status)?;
+        let mut text = crate::logging::defuse_json(serde_json::to_string_pretty(&status)?);
         text.push('\n');
         text
     } else if args.markdown {
@@ -312,9 +312,11 @@ fn plural(n: u64, word: &str) -> String {
 
 /// Untrusted text on one terminal line: control characters become spaces.
 fn one_line(text: &str) -> String {
-    text.chars()
+    let flat: String = text
+        .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+        .collect();
+    crate::logging::defuse(&flat)
 }
 
 /// Untrusted text as Markdown text in a table cell: no markup, no HTML, no cell break.

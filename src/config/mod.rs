@@ -287,7 +287,7 @@ impl Settings {
         let token = r
             .pick_env(&["PEERCACHE_TOKEN", "GH_TOKEN", "GITHUB_TOKEN"])
             .map(|raw| Secret::new(raw.value.trim()));
-        let secret = resolve_secret(env);
+        let secret = resolve_secret(env)?;
 
         let port = match r.pick(
             ("--port", &flags.port),
@@ -447,20 +447,43 @@ fn xdg_dir(env: &dyn Environment, var: &str, fallback: &str) -> anyhow::Result<P
     }
 }
 
-/// The swarm secret: `PEERCACHE_SECRET`, `CACHE_P2P_SHARED_SECRET`, or a long-lived token.
+/// The variable that lets a long-lived `GH_TOKEN`/`GITHUB_TOKEN` serve as the swarm secret.
+pub const SECRET_FROM_TOKEN_VAR: &str = "PEERCACHE_SECRET_FROM_TOKEN";
+
+/// The swarm secret: `PEERCACHE_SECRET`, `CACHE_P2P_SHARED_SECRET`, or, when
+/// [`SECRET_FROM_TOKEN_VAR`] opts in, a long-lived token.
 ///
-/// A job token (`ghs_`) differs in every job, so two jobs could never share with it: it is
-/// never used, and the reason says so.
-fn resolve_secret(env: &dyn Environment) -> SwarmSecret {
+/// A token is set for the API; if it silently became the secret, setting `GH_TOKEN` for `gh`
+/// would open p2p ports and share the cache with everyone holding that token. So a long-lived
+/// token serves only on request (the contract allows it, never demands it), and a job token
+/// (`ghs_`) differs in every job, so two jobs could never share with it: it is never used. The
+/// reason for sharing being off names whichever applies. A secret weaker than
+/// [`crate::secret::MIN_SECRET_BITS`] is an error (exit 2) that says how to make one.
+fn resolve_secret(env: &dyn Environment) -> anyhow::Result<SwarmSecret> {
     for name in ["PEERCACHE_SECRET", "CACHE_P2P_SHARED_SECRET"] {
         if let Some(value) = env.var(name) {
-            return SwarmSecret::Set {
+            if let Err(bits) = crate::secret::check_strength(&value) {
+                return Err(UserError::usage(format!(
+                    "{name} is too weak to be a swarm secret (about {bits:.0} bits of entropy, at least {:.0} needed); make one with 'peercache secret' (or 'openssl rand -base64 32') and set it on every runner of the swarm",
+                    crate::secret::MIN_SECRET_BITS
+                ))
+                .into());
+            }
+            return Ok(SwarmSecret::Set {
                 secret: Secret::new(value),
                 origin: Origin::Env(name),
-            };
+            });
         }
     }
+    let from_token = match env.var(SECRET_FROM_TOKEN_VAR) {
+        Some(value) => parse_bool(&Raw {
+            value,
+            origin: Origin::Env(SECRET_FROM_TOKEN_VAR),
+        })?,
+        None => false,
+    };
     let mut job_token = None;
+    let mut unused_token = None;
     for name in ["GH_TOKEN", "GITHUB_TOKEN"] {
         if let Some(token) = env.var(name) {
             let token = token.trim().to_string();
@@ -468,24 +491,36 @@ fn resolve_secret(env: &dyn Environment) -> SwarmSecret {
                 .iter()
                 .any(|p| token.starts_with(p))
             {
-                return SwarmSecret::Set {
-                    secret: Secret::new(token),
-                    origin: Origin::Env(name),
-                };
+                if from_token {
+                    if crate::secret::check_strength(&token).is_err() {
+                        return Err(UserError::usage(format!(
+                            "{name} is too short to be a swarm secret; set PEERCACHE_SECRET instead (make one with 'peercache secret')"
+                        ))
+                        .into());
+                    }
+                    return Ok(SwarmSecret::Set {
+                        secret: Secret::new(token),
+                        origin: Origin::Env(name),
+                    });
+                }
+                unused_token.get_or_insert(name);
             }
             if token.starts_with("ghs_") {
                 job_token.get_or_insert(name);
             }
         }
     }
-    let reason = match job_token {
-        Some(name) => format!(
-            "no PEERCACHE_SECRET is set, and {name} is a job token (ghs_) that differs in every job, so it cannot be shared; set PEERCACHE_SECRET to the same value on every runner of the swarm"
+    let fix = "set PEERCACHE_SECRET to the same value on every runner of the swarm (make one with 'peercache secret')";
+    let reason = match (unused_token, job_token) {
+        (Some(name), _) if !from_token => format!(
+            "no PEERCACHE_SECRET is set, and {name} (a long-lived token) serves as the swarm secret only with {SECRET_FROM_TOKEN_VAR}=true; {fix}"
         ),
-        None => "no PEERCACHE_SECRET is set; set it to the same value on every runner of the swarm"
-            .to_string(),
+        (_, Some(name)) => format!(
+            "no PEERCACHE_SECRET is set, and {name} is a job token (ghs_) that differs in every job, so it cannot be shared; {fix}"
+        ),
+        _ => format!("no PEERCACHE_SECRET is set; {fix}"),
     };
-    SwarmSecret::Missing { reason }
+    Ok(SwarmSecret::Missing { reason })
 }
 
 /// Splits a comma-separated setting into its non-empty, trimmed items, keeping the origin.

@@ -153,6 +153,9 @@ fn token_chain_and_empty_values() {
     assert_eq!(s.token.unwrap().expose(), "b");
 }
 
+const STRONG: &str = "Xo3kP9vR2mT7qL5wZ8nB1yC4";
+const PAT: &str = "ghp_16C7e42F292c6912E7710c838347Ae178B4a";
+
 #[test]
 fn secret_rules() {
     let secret = |pairs: &[(&str, &str)]| {
@@ -161,26 +164,81 @@ fn secret_rules() {
         load(&Flags::default(), &all).unwrap().secret
     };
     assert!(matches!(
-        secret(&[("PEERCACHE_SECRET", "s")]),
+        secret(&[("PEERCACHE_SECRET", STRONG)]),
         SwarmSecret::Set { .. }
     ));
     assert!(matches!(
-        secret(&[("CACHE_P2P_SHARED_SECRET", "s")]),
+        secret(&[("CACHE_P2P_SHARED_SECRET", STRONG)]),
+        SwarmSecret::Set { .. }
+    ));
+    // A long-lived token serves only when asked to, and the reason says how.
+    match secret(&[("GH_TOKEN", PAT)]) {
+        SwarmSecret::Missing { reason } => {
+            assert!(
+                reason.contains("PEERCACHE_SECRET_FROM_TOKEN=true"),
+                "{reason}"
+            )
+        }
+        other => panic!("a ghp_ token must not silently be the secret: {other:?}"),
+    }
+    assert!(matches!(
+        secret(&[("GH_TOKEN", PAT), ("PEERCACHE_SECRET_FROM_TOKEN", "true")]),
         SwarmSecret::Set { .. }
     ));
     assert!(matches!(
-        secret(&[("GH_TOKEN", "ghp_abc")]),
+        secret(&[
+            (
+                "GITHUB_TOKEN",
+                "github_pat_11ABCDEFG0aBcDeFgHiJkL_mNoPqRsTuVwXyZ0123456789"
+            ),
+            ("PEERCACHE_SECRET_FROM_TOKEN", "1"),
+        ]),
         SwarmSecret::Set { .. }
     ));
-    assert!(matches!(
-        secret(&[("GITHUB_TOKEN", "github_pat_abc")]),
-        SwarmSecret::Set { .. }
-    ));
-    match secret(&[("GITHUB_TOKEN", "ghs_jobtoken")]) {
+    match secret(&[
+        ("GITHUB_TOKEN", "ghs_jobtoken"),
+        ("PEERCACHE_SECRET_FROM_TOKEN", "true"),
+    ]) {
         SwarmSecret::Missing { reason } => assert!(reason.contains("job token"), "{reason}"),
         other => panic!("a ghs_ token must never be the secret: {other:?}"),
     }
     assert!(matches!(secret(&[]), SwarmSecret::Missing { .. }));
+}
+
+#[test]
+fn weak_secrets_are_refused_with_the_fix() {
+    for (name, value) in [
+        ("PEERCACHE_SECRET", "s3cret"),
+        ("CACHE_P2P_SHARED_SECRET", "swarm-secret"),
+        (
+            "PEERCACHE_SECRET",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ),
+    ] {
+        let err = load(&Flags::default(), &[("HOME", "/h"), (name, value)]).unwrap_err();
+        let user = err.downcast_ref::<UserError>().expect("a user error");
+        assert_eq!(user.exit as u8, 2);
+        assert!(
+            user.message.contains(name) && user.message.contains("peercache secret"),
+            "{}",
+            user.message
+        );
+        assert!(
+            !user.message.contains(value),
+            "the secret is not echoed: {}",
+            user.message
+        );
+    }
+    let err = load(
+        &Flags::default(),
+        &[
+            ("HOME", "/h"),
+            ("GH_TOKEN", "ghp_x"),
+            ("PEERCACHE_SECRET_FROM_TOKEN", "yes"),
+        ],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("PEERCACHE_SECRET"), "{err}");
 }
 
 #[test]

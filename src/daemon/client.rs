@@ -276,8 +276,12 @@ fn dechunk(mut data: &[u8]) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Ok(out);
         }
-        if data.len() < size + 2 {
+        // A hostile size such as ffffffffffffffff must not overflow `size + 2`.
+        if size.checked_add(2).is_none_or(|need| data.len() < need) {
             return Err("the answer was cut off inside a chunk".into());
+        }
+        if &data[size..size + 2] != b"\r\n" {
+            return Err("a chunk does not end where its size says".into());
         }
         out.extend_from_slice(&data[..size]);
         data = &data[size + 2..];
@@ -291,6 +295,21 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_chunk_sizes_are_errors_not_panics() {
+        for raw in [
+            &b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nab"[..],
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nfffffffffffffffe\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nabcd\r\n0\r\n\r\n",
+        ] {
+            assert!(
+                parse_response(raw).is_err(),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
 
     #[test]
     fn parses_length_framed_and_chunked_answers() {

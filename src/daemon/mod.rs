@@ -31,7 +31,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::cache::Cache;
-use crate::config::{Settings, SwarmSecret};
+use crate::config::{Origin, Settings, SwarmSecret};
 use crate::error::{Exit, UserError};
 use crate::github::GitHub;
 use crate::resolver::Resolver;
@@ -97,7 +97,15 @@ fn sharing(settings: &Settings) -> Result<Secret, String> {
         return Err("PEERCACHE_P2P is false".to_string());
     }
     match &settings.secret {
-        SwarmSecret::Set { secret, .. } => Ok(secret.clone()),
+        SwarmSecret::Set { secret, origin } => {
+            if matches!(origin, Origin::Env("GH_TOKEN" | "GITHUB_TOKEN")) {
+                tracing::info!(
+                    "{origin} (a long-lived token) is the swarm secret, as {} asks: every runner holding this token joins the swarm",
+                    crate::config::SECRET_FROM_TOKEN_VAR
+                );
+            }
+            Ok(secret.clone())
+        }
         SwarmSecret::Missing { reason } => Err(reason.clone()),
     }
 }

@@ -46,14 +46,20 @@ pub fn endpoint_url(
         let path =
             fill_placeholders(text.trim_start_matches('/'), repository).map_err(|why| bad(&why))?;
         let (path_part, _) = path.split_once('?').unwrap_or((&path, ""));
-        if path_part
-            .split('/')
-            .any(|segment| segment == ".." || segment == ".")
-        {
+        // URLs treat `%2e` as a dot in dot segments (`.%2E` is `..`): found by fuzzing, it
+        // climbed out of a GitHub Enterprise base path such as /api/v3.
+        if path_part.split('/').any(|segment| {
+            let dots = segment.to_ascii_lowercase().replace("%2e", ".");
+            dots == ".." || dots == "."
+        }) {
             return Err(bad("it contains '.' or '..' path segments"));
         }
         let joined = format!("{}/{}", base.as_str().trim_end_matches('/'), path);
-        Url::parse(&joined).map_err(|e| bad(&format!("not a valid path ({e})")))?
+        let url = Url::parse(&joined).map_err(|e| bad(&format!("not a valid path ({e})")))?;
+        if !on_api_host(base, &url) {
+            return Err(bad("it leads out of the API base path"));
+        }
+        url
     };
     Ok(url)
 }
@@ -113,6 +119,23 @@ mod tests {
 
     fn base() -> Url {
         Url::parse("https://api.github.com").unwrap()
+    }
+
+    #[test]
+    fn percent_encoded_dot_segments_cannot_leave_the_base_path() {
+        // The fuzz target endpoint_link found ".%2E" (fuzz/seeds/endpoint_link/dot-dot).
+        let ghes = Url::parse("https://ghe.example/api/v3").unwrap();
+        for endpoint in [
+            ".%2E",
+            "%2e%2e/login",
+            "repos/.%2e/.%2E/x",
+            "%2E",
+            "a/%2e/b",
+        ] {
+            let err = endpoint_url(&ghes, endpoint, None).unwrap_err();
+            assert!(err.message.contains("'..'"), "{endpoint}: {}", err.message);
+        }
+        assert!(endpoint_url(&ghes, "repos/a/b%2ec", None).is_ok());
     }
 
     #[test]

@@ -197,15 +197,20 @@ impl RateLimits {
     }
 }
 
-/// `retry-after` as a wait in ms: delta-seconds or an HTTP date.
+/// The longest `retry-after` honoured, in either form: a day.
+const MAX_RETRY_AFTER_MS: u64 = MAX_WAIT_MS * 24;
+
+/// `retry-after` as a wait in ms: delta-seconds or an HTTP date, capped at
+/// [`MAX_RETRY_AFTER_MS`] either way (a date in the year 9999 must not stop all upstream calls).
 fn retry_after_ms(headers: &HeaderMap, now_ms: u64) -> Option<u64> {
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
-        return Some(secs.saturating_mul(1000).min(MAX_WAIT_MS * 24));
+        return Some(secs.saturating_mul(1000).min(MAX_RETRY_AFTER_MS));
     }
     let when = httpdate::parse_http_date(value).ok()?;
-    let when_ms = when.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis() as u64;
-    Some(when_ms.saturating_sub(now_ms))
+    let when_ms = u64::try_from(when.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis())
+        .unwrap_or(u64::MAX);
+    Some(when_ms.saturating_sub(now_ms).min(MAX_RETRY_AFTER_MS))
 }
 
 fn mentions_rate_limit(body: &[u8]) -> bool {
@@ -274,6 +279,22 @@ mod tests {
             second - now_ms() > first - now_ms() + 50_000,
             "backoff doubles"
         );
+    }
+
+    #[test]
+    fn retry_after_dates_are_capped_like_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = RateLimits::new(dir.path(), "d", None);
+        limits.record(
+            429,
+            &headers(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT".into())]),
+            b"",
+        );
+        let (until, _) = limits.blocked().unwrap();
+        assert!(until <= now_ms() + MAX_RETRY_AFTER_MS, "{until}");
+        let seconds = RateLimits::new(dir.path(), "e", None);
+        seconds.record(429, &headers(&[("retry-after", "99999999999".into())]), b"");
+        assert!(seconds.blocked().unwrap().0 <= now_ms() + MAX_RETRY_AFTER_MS);
     }
 
     #[test]

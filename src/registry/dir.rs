@@ -117,17 +117,7 @@ impl Inner {
         peer_id: &str,
         now: u64,
     ) -> Result<Option<PeerRecord>, String> {
-        let meta = fs::metadata(path).map_err(|e| format!("cannot read it ({e})"))?;
-        if !meta.is_file() {
-            return Err("not a regular file".into());
-        }
-        if meta.len() > MAX_FILE {
-            return Err(format!(
-                "{} bytes is too large for a peer record",
-                meta.len()
-            ));
-        }
-        let bytes = fs::read(path).map_err(|e| format!("cannot read it ({e})"))?;
+        let bytes = read_bounded(path)?;
         let record: PeerRecord = serde_json::from_slice(&bytes)
             .map_err(|e| format!("not a peer record (corrupted or truncated? {e})"))?;
         if record.peer_id != peer_id {
@@ -157,7 +147,7 @@ impl Inner {
     }
 
     fn warn_once(&self, path: &Path, why: &str) {
-        let mtime = fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mtime = fs::symlink_metadata(path).and_then(|m| m.modified()).ok();
         let first = self
             .warned
             .lock()
@@ -178,6 +168,48 @@ impl Inner {
             Err(e) => anyhow::bail!("cannot remove {} ({e})", path.display()),
         }
     }
+}
+
+/// The bytes of a record file, read safely from a directory that other local users may write.
+///
+/// The file is opened without following a symlink (`peer_x.json → /proc/self/pagemap` must not
+/// make a reader walk its own address space) and without blocking (a FIFO would hang the
+/// heartbeat); then the *open* file is checked, so it cannot be swapped between a check and the
+/// read, and at most [`MAX_FILE`] + 1 bytes are read whatever its size claims (files under
+/// `/proc` say 0).
+fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => "a symlink, not a record file".to_string(),
+            _ => format!("cannot read it ({e})"),
+        })?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_FILE {
+        return Err(format!(
+            "{} bytes is too large for a peer record",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read it ({e})"))?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(format!(
+            "more than {MAX_FILE} bytes is too large for a peer record"
+        ));
+    }
+    Ok(bytes)
 }
 
 /// Runs a blocking file operation off the runtime's workers.

@@ -36,7 +36,6 @@ use hmac::{Hmac, Mac};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 use sha2::Sha256;
 use url::Url;
 
@@ -71,6 +70,10 @@ const MAX_DELETIONS_PER_LIST: usize = 1;
 const MAX_SEARCH_PAGES: usize = 20;
 /// Pages of comments read (100 each: 2,000 peers).
 const MAX_COMMENT_PAGES: usize = 20;
+/// The step `since=` moves in (see [`IssueRegistry::comments_url`]).
+const SINCE_GRID: Duration = Duration::from_secs(600);
+/// Clock skew between a writer and GitHub allowed for in `since=`.
+const SINCE_SLACK: Duration = Duration::from_secs(300);
 
 /// The registry issue's description.
 const ISSUE_BODY: &str = "This issue is the peer registry of [peercache](https://github.com/peercache/peercache): \
@@ -94,6 +97,8 @@ pub struct IssueRegistry {
     github: GitHub,
     limits: RateLimits,
     list_ttl: Duration,
+    /// How far back a comment can have been written and still hold a live record.
+    record_window: Duration,
     writes: AtomicU64,
     state: Mutex<State>,
 }
@@ -106,6 +111,10 @@ struct State {
     own: HashMap<String, u64>,
     /// Comments already warned about (id and a hash of the body).
     warned: HashSet<(u64, u64)>,
+    /// A hash of the unsigned comments last warned about.
+    forged_digest: Option<u64>,
+    /// Whether the warning about an unlocked registry issue was given.
+    warned_unlocked: bool,
 }
 
 /// The record MAC key of a swarm secret.
@@ -145,62 +154,63 @@ pub enum Parsed {
     Other,
     /// A record whose MAC verifies (not yet checked for expiry or addresses).
     Record(PeerRecord),
-    /// A registry comment whose MAC does not verify: not written by a member of this swarm.
-    Forged(String),
-    /// A registry comment that cannot be read; the reason.
+    /// A comment that looks like a record but carries no MAC that verifies: not written by a
+    /// member of this swarm. Nothing else in it is read (it may be anybody's text).
+    Forged,
+    /// A comment whose MAC verifies but whose record cannot be used; the reason.
     Broken(String),
 }
 
-#[derive(Deserialize)]
-struct Envelope<'a> {
-    #[serde(borrow)]
-    record: &'a RawValue,
-    mac: String,
-}
+/// The longest comment body read: GitHub's own limit, and far more than a record needs.
+const MAX_COMMENT_BYTES: usize = 65_536;
 
-/// Reads a comment body.
+/// Reads a comment body; the MAC is checked before anything of it is parsed.
+///
+/// A record comment holds exactly the line `format_comment` writes,
+/// `{"record":<text>,"mac":"<64 hex digits>"}`, in a ```` ```json ```` block: the record's
+/// text is cut out of that line as bytes, its MAC checked, and only a record that verifies is
+/// parsed as JSON. So a stranger's comment costs one HMAC at most, and none of its content
+/// reaches a parser or a log line.
 pub fn parse_comment(key: &[u8; 32], body: &str) -> Parsed {
     let Some(rest) = body.trim_start().strip_prefix(MARKER_PREFIX) else {
         return Parsed::Other;
     };
-    let Some((marker_peer, after)) = rest.split_once(MARKER_SUFFIX) else {
-        return Parsed::Broken("its marker is not closed with ' -->'".into());
-    };
-    let marker_peer = marker_peer.trim();
-    if marker_peer.contains('\n') {
-        return Parsed::Broken("its marker is not closed on the first line".into());
+    if body.len() > MAX_COMMENT_BYTES {
+        return Parsed::Forged;
     }
-    let Some(start) = after.find("```json") else {
-        return Parsed::Broken("it has no ```json block".into());
+    let Some(record_text) = signed_record(key, rest) else {
+        return Parsed::Forged;
     };
-    let block = &after[start + "```json".len()..];
-    let Some(end) = block.find("```") else {
-        return Parsed::Broken("its ```json block is not closed".into());
-    };
-    let json = block[..end].trim();
-    let envelope: Envelope<'_> = match serde_json::from_str(json) {
-        Ok(envelope) => envelope,
-        Err(e) => return Parsed::Broken(format!("its JSON is broken ({e})")),
-    };
-    let verified = hex::decode(envelope.mac.trim())
-        .ok()
-        .is_some_and(|tag| mac(key, envelope.record.get()).verify_slice(&tag).is_ok());
-    if !verified {
-        return Parsed::Forged(format!(
-            "its MAC does not verify (not written by a member of this swarm) for peer {marker_peer:?}"
-        ));
-    }
-    let record: PeerRecord = match serde_json::from_str(envelope.record.get()) {
+    let marker_peer = rest.split_once(MARKER_SUFFIX).map(|(peer, _)| peer.trim());
+    let record: PeerRecord = match serde_json::from_str(record_text) {
         Ok(record) => record,
         Err(e) => return Parsed::Broken(format!("its record does not parse ({e})")),
     };
-    if record.peer_id != marker_peer {
+    if marker_peer != Some(record.peer_id.as_str()) {
         return Parsed::Broken(format!(
-            "its marker names {marker_peer:?} but its record {:?}",
+            "its marker does not name the peer of its record {:?}",
             record.peer_id
         ));
     }
     Parsed::Record(record)
+}
+
+/// The record text of a comment (after its marker prefix) whose MAC verifies.
+fn signed_record<'a>(key: &[u8; 32], rest: &'a str) -> Option<&'a str> {
+    const HEAD: &str = "{\"record\":";
+    const TAIL: &str = ",\"mac\":\"";
+    let (_, after) = rest.split_once(MARKER_SUFFIX)?;
+    let block = &after[after.find("```json")? + "```json".len()..];
+    let block = block
+        .strip_prefix("\r")
+        .unwrap_or(block)
+        .strip_prefix('\n')?;
+    let line = block[..block.find('\n')?].trim_end_matches('\r');
+    let envelope = line.strip_prefix(HEAD)?.strip_suffix("\"}")?;
+    let (record_text, tag) = envelope.rsplit_once(TAIL)?;
+    let tag = hex::decode(tag).ok()?;
+    mac(key, record_text).verify_slice(&tag).ok()?;
+    Some(record_text)
 }
 
 #[derive(Debug, Deserialize)]
@@ -270,6 +280,9 @@ impl IssueRegistry {
                 ctx.token.as_ref().map(Secret::expose),
             ),
             list_ttl: LIST_TTL.min(interval / 2),
+            // A member heartbeats at least every ISSUE_INTERVAL (or this node's interval when
+            // it is longer): its comment is never older than one record lifetime.
+            record_window: super::record_ttl(interval.max(ISSUE_INTERVAL)) + SINCE_SLACK,
             writes: AtomicU64::new(0),
             state: Mutex::new(State::default()),
         })
@@ -289,8 +302,17 @@ impl IssueRegistry {
         Ok(Url::parse(&text)?)
     }
 
+    /// The comments that can hold a live record: those updated within the longest record
+    /// lifetime (`since=`), so that old comments, however many, cost no page. The time is
+    /// rounded down to [`SINCE_GRID`] so that the URL, and with it the cached answer and its
+    /// free 304s, stays the same for a while.
     fn comments_url(&self, issue: u64) -> anyhow::Result<Url> {
-        self.url(&format!("issues/{issue}/comments?per_page=100"))
+        let grid = SINCE_GRID.as_secs();
+        let since = now_secs().saturating_sub(self.record_window.as_secs()) / grid * grid;
+        self.url(&format!(
+            "issues/{issue}/comments?since={}&per_page=100",
+            iso8601(since)
+        ))
     }
 
     fn comment_url(&self, id: u64) -> anyhow::Result<Url> {
@@ -364,7 +386,9 @@ impl IssueRegistry {
         Ok(Listed::Items { items, fresh })
     }
 
-    /// The open registry issue with the lowest number, searched with this TTL; and whether the
+    /// The registry issue, searched with this TTL: the open *locked* issue with the title and
+    /// the lowest number (only users with write access can lock one, or comment on it), else
+    /// the lowest unlocked one (anyone may have opened it: warned about once); and whether the
     /// answer came from GitHub just now.
     async fn search(&self, ttl: Duration, direct: bool) -> anyhow::Result<(Option<u64>, bool)> {
         let url = self.url("issues?state=open&sort=created&direction=asc&per_page=100")?;
@@ -373,18 +397,35 @@ impl IssueRegistry {
                 && issue.get("pull_request").is_none()
                 && issue.get("state").and_then(Value::as_str).unwrap_or("open") == "open"
         };
+        let is_locked = |issue: &Value| issue.get("locked").and_then(Value::as_bool) == Some(true);
         match self
-            .get_list(url, ttl, direct, MAX_SEARCH_PAGES, is_registry)
+            .get_list(url, ttl, direct, MAX_SEARCH_PAGES, |i| {
+                is_registry(i) && is_locked(i)
+            })
             .await?
         {
-            Listed::Items { items, fresh } => Ok((
-                items
-                    .iter()
-                    .filter(|i| is_registry(i))
-                    .filter_map(|i| i.get("number").and_then(Value::as_u64))
-                    .min(),
-                fresh,
-            )),
+            Listed::Items { items, fresh } => {
+                let lowest = |locked: bool| {
+                    items
+                        .iter()
+                        .filter(|i| is_registry(i) && (!locked || is_locked(i)))
+                        .filter_map(|i| i.get("number").and_then(Value::as_u64))
+                        .min()
+                };
+                let found = lowest(true).or_else(|| {
+                    let unlocked = lowest(false)?;
+                    if !std::mem::replace(&mut self.state().warned_unlocked, true) {
+                        tracing::warn!(
+                            "the {} registry uses issue #{unlocked}, which is not locked: anyone who can open issues may have opened it and can comment on it; lock it, and name it in the setting (issue:{}/{}#{unlocked})",
+                            self.label(),
+                            self.owner,
+                            self.repo
+                        );
+                    }
+                    Some(unlocked)
+                });
+                Ok((found, fresh))
+            }
             Listed::NotFound => Err(UserError::usage(format!(
                 "the {} registry: repository {}/{} was not found (or the token cannot see it)",
                 self.label(),
@@ -456,10 +497,13 @@ impl IssueRegistry {
                     .and_then(|v| v.get("number").and_then(Value::as_u64))
                     .ok_or_else(|| anyhow::anyhow!("GitHub created the registry issue but did not say its number"))?;
                 tracing::info!(
-                    "opened the peer registry issue {}/{}#{number}",
+                    "opened the peer registry issue {}/{}#{number}; name it in the setting (issue:{}/{}#{number}) so that nobody's look-alike issue can take its place",
+                    self.owner,
+                    self.repo,
                     self.owner,
                     self.repo
                 );
+                self.lock_issue(number).await;
                 Ok(number)
             }
             status => Err(UserError::usage(format!(
@@ -469,6 +513,36 @@ impl IssueRegistry {
                 api_message(&response.body)
             ))
             .into()),
+        }
+    }
+
+    /// Locks the registry issue it opened, so that only users with write access (the
+    /// fleet's token) can comment: strangers can neither flood it nor add look-alike records.
+    /// Failing to lock is a warning: the MACs still keep strangers' records out.
+    async fn lock_issue(&self, number: u64) {
+        let result = match self.url(&format!("issues/{number}/lock")) {
+            Ok(url) => {
+                self.write(Method::PUT, url, Some(&serde_json::json!({})))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(response) if (200..300).contains(&response.status) => {
+                tracing::debug!("locked the registry issue #{number}");
+            }
+            Ok(response) => tracing::warn!(
+                "cannot lock the registry issue {}/{}#{number}: GitHub answered {} ({}); lock it by hand so that only the fleet can comment",
+                self.owner,
+                self.repo,
+                response.status,
+                api_message(&response.body)
+            ),
+            Err(e) => tracing::warn!(
+                "cannot lock the registry issue {}/{}#{number}: {e:#}; lock it by hand so that only the fleet can comment",
+                self.owner,
+                self.repo
+            ),
         }
     }
 
@@ -544,6 +618,37 @@ impl IssueRegistry {
                 self.label()
             );
         }
+    }
+
+    /// One warning for every comment that looks like a record but is not signed by this swarm
+    /// (a flood of them must not flood the log), when the set of them changed.
+    fn warn_forged(&self, forged: &[&ApiComment]) {
+        let mut hasher = std::hash::DefaultHasher::new();
+        for comment in forged {
+            (comment.id, &comment.body).hash(&mut hasher);
+        }
+        let digest = hasher.finish();
+        if forged.is_empty() || self.state().forged_digest == Some(digest) {
+            return;
+        }
+        self.state().forged_digest = Some(digest);
+        let named: Vec<String> = forged
+            .iter()
+            .take(5)
+            .map(|c| format!("{} by {}", c.id, c.author()))
+            .collect();
+        let more = forged.len().saturating_sub(named.len());
+        tracing::warn!(
+            "ignoring {} comment(s) in the {} registry that look like records but whose MAC does not verify (not written by a member of this swarm): {}{}",
+            forged.len(),
+            self.label(),
+            named.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
     }
 
     /// The comments holding a verified record of `peer_id`: their ids and records.
@@ -695,10 +800,12 @@ impl IssueRegistry {
         // first publish), then expired records: deleted, a few per list.
         let mut doomed = Vec::new();
         let mut expired = Vec::new();
+        let mut forged = Vec::new();
         for comment in &comments {
             match parse_comment(&self.key, comment.body.as_deref().unwrap_or("")) {
                 Parsed::Other => {}
-                Parsed::Forged(why) | Parsed::Broken(why) => self.warn_once(comment, &why),
+                Parsed::Forged => forged.push(comment),
+                Parsed::Broken(why) => self.warn_once(comment, &why),
                 Parsed::Record(record)
                     if own.get(&record.peer_id).is_some_and(|&id| id != comment.id) =>
                 {
@@ -716,6 +823,7 @@ impl IssueRegistry {
                 },
             }
         }
+        self.warn_forged(&forged);
         doomed.extend(expired);
         if self.token.is_some() {
             for id in doomed.into_iter().take(MAX_DELETIONS_PER_LIST) {
@@ -794,6 +902,27 @@ impl Registry for IssueRegistry {
     }
 }
 
+/// Epoch seconds as `2024-05-01T12:34:56Z`, the form of GitHub's `since=`.
+fn iso8601(secs: u64) -> String {
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Whether `existing` already says what `new` would: the same addresses and job, and an expiry
 /// within a tenth of the new lifetime (at least a minute) of the new one.
 fn same_record(existing: &PeerRecord, new: &PeerRecord) -> bool {
@@ -856,12 +985,19 @@ mod tests {
         assert!(body.starts_with(&format!("{MARKER_PREFIX}{} -->\n", rec.peer_id)));
         assert_eq!(body.matches("```").count(), 2, "{body}");
         assert_eq!(parse_comment(&key, &body), Parsed::Record(rec.clone()));
-        assert!(matches!(parse_comment(&other, &body), Parsed::Forged(_)));
+        assert!(matches!(parse_comment(&other, &body), Parsed::Forged));
         // GitHub may hand back CRLF line ends.
         assert_eq!(
             parse_comment(&key, &body.replace('\n', "\r\n")),
             Parsed::Record(rec.clone())
         );
+    }
+
+    #[test]
+    fn since_is_iso_8601() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00Z");
+        assert_eq!(iso8601(1_714_566_896), "2024-05-01T12:34:56Z");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     #[test]
@@ -887,7 +1023,7 @@ mod tests {
         let rec = record("a");
         let body = format_comment(&key, &rec).unwrap();
         let tampered = body.replace("10.0.0.1", "10.6.6.6");
-        assert!(matches!(parse_comment(&key, &tampered), Parsed::Forged(_)));
+        assert!(matches!(parse_comment(&key, &tampered), Parsed::Forged));
         assert_eq!(parse_comment(&key, "just a human comment"), Parsed::Other);
         assert_eq!(
             parse_comment(&key, &format!("hello\n{body}")),
@@ -898,9 +1034,22 @@ mod tests {
             "{MARKER_PREFIX}{} -->\n```json\n{{\"record\": {{ nope\n```",
             rec.peer_id
         );
-        assert!(matches!(parse_comment(&key, &broken), Parsed::Broken(_)));
+        // Without a MAC that verifies, nothing else of a comment is looked at.
+        assert_eq!(parse_comment(&key, &broken), Parsed::Forged);
         let unclosed = format!("{MARKER_PREFIX}{} -->\n```json\n{{}}", rec.peer_id);
-        assert!(matches!(parse_comment(&key, &unclosed), Parsed::Broken(_)));
+        assert_eq!(parse_comment(&key, &unclosed), Parsed::Forged);
+        let huge = format!("{body}{}", " ".repeat(MAX_COMMENT_BYTES));
+        assert_eq!(parse_comment(&key, &huge), Parsed::Forged);
+        // A member's signed text that is not a record.
+        let text = "{\"peer_id\": 1}";
+        let tag = hex::encode(mac(&key, text).finalize().into_bytes());
+        let signed_garbage = format!(
+            "{MARKER_PREFIX}x -->\n```json\n{{\"record\":{text},\"mac\":\"{tag}\"}}\n```\n"
+        );
+        assert!(matches!(
+            parse_comment(&key, &signed_garbage),
+            Parsed::Broken(_)
+        ));
         // A member's record under another peer's marker.
         let other = PeerId::random().to_string();
         let swapped = body.replacen(&rec.peer_id, &other, 1);

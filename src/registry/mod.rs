@@ -55,6 +55,9 @@ pub const DIR_INTERVAL: Duration = Duration::from_secs(30);
 /// conditional list, keep a runner under 10 API calls an hour (see `docs/registry.md`).
 pub const ISSUE_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
+/// The longest lifetime `register --ttl` may give a record: a dead node must drop out.
+pub const MAX_RECORD_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The shortest record lifetime, whatever the interval.
 const MIN_RECORD_TTL: Duration = Duration::from_secs(10);
 
@@ -132,7 +135,7 @@ impl PeerRecord {
             workflow: env("GITHUB_WORKFLOW"),
             listen_port,
             last_seen: now,
-            expires_at: now + ttl.as_secs().max(1),
+            expires_at: now.saturating_add(ttl.as_secs().max(1)),
         }
     }
 

@@ -18,7 +18,8 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// The secret of the test swarm.
-pub const SECRET: &str = "swarm-secret-for-tests";
+/// 32 random bytes, base64, as `peercache secret` prints (weaker secrets are refused).
+pub const SECRET: &str = "irhvBjf0dw94SLnfSFPBlq9ys3Gvy7vI3/sOilOLimM=";
 
 /// One running daemon of a swarm.
 pub struct SwarmNode {

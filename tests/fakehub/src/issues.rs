@@ -7,14 +7,18 @@
 //! | `GET /repos/{o}/{r}/issues[?state=open\|closed\|all&direction=asc\|desc]` | issues, paginated, newest first by default |
 //! | `POST /repos/{o}/{r}/issues` `{title, body}`     | 201 and the issue                          |
 //! | `GET /repos/{o}/{r}/issues/{n}`                  | the issue (`Last-Modified`: its update)    |
-//! | `GET /repos/{o}/{r}/issues/{n}/comments`         | its comments, oldest first, paginated      |
-//! | `POST /repos/{o}/{r}/issues/{n}/comments` `{body}` | 201 and the comment                      |
+//! | `GET /repos/{o}/{r}/issues/{n}/comments[?since=T]` | its comments (updated at or after `T`, ISO 8601, when given), oldest first, paginated |
+//! | `PUT /repos/{o}/{r}/issues/{n}/lock` `[{lock_reason}]` | 204; the issue is locked              |
+//! | `DELETE /repos/{o}/{r}/issues/{n}/lock`          | 204; unlocked                              |
+//! | `POST /repos/{o}/{r}/issues/{n}/comments` `{body}` | 201 and the comment; 403 on a locked issue unless the issue's author or locker |
 //! | `GET /repos/{o}/{r}/issues/comments/{id}`        | the comment                                |
 //! | `PATCH /repos/{o}/{r}/issues/comments/{id}` `{body}` | 200 and the comment; 403 unless the author |
 //! | `DELETE /repos/{o}/{r}/issues/comments/{id}`     | 204; 403 unless the author                 |
 //!
 //! Only repositories added with [`crate::FakeHub::add_repo`] (or the `add_repos` control key)
 //! have issues; the routes of any other repository behave as before (stored resources or 404).
+//! On GitHub only users with write access may comment on a locked issue; here, the login that
+//! opened the issue and the one that locked it stand for them.
 //! The author of what a request writes is [`crate::login_for`] its `Authorization`. Writes need
 //! an `Authorization` (401 without) and fail with 403 while writes are forbidden
 //! ([`crate::FakeHub::set_writes_forbidden`]), as they do for a token without `issues: write`.
@@ -44,6 +48,8 @@ pub(crate) enum Target {
     Comments(u64),
     /// `/repos/{o}/{r}/issues/comments/{id}`
     Comment(u64),
+    /// `/repos/{o}/{r}/issues/{n}/lock`
+    Lock(u64),
 }
 
 /// A request to the issues API: the repository (`owner/repo`, lowercased) and the target.
@@ -64,6 +70,7 @@ impl Route {
             [_, _, "issues", "comments", id] => Target::Comment(number(id)?),
             [_, _, "issues", n] => Target::Issue(number(n)?),
             [_, _, "issues", n, "comments"] => Target::Comments(number(n)?),
+            [_, _, "issues", n, "lock"] => Target::Lock(number(n)?),
             _ => return None,
         };
         if parts[0].is_empty() || parts[1].is_empty() {
@@ -86,6 +93,8 @@ struct Issue {
     login: String,
     created: SystemTime,
     updated: SystemTime,
+    /// Who locked it and why, while it is locked.
+    lock: Option<(String, Option<String>)>,
 }
 
 #[derive(Debug, Clone)]
@@ -184,6 +193,20 @@ impl Store {
         true
     }
 
+    /// Moves every comment of an issue `by` into the past; returns how many there are.
+    pub fn age_comments(&mut self, repo: &str, number: u64, by: std::time::Duration) -> usize {
+        let Some(r) = self.repos.get_mut(&repo.to_ascii_lowercase()) else {
+            return 0;
+        };
+        let mut count = 0;
+        for comment in r.comments.values_mut().filter(|c| c.issue == number) {
+            comment.created = comment.created.checked_sub(by).unwrap_or(UNIX_EPOCH);
+            comment.updated = comment.updated.checked_sub(by).unwrap_or(UNIX_EPOCH);
+            count += 1;
+        }
+        count
+    }
+
     fn next_id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -249,10 +272,12 @@ impl Store {
                 if !repo.issues.contains_key(&n) {
                     return Plan::NotFound;
                 }
+                let since = query_value(call.query, "since").and_then(|t| parse_iso8601(&t));
                 let values: Vec<Value> = repo
                     .comments
                     .values()
                     .filter(|c| c.issue == n)
+                    .filter(|c| since.is_none_or(|since| truncate_to_secs(c.updated) >= since))
                     .map(|c| comment_json(repo, c, call.host))
                     .collect();
                 let (body, link) = paginate(&values, path, call.query, call.host);
@@ -265,6 +290,7 @@ impl Store {
                 }
                 None => Plan::NotFound,
             },
+            Target::Lock(_) => Plan::MethodNotAllowed,
         }
     }
 
@@ -310,6 +336,7 @@ impl Store {
                     login,
                     created: now,
                     updated: now,
+                    lock: None,
                 };
                 let value = issue_json(repo, &issue, &host);
                 repo.issues.insert(number, issue);
@@ -319,8 +346,17 @@ impl Store {
                 let Some(body) = text("body") else {
                     return validation_failed("body");
                 };
-                if !self.repo_mut(&route.repo).issues.contains_key(&n) {
+                let Some(issue) = self.repo_mut(&route.repo).issues.get(&n) else {
                     return Plan::NotFound;
+                };
+                if let Some((locker, _)) = &issue.lock
+                    && login != issue.login
+                    && &login != locker
+                {
+                    return reply(
+                        403,
+                        json!({"message": "Unable to create comment because issue is locked.", "documentation_url": "https://docs.github.com/articles/locking-conversations/"}),
+                    );
                 }
                 let id = self.next_id();
                 let repo = self.repo_mut(&route.repo);
@@ -376,6 +412,35 @@ impl Store {
                     body: None,
                 }
             }
+            (Method::PUT, Target::Lock(n)) => {
+                let reason = text("lock_reason");
+                if reason
+                    .as_deref()
+                    .is_some_and(|r| !["off-topic", "too heated", "resolved", "spam"].contains(&r))
+                {
+                    return validation_failed("lock_reason");
+                }
+                let Some(issue) = self.repo_mut(&route.repo).issues.get_mut(&n) else {
+                    return Plan::NotFound;
+                };
+                issue.lock = Some((login, reason));
+                issue.updated = now;
+                Plan::Reply {
+                    status: 204,
+                    body: None,
+                }
+            }
+            (Method::DELETE, Target::Lock(n)) => {
+                let Some(issue) = self.repo_mut(&route.repo).issues.get_mut(&n) else {
+                    return Plan::NotFound;
+                };
+                issue.lock = None;
+                issue.updated = now;
+                Plan::Reply {
+                    status: 204,
+                    body: None,
+                }
+            }
             _ => Plan::MethodNotAllowed,
         }
     }
@@ -391,6 +456,7 @@ pub(crate) fn allowed(target: &Target) -> &'static [Method] {
         Target::Issues | Target::Comments(_) => &[Method::GET, Method::HEAD, Method::POST],
         Target::Issue(_) => &[Method::GET, Method::HEAD],
         Target::Comment(_) => &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
+        Target::Lock(_) => &[Method::PUT, Method::DELETE],
     }
 }
 
@@ -419,6 +485,70 @@ fn list_filters(query: Option<&str>) -> (StateFilter, bool) {
         }
     }
     (state, descending)
+}
+
+/// The (first) value of `key` in a query string, percent-decoded.
+fn query_value(query: Option<&str>, key: &str) -> Option<String> {
+    let value = query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(key)?.strip_prefix('='))?;
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `2024-05-01T12:34:56Z` (the form GitHub takes for `since`) as a time.
+pub(crate) fn parse_iso8601(text: &str) -> Option<SystemTime> {
+    let b = text.trim().as_bytes();
+    if b.len() != 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || b[10] != b'T'
+        || b[13] != b':'
+        || b[16] != b':'
+        || b[19] != b'Z'
+    {
+        return None;
+    }
+    let num = |from: usize, to: usize| std::str::from_utf8(&b[from..to]).ok()?.parse::<i64>().ok();
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    // Howard Hinnant's days_from_civil.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second;
+    Some(UNIX_EPOCH + std::time::Duration::from_secs(u64::try_from(secs).ok()?))
 }
 
 /// A 200 (or 304 when the request's validators match) for a read.
@@ -478,6 +608,8 @@ fn issue_json(repo: &Repo, issue: &Issue, host: &str) -> Value {
         "title": issue.title,
         "body": issue.body,
         "state": if issue.open { "open" } else { "closed" },
+        "locked": issue.lock.is_some(),
+        "active_lock_reason": issue.lock.as_ref().and_then(|(_, reason)| reason.clone()),
         "user": user_json(&issue.login),
         "comments": comments,
         "created_at": iso8601(issue.created),
@@ -564,5 +696,11 @@ mod tests {
             iso8601(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "2000-02-29T00:00:00Z"
         );
+        for secs in [0, 951_782_400, 1_714_566_896, 4_102_444_799] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(parse_iso8601(&iso8601(t)), Some(t));
+        }
+        assert_eq!(parse_iso8601("2024-13-01T00:00:00Z"), None);
+        assert_eq!(parse_iso8601("yesterday"), None);
     }
 }

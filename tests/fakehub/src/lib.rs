@@ -494,6 +494,12 @@ impl FakeHub {
         self.shared.set_issue_open(repo, number, open)
     }
 
+    /// Moves the creation and update times of every comment of an issue `by` into the past
+    /// (as if they were written that long ago); returns how many there are.
+    pub fn age_comments(&self, repo: &str, number: u64, by: std::time::Duration) -> usize {
+        self.shared.age_comments(repo, number, by)
+    }
+
     /// Caps the request log (oldest records dropped first); `None` keeps everything.
     pub fn set_record_limit(&self, limit: Option<usize>) {
         self.shared.set_record_limit(limit);

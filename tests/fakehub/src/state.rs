@@ -395,6 +395,10 @@ impl Shared {
         self.lock().issues.set_issue_open(repo, number, open)
     }
 
+    pub fn age_comments(&self, repo: &str, number: u64, by: std::time::Duration) -> usize {
+        self.lock().issues.age_comments(repo, number, by)
+    }
+
     /// An issues API request, decided, applied and settled under one lock, so that a
     /// rate-limited write changes nothing. `None` when the repository has no issues here.
     pub fn issues_request(
