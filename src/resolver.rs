@@ -475,10 +475,22 @@ impl Resolver {
         let Some(peers) = peers else {
             return self.upstream(request, &sharing, &keys, cached).await;
         };
-        if let Some((entry, body)) = peers.obtain(&shared_key, request.ttl).await {
-            return self
-                .serve(request, &sharing, Source::Peer, entry, body)
-                .await;
+        match peers.obtain(&shared_key, request.ttl).await {
+            p2p::Obtained::Fresh(entry, body) => {
+                return self
+                    .serve(request, &sharing, Source::Peer, entry, body)
+                    .await;
+            }
+            p2p::Obtained::Stale(entry, body) if self.worth_revalidating(request, &cached) => {
+                // The swarm's copy and its validators: a conditional request instead of a full
+                // GET. The admission rules hold as for a local copy: it is served only after
+                // GitHub's 304 to this token, or as a stale stand-in where the token may have it.
+                cached = Some(
+                    self.keep_swarm_copy(request, &shared_key, entry, body)
+                        .await,
+                );
+            }
+            p2p::Obtained::Stale(..) | p2p::Obtained::Nothing => {}
         }
         let result = self.upstream(request, &sharing, &keys, cached).await;
         // Tell the swarm: announce what is now fresh here under the shared key, or release the
@@ -529,6 +541,45 @@ impl Resolver {
                 request.url.path()
             );
         }
+    }
+
+    /// Whether a stale copy from the swarm would do better than `cached`, the local one: there
+    /// is none, or it holds no validator this token can use (`Last-Modified`, or an ETag of its
+    /// own).
+    fn worth_revalidating(
+        &self,
+        request: &Request,
+        cached: &Option<(CacheKey, Entry, Vec<u8>)>,
+    ) -> bool {
+        let Some((_, entry, _)) = cached else {
+            return true;
+        };
+        let own_etag = entry.etag.is_some()
+            && entry.etag_token.as_deref() == Some(request.token_tag().as_str());
+        entry.last_modified.is_none() && !own_etag
+    }
+
+    /// Stores a stale copy pulled from the swarm (a 304 renews the stored entry, whose body must
+    /// be on disk), and hands it back as the cached copy to revalidate.
+    async fn keep_swarm_copy(
+        &self,
+        request: &Request,
+        key: &CacheKey,
+        entry: Entry,
+        body: Vec<u8>,
+    ) -> (CacheKey, Entry, Vec<u8>) {
+        let cache = self.cache.clone();
+        let (id, stored, stored_body) = (key.id().to_string(), entry.clone(), body.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || cache.put_entry(&id, &stored, &stored_body)).await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            tracing::warn!(
+                "could not store the swarm's stale copy of {}; revalidating it anyway",
+                request.url
+            );
+        }
+        tracing::debug!("revalidating the swarm's copy of {}", request.url);
+        (key.clone(), entry, body)
     }
 
     async fn lookup(&self, key: &CacheKey) -> Result<Lookup, ResolveError> {

@@ -253,7 +253,11 @@ fn a_token_of_another_repository_gets_githubs_404_with_scope_repository() {
     assert!(!c.log().contains("heard announcement"), "{}", c.log());
     // It never became a member: its keys (derived from the secret and its scope) differ.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(c.peer_count(), 0, "a node of another repository's scope was verified");
+    assert_eq!(
+        c.peer_count(),
+        0,
+        "a node of another repository's scope was verified"
+    );
     assert_eq!(a.peer_count(), 1, "alice's only member is bob");
 }
 

@@ -35,6 +35,7 @@ mod reach;
 mod state;
 mod swarm;
 
+pub use self::claims::Obtained;
 use self::claims::*;
 use self::connectivity::*;
 use self::event_loop::*;
