@@ -492,6 +492,27 @@ impl Resolver {
             }
             p2p::Obtained::Stale(..) | p2p::Obtained::Nothing => {}
         }
+        // An ETag-only copy (a collection) whose ETag another token fetched: only that token's
+        // holder can revalidate it for free, so it is asked to, with its own token.
+        if let Some((owner, stale_digest)) = cached.as_ref().and_then(|(_, entry, _)| {
+            Self::etag_owner(request, entry).map(|owner| (owner, entry.digest.clone()))
+        }) && let Some((entry, body)) = peers
+            .revalidate_at_owner(&shared_key, &owner, request.ttl)
+            .await
+        {
+            // Unchanged: the owner's 304 renewed it; changed: the owner's 200 is a new entry.
+            let source = if entry.digest == stale_digest {
+                Source::Revalidated
+            } else {
+                Source::Peer
+            };
+            let result = self.serve(request, &sharing, source, entry, body).await;
+            peers.finished(
+                &shared_key,
+                result.as_ref().ok().and_then(|r| r.entry.as_ref()),
+            );
+            return result;
+        }
         let result = self.upstream(request, &sharing, &keys, cached).await;
         // Tell the swarm: announce what is now fresh here under the shared key, or release the
         // claim.
@@ -540,6 +561,69 @@ impl Resolver {
                 "a write to {} expired {expired} cache entries",
                 request.url.path()
             );
+        }
+    }
+
+    /// The token tag whose holder alone can revalidate `entry` for free: it has an ETag of
+    /// another token and no `Last-Modified`.
+    fn etag_owner(request: &Request, entry: &Entry) -> Option<String> {
+        let owner = entry.etag_token.clone()?;
+        let usable_here = entry.last_modified.is_some() || owner == request.token_tag();
+        (entry.etag.is_some() && !usable_here && owner != token_tag(None)).then_some(owner)
+    }
+
+    /// For a member that asked: revalidates `entry` (one of this node's, whose ETag `token`
+    /// fetched) upstream with `token`. The renewed entry after a 304, the new one after a 200,
+    /// or `None` when GitHub did neither (then the member fetches with its own token).
+    pub async fn revalidate_for_peer(
+        &self,
+        token: Option<Secret>,
+        entry: Entry,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
+        let url = Url::parse(&entry.url).ok()?;
+        let line = |name: &str| {
+            entry
+                .key
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+        };
+        let request = Request {
+            url,
+            accept: line("accept: ")?,
+            api_version: line("x-github-api-version: ")?,
+            token,
+            extra_headers: Vec::new(),
+            ttl,
+        };
+        let (sharing, keys) = self.keys(&request);
+        // The entry must be the one this request names, shared with the swarm.
+        if keys.first().map(CacheKey::canonical) != Some(entry.key.as_str())
+            || keys[0].is_per_token()
+        {
+            return None;
+        }
+        let key = keys[0].clone();
+        let resolved = self
+            .upstream(&request, &sharing, &keys, Some((key.clone(), entry, body)))
+            .await
+            .ok()?;
+        match resolved.source {
+            Source::Revalidated | Source::Upstream if resolved.status == 200 => {
+                let entry = resolved.entry?;
+                (entry.key == key.canonical()).then_some((entry, resolved.body))
+            }
+            _ => {
+                tracing::info!(
+                    "could not revalidate {} for a member: GitHub answered {} ({})",
+                    request.url,
+                    resolved.status,
+                    resolved.source
+                );
+                None
+            }
         }
     }
 

@@ -284,7 +284,8 @@ fn connect(api: &Api, body: &[u8]) -> Response {
 }
 
 /// `/api/swarm`: the swarm's own figures (entries received, rejected, served, auth failures,
-/// announcements, claims); all zero when sharing is off.
+/// announcements, claims, revalidations done for members and asked of them); all zero when
+/// sharing is off.
 fn swarm(api: &Api) -> serde_json::Value {
     let stats = api.peers.as_ref().map(|h| h.stats()).unwrap_or_default();
     json!({
@@ -296,6 +297,8 @@ fn swarm(api: &Api) -> serde_json::Value {
         "announcements_received": stats.announcements_received,
         "claims_won": stats.claims_won,
         "claims_waited": stats.claims_waited,
+        "revalidations_for_others": stats.revalidations_for_others,
+        "revalidations_asked": stats.revalidations_asked,
         "hole_punches_attempted": stats.hole_punches_attempted,
         "hole_punches_tcp": stats.hole_punches_tcp,
         "hole_punches_quic": stats.hole_punches_quic,

@@ -347,6 +347,22 @@ impl EventLoop {
                         .exchange
                         .send_response(channel, response);
                 }
+                Request::Revalidate { key_id, ttl_ms } => {
+                    let verified = self.inner.state().verified(&peer);
+                    match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if verified => {
+                            let ttl = Duration::from_millis(ttl_ms);
+                            serve_revalidation(self.inner.clone(), key_id, ttl, channel)
+                        }
+                        _ => {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .exchange
+                                .send_response(channel, Response::Denied);
+                        }
+                    }
+                }
                 Request::Pull { key_id } => {
                     let verified = self.inner.state().verified(&peer);
                     match <KeyId>::try_from(key_id.as_slice()) {

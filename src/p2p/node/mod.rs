@@ -32,6 +32,7 @@ mod hub;
 mod membership;
 mod pull;
 mod reach;
+mod revalidate;
 mod state;
 mod swarm;
 
@@ -41,6 +42,8 @@ use self::connectivity::*;
 use self::event_loop::*;
 use self::pull::*;
 use self::reach::*;
+pub use self::revalidate::Revalidator;
+use self::revalidate::*;
 use self::state::*;
 use self::swarm::*;
 use super::TestFault;
@@ -108,6 +111,8 @@ pub struct NodeConfig {
     pub hub: bool,
     /// Addresses this node is reachable at from outside (`--external-addr`), announced as is.
     pub external_addrs: Vec<Multiaddr>,
+    /// The one-way tag of this node's own token, told to members (see [`Handle::set_revalidator`]).
+    pub token_tag: Option<String>,
 }
 
 /// A verified swarm member, as `/api/peers` shows it.
@@ -144,6 +149,10 @@ pub struct P2pStats {
     pub claims_won: u64,
     /// Times this node waited for another node's claim.
     pub claims_waited: u64,
+    /// Revalidations this node did with its own token because a member asked.
+    pub revalidations_for_others: u64,
+    /// Revalidations this node asked the owner of an entry's ETag to do.
+    pub revalidations_asked: u64,
     /// DCUtR hole punches that ended (succeeded or failed).
     pub hole_punches_attempted: u64,
     /// Hole punches that gave a direct TCP connection.
@@ -161,6 +170,8 @@ struct Counters {
     announcements_received: AtomicU64,
     claims_won: AtomicU64,
     claims_waited: AtomicU64,
+    revalidations_for_others: AtomicU64,
+    revalidations_asked: AtomicU64,
     hole_punches_attempted: AtomicU64,
     hole_punches_tcp: AtomicU64,
     hole_punches_quic: AtomicU64,
@@ -194,6 +205,8 @@ struct Inner {
     state: Mutex<State>,
     counters: Counters,
     fault: Option<TestFault>,
+    token_tag: Option<String>,
+    revalidator: Mutex<Option<Revalidator>>,
 }
 
 impl Inner {
@@ -233,6 +246,8 @@ impl Node {
             state: Mutex::new(State::default()),
             counters: Counters::default(),
             fault: config.test_fault,
+            token_tag: config.token_tag.clone(),
+            revalidator: Mutex::new(None),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: hub::Members = {
@@ -301,6 +316,7 @@ impl Node {
         let meta = PeerMeta {
             runner_name: config.runner_name,
             listen_port: first_port(&inner.state().listen_addrs),
+            token_tag: config.token_tag.clone(),
         };
         let event_loop = EventLoop {
             swarm,
@@ -410,6 +426,8 @@ impl Handle {
             announcements_received: get(&c.announcements_received),
             claims_won: get(&c.claims_won),
             claims_waited: get(&c.claims_waited),
+            revalidations_for_others: get(&c.revalidations_for_others),
+            revalidations_asked: get(&c.revalidations_asked),
             hole_punches_attempted: get(&c.hole_punches_attempted),
             hole_punches_tcp: get(&c.hole_punches_tcp),
             hole_punches_quic: get(&c.hole_punches_quic),

@@ -135,16 +135,23 @@ impl Handle {
         ttl: Duration,
         limit: Duration,
     ) -> Pulled {
-        let response = match self
-            .request(
-                peer,
-                Request::Pull {
-                    key_id: key_id.to_vec(),
-                },
-                limit,
-            )
-            .await
-        {
+        let request = Request::Pull {
+            key_id: key_id.to_vec(),
+        };
+        self.receive(peer, request, key_id, key, ttl, limit).await
+    }
+
+    /// Sends `request` (a pull, or a revalidation) and verifies the entry it brings back.
+    pub(super) async fn receive(
+        &self,
+        peer: PeerId,
+        request: Request,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Pulled {
+        let response = match self.request(peer, request, limit).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!("pull from {peer} failed: {error}");
