@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use common::http_get;
-use common::swarm::{SwarmNode, serial, swarm_of, wait_for};
+use common::swarm::{NodeSpec, SwarmNode, serial, start_node, swarm_of, wait_for};
 use fakehub::{FakeHub, generate_resources, generated_path, repo_body};
 
 /// The requesters' TTL: short, so that entries go stale within the test.
@@ -275,5 +275,226 @@ fn five_nodes_asking_at_once_for_a_stale_entry_make_one_upstream_request() {
     assert!(
         paid(&hub, "/repos/octo/swarm/contents").len() == 1,
         "only the first fetch paid"
+    );
+}
+
+/// The 40 endpoints of a round: 20 singles (with `Last-Modified`), 20 collections (ETag only).
+fn round_paths() -> Vec<String> {
+    (0..20)
+        .map(generated_path)
+        .chain((0..20).map(collection_path))
+        .collect()
+}
+
+/// Starts jobs `names`, each bootstrapping to `seeds`, and waits until each sees `members`.
+fn start_jobs(
+    root: &std::path::Path,
+    api: &FakeHub,
+    names: &[&str],
+    seeds: &[&SwarmNode],
+    members: u64,
+) -> Vec<SwarmNode> {
+    let mut jobs: Vec<SwarmNode> = Vec::new();
+    for name in names {
+        let bootstrap = seeds
+            .iter()
+            .copied()
+            .chain(jobs.iter())
+            .map(SwarmNode::bootstrap_addr)
+            .collect();
+        let spec = NodeSpec {
+            bootstrap,
+            ..NodeSpec::default()
+        };
+        jobs.push(start_node(root, name, api, spec));
+    }
+    for job in &jobs {
+        wait_for(
+            &format!("{} to verify {members} members", job.name),
+            Duration::from_secs(60),
+            || job.peer_count() >= members,
+        );
+    }
+    jobs
+}
+
+/// Every job asks for every path at once; every answer must be 200 with the current body.
+fn run_round(jobs: &[SwarmNode], paths: &[String], current: &(dyn Fn(&str) -> Vec<u8> + Sync)) {
+    std::thread::scope(|scope| {
+        for job in jobs {
+            scope.spawn(move || {
+                for path in paths {
+                    let r = ask(job, path);
+                    assert_eq!(r.status, 200, "{} {path}: {}", job.name, r.text());
+                    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+                    let expected: serde_json::Value =
+                        serde_json::from_slice(&current(path)).unwrap();
+                    assert_eq!(body, expected, "{} {path}: the current body", job.name);
+                }
+            });
+        }
+    });
+}
+
+/// The current body of a round's path, after `changed` of them changed.
+fn current_body(path: &str, changed: &[String]) -> Vec<u8> {
+    let is_changed = changed.iter().any(|c| c == path);
+    if let Some(i) = path.strip_prefix("/repos/octo/swarm/contents/r") {
+        let i: usize = i.parse().unwrap();
+        repo_body(if is_changed { 1000 + i } else { i }, 300)
+    } else {
+        let i: usize = path
+            .trim_start_matches("/repos/octo/swarm/releases/c")
+            .trim_end_matches("/assets")
+            .parse()
+            .unwrap();
+        serde_json::to_vec(&collection_items(i, if is_changed { 2 } else { 1 })).unwrap()
+    }
+}
+
+/// Changes 2 singles and 2 collections; returns their paths.
+fn change_four(api: &FakeHub) -> Vec<String> {
+    let changed = vec![
+        generated_path(0),
+        generated_path(1),
+        collection_path(0),
+        collection_path(1),
+    ];
+    for i in 0..2 {
+        api.put_json(&generated_path(i), repo_body(1000 + i, 300));
+        api.put_list(&collection_path(i), collection_items(i, 2));
+    }
+    changed
+}
+
+/// Round 1's jobs end and their dirs are deleted; the hub keeps the swarm's cache. After the
+/// TTL, 4 of the 40 change, and round 2's new jobs (new tokens, empty caches) pay only for those.
+///
+/// How the quota is counted: the hub has a token of its own (`token-of-hub`). In round 1 it
+/// fetches each collection once with it, in the background (20 calls of the hub's quota, counted
+/// here apart from the jobs'), so that its ETags are its own. In round 2 the singles are
+/// revalidated by the jobs' `If-Modified-Since` (a changed one is a 200 to the job's token) and the
+/// collections by the hub with its own ETag (a changed one is a 200 to the hub's token): 4 paid
+/// calls in all, 2 of the jobs' tokens and 2 of the hub's, every other call a free 304.
+#[test]
+fn ephemeral_rounds_with_a_hub_pay_only_for_what_changed() {
+    let _serial = serial();
+    let api = FakeHub::start();
+    let root = tempfile::tempdir().unwrap();
+    generate_resources(&api, 20, 300);
+    put_collections(&api, 20);
+    let paths = round_paths();
+    let hub = start_node(
+        root.path(),
+        "hub",
+        &api,
+        NodeSpec {
+            env: vec![("PEERCACHE_HUB", "true".into())],
+            ..NodeSpec::default()
+        },
+    );
+    let round1 = start_jobs(root.path(), &api, &["job0", "job1", "job2"], &[&hub], 3);
+    run_round(&round1, &paths, &|p| current_body(p, &[]));
+    wait_for(
+        "the hub to keep all 40 entries and fetch the 20 collections with its own token",
+        Duration::from_secs(60),
+        || {
+            let s = hub.swarm();
+            s["entries_mirrored"].as_u64().unwrap_or(0) >= 40
+                && s["own_token_fetches"].as_u64().unwrap_or(0) >= 20
+        },
+    );
+    let hub_calls = |requests: &[fakehub::RequestRecord]| {
+        requests
+            .iter()
+            .filter(|r| r.quota_spent && r.authorization.as_deref() == Some("Bearer token-of-hub"))
+            .count()
+    };
+    assert_eq!(
+        hub_calls(&api.stats().requests),
+        20,
+        "one own-token fetch per collection"
+    );
+    for job in round1 {
+        job.kill(libc::SIGTERM);
+        wait_for("a job to end", Duration::from_secs(20), || !job.alive());
+        std::fs::remove_dir_all(root.path().join(&job.name)).unwrap();
+    }
+    wait_for(
+        "the hub to see the jobs gone",
+        Duration::from_secs(30),
+        || hub.peer_count() == 0,
+    );
+    let_the_ttl_pass();
+    let changed = change_four(&api);
+
+    let before = api.stats().requests.len();
+    let round2 = start_jobs(root.path(), &api, &["job3", "job4", "job5"], &[&hub], 3);
+    run_round(&round2, &paths, &|p| current_body(p, &changed));
+    let requests: Vec<_> = api.stats().requests[before..].to_vec();
+    let mut paid: Vec<String> = requests
+        .iter()
+        .filter(|r| r.quota_spent)
+        .map(|r| r.path().to_string())
+        .collect();
+    paid.sort();
+    let mut expected = changed.clone();
+    expected.sort();
+    assert_eq!(paid, expected, "paid = changed: {requests:?}");
+    assert_eq!(
+        hub_calls(&requests),
+        2,
+        "the changed collections, by the hub's revalidation"
+    );
+    let free = requests.iter().filter(|r| r.status == 304).count();
+    assert_eq!(
+        free, 36,
+        "every unchanged endpoint a free 304: {requests:?}"
+    );
+    assert!(hub.swarm()["revalidations_for_others"].as_u64().unwrap() >= 20);
+}
+
+/// Without a hub but with round 1's jobs still running: the new jobs revalidate the collections
+/// free through the members whose tokens fetched their ETags.
+#[test]
+fn without_a_hub_collections_revalidate_free_through_their_live_owners() {
+    let _serial = serial();
+    let api = FakeHub::start();
+    let root = tempfile::tempdir().unwrap();
+    generate_resources(&api, 20, 300);
+    put_collections(&api, 20);
+    let paths = round_paths();
+    let round1 = start_jobs(root.path(), &api, &["job0", "job1", "job2"], &[], 2);
+    run_round(&round1, &paths, &|p| current_body(p, &[]));
+    let_the_ttl_pass();
+    let changed = change_four(&api);
+
+    let before = api.stats().requests.len();
+    let seeds: Vec<&SwarmNode> = round1.iter().collect();
+    let round2 = start_jobs(root.path(), &api, &["job3", "job4", "job5"], &seeds, 5);
+    run_round(&round2, &paths, &|p| current_body(p, &changed));
+    let requests: Vec<_> = api.stats().requests[before..].to_vec();
+    let mut paid: Vec<String> = requests
+        .iter()
+        .filter(|r| r.quota_spent)
+        .map(|r| r.path().to_string())
+        .collect();
+    paid.sort();
+    let mut expected = changed.clone();
+    expected.sort();
+    assert_eq!(paid, expected, "paid = changed: {requests:?}");
+    let round1_tokens = [
+        "Bearer token-of-job0",
+        "Bearer token-of-job1",
+        "Bearer token-of-job2",
+    ];
+    let lists_free = requests
+        .iter()
+        .filter(|r| r.status == 304 && r.path().contains("/releases/"))
+        .filter(|r| round1_tokens.contains(&r.authorization.as_deref().unwrap_or("")))
+        .count();
+    assert_eq!(
+        lists_free, 18,
+        "collections by their owners' tokens: {requests:?}"
     );
 }

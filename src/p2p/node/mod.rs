@@ -30,6 +30,7 @@ mod connectivity;
 mod event_loop;
 mod hub;
 mod membership;
+mod mirror;
 mod pull;
 mod reach;
 mod revalidate;
@@ -153,6 +154,12 @@ pub struct P2pStats {
     pub revalidations_for_others: u64,
     /// Revalidations this node asked the owner of an entry's ETag to do.
     pub revalidations_asked: u64,
+    /// Of the revalidations for members, those GitHub answered 304 (a full GET saved).
+    pub revalidations_unchanged: u64,
+    /// Entries a hub took a copy of from their announcements.
+    pub entries_mirrored: u64,
+    /// Full GETs a hub made with its own token so that its ETag serves the swarm (its quota).
+    pub own_token_fetches: u64,
     /// DCUtR hole punches that ended (succeeded or failed).
     pub hole_punches_attempted: u64,
     /// Hole punches that gave a direct TCP connection.
@@ -172,6 +179,9 @@ struct Counters {
     claims_waited: AtomicU64,
     revalidations_for_others: AtomicU64,
     revalidations_asked: AtomicU64,
+    revalidations_unchanged: AtomicU64,
+    entries_mirrored: AtomicU64,
+    own_token_fetches: AtomicU64,
     hole_punches_attempted: AtomicU64,
     hole_punches_tcp: AtomicU64,
     hole_punches_quic: AtomicU64,
@@ -207,6 +217,8 @@ struct Inner {
     fault: Option<TestFault>,
     token_tag: Option<String>,
     revalidator: Mutex<Option<Revalidator>>,
+    /// A hub's own-token fetches, one at a time (its quota, in the background).
+    adoptions: tokio::sync::Mutex<()>,
 }
 
 impl Inner {
@@ -248,6 +260,7 @@ impl Node {
             fault: config.test_fault,
             token_tag: config.token_tag.clone(),
             revalidator: Mutex::new(None),
+            adoptions: tokio::sync::Mutex::new(()),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: hub::Members = {
@@ -428,6 +441,9 @@ impl Handle {
             claims_waited: get(&c.claims_waited),
             revalidations_for_others: get(&c.revalidations_for_others),
             revalidations_asked: get(&c.revalidations_asked),
+            revalidations_unchanged: get(&c.revalidations_unchanged),
+            entries_mirrored: get(&c.entries_mirrored),
+            own_token_fetches: get(&c.own_token_fetches),
             hole_punches_attempted: get(&c.hole_punches_attempted),
             hole_punches_tcp: get(&c.hole_punches_tcp),
             hole_punches_quic: get(&c.hole_punches_quic),

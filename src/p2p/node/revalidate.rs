@@ -54,15 +54,20 @@ async fn revalidated(
             Ok(Lookup::Hit { entry, body }) => (entry, body),
             _ => return None,
         };
-    if entry.is_fresh(ttl, now_ms()) {
-        // Another member's request renewed it meanwhile.
+    // Renewed within the requester's TTL (or the last second: a member may not make this node
+    // call GitHub for one key more often) by another member's request meanwhile.
+    if entry.is_fresh(ttl.max(Duration::from_secs(1)), now_ms()) {
         return Some((entry, body));
     }
     if entry.etag.is_none() || entry.etag_token.as_deref() != Some(own_tag.as_str()) {
         return None;
     }
+    let before = entry.digest.clone();
     let (entry, body) = revalidator(entry, body, ttl).await?;
     bump(&inner.counters.revalidations_for_others);
+    if entry.digest == before {
+        bump(&inner.counters.revalidations_unchanged);
+    }
     let gossip = {
         let mut state = inner.state();
         let local_id = state.served.get(key_id).map(|h| h.local_id.clone())?;
@@ -96,8 +101,8 @@ impl Handle {
             .unwrap_or_else(|e| e.into_inner()) = Some(revalidator);
     }
 
-    /// Asks the live member whose own token fetched the entry's ETag (`owner_tag`) to
-    /// revalidate `key`; its renewed or changed entry, fresh for `ttl` (stored here), or `None`
+    /// Asks the live member whose own token fetched the entry's ETag (`owner_tag`), else a hub
+    /// with a token of its own, to revalidate `key`; its renewed or changed entry, fresh for `ttl` (stored here), or `None`
     /// when no such member is live or it could not (then the caller fetches with its own token).
     pub async fn revalidate_at_owner(
         &self,
@@ -115,6 +120,13 @@ impl Handle {
                 .map(|(id, _)| *id)
                 .collect();
             owners.sort_by_key(|p| claim_rank(&key_id, p));
+            // Then hubs with a token of their own: a hub that kept the entry fetched it once
+            // with its own token, so it can revalidate it for free when the owner is gone.
+            let hubs = state.peers.iter().filter(|(id, p)| {
+                p.verified && p.is_hub && p.meta.token_tag.is_some() && !owners.contains(*id)
+            });
+            let hubs: Vec<PeerId> = hubs.map(|(id, _)| *id).collect();
+            owners.extend(hubs);
             owners
         };
         for owner in owners.into_iter().take(MAX_HOLDERS_TRIED) {
