@@ -452,6 +452,27 @@ fn ephemeral_rounds_with_a_hub_pay_only_for_what_changed() {
         "every unchanged endpoint a free 304: {requests:?}"
     );
     assert!(hub.swarm()["revalidations_for_others"].as_u64().unwrap() >= 20);
+    // The hub's figures: /api/status, /metrics and the status page.
+    let status = hub.json("api/status");
+    assert!(
+        status["swarm"]["entries_mirrored"].as_u64().unwrap() >= 40,
+        "{status}"
+    );
+    assert!(
+        status["swarm"]["revalidations_unchanged"].as_u64().unwrap() >= 18,
+        "{status}"
+    );
+    assert!(
+        status["store"]["entries"].as_u64().unwrap() >= 40,
+        "{status}"
+    );
+    let metrics = hub.get("metrics").text();
+    assert!(
+        metrics.contains("peercache_hub_own_token_fetches_total 20"),
+        "{metrics}"
+    );
+    let page = hub.get("").text();
+    assert!(page.contains("Revalidations for the swarm"), "{page}");
 }
 
 /// Without a hub but with round 1's jobs still running: the new jobs revalidate the collections
