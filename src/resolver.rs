@@ -4,6 +4,9 @@
 //! fresh local entry ──────────────────────────────► local
 //! miss or expired ─► take the key's fetch stripe ─► (another process filled it?) local
 //!                  ─► a peer has it fresh, or the swarm's claimant fetched it ─► peer
+//!                  ─► the swarm has only stale copies: take one with its validators
+//!                        (an ETag of another token: its owner revalidates it with its own
+//!                        token ─► revalidated)
 //!                  ─► rate-limited right now? ────► stale entry, or "unreachable"
 //!                  ─► GET upstream (conditional when an entry exists)
 //!                        304 ─► renew ────────────► revalidated

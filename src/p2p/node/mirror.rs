@@ -11,6 +11,13 @@ impl Handle {
     /// key behind an id: it reads it from the entry and checks that it hashes to the id under
     /// the swarm's keys.
     pub(super) async fn mirror(&self, peer: PeerId, key_id: KeyId) {
+        let Ok(_slot) = self.inner.mirrors.acquire().await else {
+            return;
+        };
+        let already = self.inner.state().served.contains_key(&key_id);
+        if already && self.is_current(&key_id, peer) {
+            return;
+        }
         let request = Request::Pull {
             key_id: key_id.to_vec(),
         };
@@ -53,6 +60,19 @@ impl Handle {
         self.keep(peer, &key_id, &key, &entry, &body).await;
         bump(&self.inner.counters.entries_mirrored);
         self.adopt(key_id, entry, body).await;
+    }
+
+    /// Whether this node's copy is as new as the newest `peer` announced (announcements queue
+    /// up while the pulls are busy).
+    fn is_current(&self, key_id: &KeyId, peer: PeerId) -> bool {
+        let state = self.inner.state();
+        let announced = state
+            .holders
+            .get(key_id)
+            .and_then(|h| h.iter().find(|h| h.peer == peer))
+            .map(|h| h.fetched_at_ms);
+        let held = state.served.get(key_id).map(|h| h.fetched_at_ms);
+        matches!((announced, held), (Some(a), Some(h)) if h >= a)
     }
 
     /// For an entry whose ETag another token fetched and that has no `Last-Modified`: one full

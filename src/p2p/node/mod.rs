@@ -82,6 +82,8 @@ const KAD_PROTOCOL: &str = "/peercache/kad/1";
 /// How often the routing table is refreshed. Kademlia also looks the swarm up by itself each
 /// time a member enters the table, which is how a node that knows one member finds the rest.
 const KAD_REFRESH: Duration = Duration::from_secs(60);
+/// Pulls a hub makes at once to keep announced entries (announcements come in bursts).
+const MAX_MIRRORS: usize = 8;
 /// Keys tracked in the holder table before old ones are dropped.
 const MAX_TRACKED_KEYS: usize = 200_000;
 
@@ -219,6 +221,8 @@ struct Inner {
     revalidator: Mutex<Option<Revalidator>>,
     /// A hub's own-token fetches, one at a time (its quota, in the background).
     adoptions: tokio::sync::Mutex<()>,
+    /// A hub's pulls of announced entries at once.
+    mirrors: tokio::sync::Semaphore,
 }
 
 impl Inner {
@@ -261,6 +265,7 @@ impl Node {
             token_tag: config.token_tag.clone(),
             revalidator: Mutex::new(None),
             adoptions: tokio::sync::Mutex::new(()),
+            mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: hub::Members = {
