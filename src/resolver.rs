@@ -4,6 +4,9 @@
 //! fresh local entry ──────────────────────────────► local
 //! miss or expired ─► take the key's fetch stripe ─► (another process filled it?) local
 //!                  ─► a peer has it fresh, or the swarm's claimant fetched it ─► peer
+//!                  ─► the swarm has only stale copies: take one with its validators
+//!                        (an ETag of another token: its owner revalidates it with its own
+//!                        token ─► revalidated)
 //!                  ─► rate-limited right now? ────► stale entry, or "unreachable"
 //!                  ─► GET upstream (conditional when an entry exists)
 //!                        304 ─► renew ────────────► revalidated
@@ -475,10 +478,43 @@ impl Resolver {
         let Some(peers) = peers else {
             return self.upstream(request, &sharing, &keys, cached).await;
         };
-        if let Some((entry, body)) = peers.obtain(&shared_key, request.ttl).await {
-            return self
-                .serve(request, &sharing, Source::Peer, entry, body)
-                .await;
+        match peers.obtain(&shared_key, request.ttl).await {
+            p2p::Obtained::Fresh(entry, body) => {
+                return self
+                    .serve(request, &sharing, Source::Peer, entry, body)
+                    .await;
+            }
+            p2p::Obtained::Stale(entry, body) if self.worth_revalidating(request, &cached) => {
+                // The swarm's copy and its validators: a conditional request instead of a full
+                // GET. The admission rules hold as for a local copy: it is served only after
+                // GitHub's 304 to this token, or as a stale stand-in where the token may have it.
+                cached = Some(
+                    self.keep_swarm_copy(request, &shared_key, entry, body)
+                        .await,
+                );
+            }
+            p2p::Obtained::Stale(..) | p2p::Obtained::Nothing => {}
+        }
+        // An ETag-only copy (a collection) whose ETag another token fetched: only that token's
+        // holder can revalidate it for free, so it is asked to, with its own token.
+        if let Some((owner, stale_digest)) = cached.as_ref().and_then(|(_, entry, _)| {
+            Self::etag_owner(request, entry).map(|owner| (owner, entry.digest.clone()))
+        }) && let Some((entry, body)) = peers
+            .revalidate_at_owner(&shared_key, &owner, request.ttl)
+            .await
+        {
+            // Unchanged: the owner's 304 renewed it; changed: the owner's 200 is a new entry.
+            let source = if entry.digest == stale_digest {
+                Source::Revalidated
+            } else {
+                Source::Peer
+            };
+            let result = self.serve(request, &sharing, source, entry, body).await;
+            peers.finished(
+                &shared_key,
+                result.as_ref().ok().and_then(|r| r.entry.as_ref()),
+            );
+            return result;
         }
         let result = self.upstream(request, &sharing, &keys, cached).await;
         // Tell the swarm: announce what is now fresh here under the shared key, or release the
@@ -529,6 +565,108 @@ impl Resolver {
                 request.url.path()
             );
         }
+    }
+
+    /// The token tag whose holder alone can revalidate `entry` for free: it has an ETag of
+    /// another token and no `Last-Modified`.
+    fn etag_owner(request: &Request, entry: &Entry) -> Option<String> {
+        let owner = entry.etag_token.clone()?;
+        let usable_here = entry.last_modified.is_some() || owner == request.token_tag();
+        (entry.etag.is_some() && !usable_here && owner != token_tag(None)).then_some(owner)
+    }
+
+    /// For a member that asked: revalidates `entry` (one of this node's, whose ETag `token`
+    /// fetched) upstream with `token`. The renewed entry after a 304, the new one after a 200,
+    /// or `None` when GitHub did neither (then the member fetches with its own token).
+    pub async fn revalidate_for_peer(
+        &self,
+        token: Option<Secret>,
+        entry: Entry,
+        body: Vec<u8>,
+        ttl: Duration,
+    ) -> Option<(Entry, Vec<u8>)> {
+        let url = Url::parse(&entry.url).ok()?;
+        let line = |name: &str| {
+            entry
+                .key
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .map(str::to_string)
+        };
+        let request = Request {
+            url,
+            accept: line("accept: ")?,
+            api_version: line("x-github-api-version: ")?,
+            token,
+            extra_headers: Vec::new(),
+            ttl,
+        };
+        let (sharing, keys) = self.keys(&request);
+        // The entry must be the one this request names, shared with the swarm.
+        if keys.first().map(CacheKey::canonical) != Some(entry.key.as_str())
+            || keys[0].is_per_token()
+        {
+            return None;
+        }
+        let key = keys[0].clone();
+        let resolved = self
+            .upstream(&request, &sharing, &keys, Some((key.clone(), entry, body)))
+            .await
+            .ok()?;
+        match resolved.source {
+            Source::Revalidated | Source::Upstream if resolved.status == 200 => {
+                let entry = resolved.entry?;
+                (entry.key == key.canonical()).then_some((entry, resolved.body))
+            }
+            _ => {
+                tracing::info!(
+                    "could not revalidate {} for a member: GitHub answered {} ({})",
+                    request.url,
+                    resolved.status,
+                    resolved.source
+                );
+                None
+            }
+        }
+    }
+
+    /// Whether a stale copy from the swarm would do better than `cached`, the local one: there
+    /// is none, or it holds no validator this token can use (`Last-Modified`, or an ETag of its
+    /// own).
+    fn worth_revalidating(
+        &self,
+        request: &Request,
+        cached: &Option<(CacheKey, Entry, Vec<u8>)>,
+    ) -> bool {
+        let Some((_, entry, _)) = cached else {
+            return true;
+        };
+        let own_etag = entry.etag.is_some()
+            && entry.etag_token.as_deref() == Some(request.token_tag().as_str());
+        entry.last_modified.is_none() && !own_etag
+    }
+
+    /// Stores a stale copy pulled from the swarm (a 304 renews the stored entry, whose body must
+    /// be on disk), and hands it back as the cached copy to revalidate.
+    async fn keep_swarm_copy(
+        &self,
+        request: &Request,
+        key: &CacheKey,
+        entry: Entry,
+        body: Vec<u8>,
+    ) -> (CacheKey, Entry, Vec<u8>) {
+        let cache = self.cache.clone();
+        let (id, stored, stored_body) = (key.id().to_string(), entry.clone(), body.clone());
+        let outcome =
+            tokio::task::spawn_blocking(move || cache.put_entry(&id, &stored, &stored_body)).await;
+        if !matches!(outcome, Ok(Ok(()))) {
+            tracing::warn!(
+                "could not store the swarm's stale copy of {}; revalidating it anyway",
+                request.url
+            );
+        }
+        tracing::debug!("revalidating the swarm's copy of {}", request.url);
+        (key.clone(), entry, body)
     }
 
     async fn lookup(&self, key: &CacheKey) -> Result<Lookup, ResolveError> {

@@ -61,6 +61,15 @@ impl CacheKey {
         CacheKey { canonical, id }
     }
 
+    /// The key whose canonical text an entry records (the hub learns keys from the entries it
+    /// mirrors; it checks the swarm's key id of the text before trusting it).
+    pub fn from_canonical(canonical: &str) -> CacheKey {
+        CacheKey {
+            canonical: canonical.to_string(),
+            id: hex::encode(Sha256::digest(canonical.as_bytes())),
+        }
+    }
+
     /// The canonical text the id is the hash of.
     pub fn canonical(&self) -> &str {
         &self.canonical

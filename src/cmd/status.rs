@@ -169,6 +169,18 @@ fn reach_text(status: &Value) -> String {
     )
 }
 
+/// What this node did for the swarm's revalidations (and, on a hub, the entries it keeps).
+fn revalidation_text(status: &Value) -> String {
+    let done = num(status, &["swarm", "revalidations_for_others"]);
+    let free = num(status, &["swarm", "revalidations_unchanged"]);
+    format!(
+        "{done} revalidations done for members ({free} free 304s, {} changed); {} entries kept from announcements, {} fetched with its own token (hub quota)",
+        done.saturating_sub(free),
+        num(status, &["swarm", "entries_mirrored"]),
+        num(status, &["swarm", "own_token_fetches"]),
+    )
+}
+
 fn rate_limit_text(status: &Value) -> String {
     let rate = &status["rate_limit"];
     let Some(remaining) = rate["remaining"].as_u64() else {
@@ -234,6 +246,7 @@ pub fn plain(status: &Value, now: u64) -> String {
     );
     let _ = writeln!(out, "peer sharing:  {}", sharing_text(status));
     let _ = writeln!(out, "reach:         {}", one_line(&reach_text(status)));
+    let _ = writeln!(out, "for the swarm: {}", revalidation_text(status));
     let _ = writeln!(
         out,
         "requests:      {} ({}: {} local, {} peer; {} revalidated, {} stale, {} from GitHub, {} failed)",

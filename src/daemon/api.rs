@@ -284,7 +284,8 @@ fn connect(api: &Api, body: &[u8]) -> Response {
 }
 
 /// `/api/swarm`: the swarm's own figures (entries received, rejected, served, auth failures,
-/// announcements, claims); all zero when sharing is off.
+/// announcements, claims, revalidations done for members and asked of them); all zero when
+/// sharing is off.
 fn swarm(api: &Api) -> serde_json::Value {
     let stats = api.peers.as_ref().map(|h| h.stats()).unwrap_or_default();
     json!({
@@ -296,6 +297,11 @@ fn swarm(api: &Api) -> serde_json::Value {
         "announcements_received": stats.announcements_received,
         "claims_won": stats.claims_won,
         "claims_waited": stats.claims_waited,
+        "revalidations_for_others": stats.revalidations_for_others,
+        "revalidations_asked": stats.revalidations_asked,
+        "revalidations_unchanged": stats.revalidations_unchanged,
+        "entries_mirrored": stats.entries_mirrored,
+        "own_token_fetches": stats.own_token_fetches,
         "hole_punches_attempted": stats.hole_punches_attempted,
         "hole_punches_tcp": stats.hole_punches_tcp,
         "hole_punches_quic": stats.hole_punches_quic,
@@ -440,6 +446,11 @@ async fn status_json(api: &Api) -> serde_json::Value {
             "announcements_received": w.announcements_received,
             "claims_won": w.claims_won,
             "claims_waited": w.claims_waited,
+            "revalidations_for_others": w.revalidations_for_others,
+            "revalidations_unchanged": w.revalidations_unchanged,
+            "revalidations_asked": w.revalidations_asked,
+            "entries_mirrored": w.entries_mirrored,
+            "own_token_fetches": w.own_token_fetches,
             "hole_punches_attempted": w.hole_punches_attempted,
             "hole_punches_tcp": w.hole_punches_tcp,
             "hole_punches_quic": w.hole_punches_quic,
@@ -512,6 +523,10 @@ async fn status_page(api: &Api) -> Response {
             "MISSES" => c.misses.to_string(),
             "CALLS_MADE" => c.upstream_calls.to_string(),
             "CALLS_SAVED" => s.calls_saved().to_string(),
+            "REVALIDATED_FOR_OTHERS" => s.swarm.revalidations_for_others.to_string(),
+            "REVALIDATIONS_FREE" => s.swarm.revalidations_unchanged.to_string(),
+            "MIRRORED" => s.swarm.entries_mirrored.to_string(),
+            "OWN_TOKEN_FETCHES" => s.swarm.own_token_fetches.to_string(),
             "ENTRIES" => s.usage.entries.to_string(),
             "SIZE_MB" => format!("{:.2}", s.usage.bytes as f64 / (1024.0 * 1024.0)),
             // Already HTML.

@@ -476,6 +476,31 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
             w.claims_waited,
         ),
         (
+            "peercache_swarm_revalidations_for_others",
+            "Revalidations this node did with its own token because a member asked",
+            w.revalidations_for_others,
+        ),
+        (
+            "peercache_swarm_revalidations_for_others_unchanged",
+            "Of those, the ones GitHub answered 304 (free; a full GET saved)",
+            w.revalidations_unchanged,
+        ),
+        (
+            "peercache_swarm_revalidations_asked",
+            "Revalidations this node asked the owner of an entry's ETag (or a hub) to do",
+            w.revalidations_asked,
+        ),
+        (
+            "peercache_hub_entries_mirrored",
+            "Entries a hub took a copy of from their announcements",
+            w.entries_mirrored,
+        ),
+        (
+            "peercache_hub_own_token_fetches",
+            "Full GETs a hub made with its own token so that its ETags serve the swarm",
+            w.own_token_fetches,
+        ),
+        (
             "peercache_hole_punches_attempted",
             "DCUtR hole punches this node took part in (succeeded or failed)",
             w.hole_punches_attempted,

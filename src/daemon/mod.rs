@@ -161,6 +161,11 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                 metrics: Some(libp2p::metrics::Metrics::new(&mut libp2p_registry)),
                 hub: settings.hub,
                 external_addrs: crate::p2p::external_addrs(&settings.external_addrs),
+                // Members ask this node to revalidate what its own token fetched.
+                token_tag: settings
+                    .token
+                    .as_ref()
+                    .map(|t| crate::cache::token_tag(Some(t.expose()))),
             };
             let node = crate::p2p::Node::start(config)
                 .await
@@ -187,6 +192,12 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         .with_home_repository(settings.repository.clone());
     if let Some(handle) = &handle {
         resolver = resolver.with_peers(handle.clone());
+        // Revalidations members ask for use this daemon's own token, never theirs.
+        let (for_peers, token) = (resolver.clone(), settings.token.clone());
+        handle.set_revalidator(Arc::new(move |entry, body, ttl| {
+            let (resolver, token) = (for_peers.clone(), token.clone());
+            Box::pin(async move { resolver.revalidate_for_peer(token, entry, body, ttl).await })
+        }));
     }
 
     // The registries: opened now (a registry that cannot work stops the start), run once the

@@ -19,7 +19,7 @@ use libp2p::{Multiaddr, PeerId};
 use crate::config::{Port, Raw};
 use crate::error::UserError;
 
-pub use node::{Handle, Node, NodeConfig, P2pStats, PeerInfo};
+pub use node::{Handle, Node, NodeConfig, Obtained, P2pStats, PeerInfo};
 
 /// Fault injection for the swarm's own tests. Never set it in production: it makes the node
 /// misbehave on purpose (`PEERCACHE_TEST_ONLY_FAULT`).

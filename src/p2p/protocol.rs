@@ -37,6 +37,16 @@ pub enum Request {
         #[serde(with = "serde_bytes")]
         key_id: Vec<u8>,
     },
+    /// To the member whose token fetched the entry's ETag: "revalidate this key with your own
+    /// token and send me the renewed (or changed) entry". Answered with `Entry`, or `NotFound`
+    /// when it holds no copy of its own token's ETag or GitHub did not renew it.
+    Revalidate {
+        /// The key id.
+        #[serde(with = "serde_bytes")]
+        key_id: Vec<u8>,
+        /// The requester's TTL in ms: a copy fresh for it is sent without calling GitHub.
+        ttl_ms: u64,
+    },
     /// To the key's coordinator: "nobody I know holds this key; may I fetch it from GitHub?"
     Claim {
         /// The key id.
@@ -90,6 +100,10 @@ pub struct PeerMeta {
     pub runner_name: Option<String>,
     /// The p2p port it listens on.
     pub listen_port: Option<u16>,
+    /// The one-way tag of its own token: the member to ask to revalidate entries whose ETag
+    /// that token fetched.
+    #[serde(default)]
+    pub token_tag: Option<String>,
 }
 
 /// A gossipsub message, sealed with [`GOSSIP_AAD`].

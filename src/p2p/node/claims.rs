@@ -84,15 +84,30 @@ pub(super) fn claim_rank(key_id: &KeyId, peer: &PeerId) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// What the swarm offers a lookup that found nothing fresh locally.
+#[derive(Debug)]
+pub enum Obtained {
+    /// An entry fresh for the requester's TTL, pulled from a peer (and stored).
+    Fresh(Entry, Vec<u8>),
+    /// This node holds the key's claim and no peer has a fresh copy, but one sent this stale
+    /// copy with its validators: revalidate it upstream (then call [`Handle::finished`]).
+    Stale(Entry, Vec<u8>),
+    /// Nothing: call upstream (then call [`Handle::finished`]).
+    Nothing,
+}
+
 impl Handle {
-    /// The peer tier: an entry fresh for `ttl` from the swarm, or `None` when this node should
-    /// call upstream itself (and then call [`Handle::finished`]).
+    /// The peer tier: an entry fresh for `ttl` from the swarm, or a stale copy to revalidate,
+    /// or nothing when this node should call upstream itself (and then call
+    /// [`Handle::finished`]).
     ///
     /// Holders that announced the key are asked first. Then the key's coordinator (the member
     /// with the lowest claim rank for it) decides: pull from holders it knows of, wait for the
-    /// node already fetching it, or fetch it ourselves. One claim per key is granted at a time,
-    /// so the swarm calls GitHub once per key however many nodes want it at once.
-    pub async fn obtain(&self, key: &CacheKey, ttl: Duration) -> Option<(Entry, Vec<u8>)> {
+    /// node already fetching (or revalidating) it, or fetch it ourselves. One claim per key is
+    /// granted at a time, so the swarm calls GitHub once per key however many nodes want it at
+    /// once — revalidations included: the claimant revalidates, the others wait for its
+    /// announcement.
+    pub async fn obtain(&self, key: &CacheKey, ttl: Duration) -> Obtained {
         let key_id = self.inner.keys.key_id(key.canonical());
         let me = self.inner.peer_id;
         let (holders, coordinator, members) = {
@@ -105,12 +120,16 @@ impl Handle {
             )
         };
         if members == 0 {
-            return None;
+            return Obtained::Nothing;
         }
+        let found = |hit: Option<(Entry, Vec<u8>)>| match hit {
+            Some((entry, body)) => Obtained::Fresh(entry, body),
+            None => Obtained::Nothing,
+        };
         // A peer that failed once in this lookup is not asked again in it.
         let mut tried = HashSet::new();
         if let Some(hit) = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await {
-            return Some(hit);
+            return Obtained::Fresh(hit.0, hit.1);
         }
 
         let decision = if coordinator == me {
@@ -120,33 +139,43 @@ impl Handle {
         };
         match decision {
             Decision::Holders(holders) => {
-                self.pull_any(&holders, &mut tried, &key_id, key, ttl).await
+                found(self.pull_any(&holders, &mut tried, &key_id, key, ttl).await)
             }
             Decision::Wait(claimant) => {
                 tracing::debug!("{claimant} is fetching a key this node wants; waiting for it");
-                self.wait_for_claimant(&mut tried, &key_id, key, ttl).await
+                found(self.wait_for_claimant(&mut tried, &key_id, key, ttl).await)
             }
             Decision::Granted => {
                 bump(&self.inner.counters.claims_won);
-                // Members that joined after an announcement: someone may hold it unannounced.
+                // Holders of a stale copy first (their validators can save a full GET), then
+                // members that joined after an announcement: someone may hold it unannounced.
                 let others: Vec<PeerId> = {
                     let state = self.inner.state();
+                    let mut stale = state.fresh_holders(&key_id, Duration::MAX, now_ms());
+                    stale.retain(|p| !tried.contains(p));
                     let mut others: Vec<PeerId> = state
                         .peers
                         .iter()
-                        .filter(|(id, p)| p.verified && !tried.contains(*id))
+                        .filter(|(id, p)| {
+                            p.verified && !tried.contains(*id) && !stale.contains(*id)
+                        })
                         .map(|(id, _)| *id)
                         .collect();
                     others.sort_by_key(|p| claim_rank(&key_id, p));
-                    others.truncate(ASK_FANOUT);
-                    others
+                    stale.truncate(MAX_HOLDERS_TRIED);
+                    stale.extend(others);
+                    stale.truncate(ASK_FANOUT.max(MAX_HOLDERS_TRIED));
+                    stale
                 };
-                let hit = self.ask_all(&others, &key_id, key, ttl).await;
-                if let Some((entry, _)) = &hit {
-                    // Tell the coordinator and the waiters that the key is available.
-                    self.finished(key, Some(entry));
+                match self.ask_all(&others, &key_id, key, ttl).await {
+                    Pulled::Fresh(entry, body) => {
+                        // Tell the coordinator and the waiters that the key is available.
+                        self.finished(key, Some(&entry));
+                        Obtained::Fresh(entry, body)
+                    }
+                    Pulled::Stale(entry, body) => Obtained::Stale(entry, body),
+                    Pulled::Nothing => Obtained::Nothing,
                 }
-                hit
             }
         }
     }

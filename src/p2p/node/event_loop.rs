@@ -347,6 +347,22 @@ impl EventLoop {
                         .exchange
                         .send_response(channel, response);
                 }
+                Request::Revalidate { key_id, ttl_ms } => {
+                    let verified = self.inner.state().verified(&peer);
+                    match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if verified => {
+                            let ttl = Duration::from_millis(ttl_ms);
+                            serve_revalidation(self.inner.clone(), key_id, ttl, channel)
+                        }
+                        _ => {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .exchange
+                                .send_response(channel, Response::Denied);
+                        }
+                    }
+                }
                 Request::Pull { key_id } => {
                     let verified = self.inner.state().verified(&peer);
                     match <KeyId>::try_from(key_id.as_slice()) {
@@ -439,6 +455,18 @@ impl EventLoop {
                 // The key is available now: its claim, if this node coordinates it, is over.
                 state.claims.remove(&key_id);
                 state.wake(&key_id);
+                // A hub keeps the swarm's cache: it takes a copy of every newer entry.
+                let announced = fetched_at_ms.min(now_ms());
+                let newer = state
+                    .served
+                    .get(&key_id)
+                    .is_none_or(|h| h.fetched_at_ms < announced);
+                if self.hub && newer && state.verified(&source) {
+                    let handle = Handle {
+                        inner: self.inner.clone(),
+                    };
+                    tokio::spawn(async move { handle.mirror(source, key_id).await });
+                }
             }
             Gossip::Release { key_id } => {
                 let Some(key_id) = parse_key_id(&key_id) else {

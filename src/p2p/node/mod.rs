@@ -30,16 +30,21 @@ mod connectivity;
 mod event_loop;
 mod hub;
 mod membership;
+mod mirror;
 mod pull;
 mod reach;
+mod revalidate;
 mod state;
 mod swarm;
 
+pub use self::claims::Obtained;
 use self::claims::*;
 use self::connectivity::*;
 use self::event_loop::*;
 use self::pull::*;
 use self::reach::*;
+pub use self::revalidate::Revalidator;
+use self::revalidate::*;
 use self::state::*;
 use self::swarm::*;
 use super::TestFault;
@@ -77,6 +82,8 @@ const KAD_PROTOCOL: &str = "/peercache/kad/1";
 /// How often the routing table is refreshed. Kademlia also looks the swarm up by itself each
 /// time a member enters the table, which is how a node that knows one member finds the rest.
 const KAD_REFRESH: Duration = Duration::from_secs(60);
+/// Pulls a hub makes at once to keep announced entries (announcements come in bursts).
+const MAX_MIRRORS: usize = 8;
 /// Keys tracked in the holder table before old ones are dropped.
 const MAX_TRACKED_KEYS: usize = 200_000;
 
@@ -107,6 +114,8 @@ pub struct NodeConfig {
     pub hub: bool,
     /// Addresses this node is reachable at from outside (`--external-addr`), announced as is.
     pub external_addrs: Vec<Multiaddr>,
+    /// The one-way tag of this node's own token, told to members (see [`Handle::set_revalidator`]).
+    pub token_tag: Option<String>,
 }
 
 /// A verified swarm member, as `/api/peers` shows it.
@@ -143,6 +152,16 @@ pub struct P2pStats {
     pub claims_won: u64,
     /// Times this node waited for another node's claim.
     pub claims_waited: u64,
+    /// Revalidations this node did with its own token because a member asked.
+    pub revalidations_for_others: u64,
+    /// Revalidations this node asked the owner of an entry's ETag to do.
+    pub revalidations_asked: u64,
+    /// Of the revalidations for members, those GitHub answered 304 (a full GET saved).
+    pub revalidations_unchanged: u64,
+    /// Entries a hub took a copy of from their announcements.
+    pub entries_mirrored: u64,
+    /// Full GETs a hub made with its own token so that its ETag serves the swarm (its quota).
+    pub own_token_fetches: u64,
     /// DCUtR hole punches that ended (succeeded or failed).
     pub hole_punches_attempted: u64,
     /// Hole punches that gave a direct TCP connection.
@@ -160,6 +179,11 @@ struct Counters {
     announcements_received: AtomicU64,
     claims_won: AtomicU64,
     claims_waited: AtomicU64,
+    revalidations_for_others: AtomicU64,
+    revalidations_asked: AtomicU64,
+    revalidations_unchanged: AtomicU64,
+    entries_mirrored: AtomicU64,
+    own_token_fetches: AtomicU64,
     hole_punches_attempted: AtomicU64,
     hole_punches_tcp: AtomicU64,
     hole_punches_quic: AtomicU64,
@@ -193,6 +217,12 @@ struct Inner {
     state: Mutex<State>,
     counters: Counters,
     fault: Option<TestFault>,
+    token_tag: Option<String>,
+    revalidator: Mutex<Option<Revalidator>>,
+    /// A hub's own-token fetches, one at a time (its quota, in the background).
+    adoptions: tokio::sync::Mutex<()>,
+    /// A hub's pulls of announced entries at once.
+    mirrors: tokio::sync::Semaphore,
 }
 
 impl Inner {
@@ -232,6 +262,10 @@ impl Node {
             state: Mutex::new(State::default()),
             counters: Counters::default(),
             fault: config.test_fault,
+            token_tag: config.token_tag.clone(),
+            revalidator: Mutex::new(None),
+            adoptions: tokio::sync::Mutex::new(()),
+            mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: hub::Members = {
@@ -300,6 +334,7 @@ impl Node {
         let meta = PeerMeta {
             runner_name: config.runner_name,
             listen_port: first_port(&inner.state().listen_addrs),
+            token_tag: config.token_tag.clone(),
         };
         let event_loop = EventLoop {
             swarm,
@@ -409,6 +444,11 @@ impl Handle {
             announcements_received: get(&c.announcements_received),
             claims_won: get(&c.claims_won),
             claims_waited: get(&c.claims_waited),
+            revalidations_for_others: get(&c.revalidations_for_others),
+            revalidations_asked: get(&c.revalidations_asked),
+            revalidations_unchanged: get(&c.revalidations_unchanged),
+            entries_mirrored: get(&c.entries_mirrored),
+            own_token_fetches: get(&c.own_token_fetches),
             hole_punches_attempted: get(&c.hole_punches_attempted),
             hole_punches_tcp: get(&c.hole_punches_tcp),
             hole_punches_quic: get(&c.hole_punches_quic),

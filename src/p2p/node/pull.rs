@@ -2,6 +2,16 @@
 
 use super::*;
 
+/// What one pull (or one round of asks) brought.
+pub(super) enum Pulled {
+    /// A verified entry fresh for the requester's TTL (stored).
+    Fresh(Entry, Vec<u8>),
+    /// A verified entry past the requester's TTL, with its validators (not stored).
+    Stale(Entry, Vec<u8>),
+    /// Nothing usable.
+    Nothing,
+}
+
 /// Reads, seals and sends an entry to a verified peer, off the loop (disk reads, test delays).
 pub(super) fn serve_pull(inner: Arc<Inner>, key_id: KeyId, channel: ResponseChannel<Response>) {
     tokio::spawn(async move {
@@ -60,28 +70,42 @@ impl Handle {
         None
     }
 
-    /// Asks several peers at once; the first fresh, verified entry wins.
+    /// Asks several peers at once; the first fresh, verified entry wins. Without one, the
+    /// newest stale copy any of them sent (verified, not stored), for revalidation.
     pub(super) async fn ask_all(
         &self,
         peers: &[PeerId],
         key_id: &KeyId,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Option<(Entry, Vec<u8>)> {
+    ) -> Pulled {
         let mut asks: futures::stream::FuturesUnordered<_> = peers
             .iter()
-            .map(|peer| self.pull(*peer, key_id, key, ttl, ASK_TIMEOUT))
+            .map(|peer| self.pull_copy(*peer, key_id, key, ttl, ASK_TIMEOUT))
             .collect();
+        let mut newest_stale: Option<(Entry, Vec<u8>)> = None;
         while let Some(result) = asks.next().await {
-            if result.is_some() {
-                return result;
+            match result {
+                Pulled::Fresh(entry, body) => return Pulled::Fresh(entry, body),
+                Pulled::Stale(entry, body) => {
+                    let newer = newest_stale
+                        .as_ref()
+                        .is_none_or(|(e, _)| e.fetched_at_ms < entry.fetched_at_ms);
+                    if newer {
+                        newest_stale = Some((entry, body));
+                    }
+                }
+                Pulled::Nothing => {}
             }
         }
-        None
+        match newest_stale {
+            Some((entry, body)) => Pulled::Stale(entry, body),
+            None => Pulled::Nothing,
+        }
     }
 
-    /// Sends one request through the loop and waits (bounded) for its answer.
-    /// Pulls one entry from one peer and verifies it: seal, key, digest, size, freshness.
+    /// Pulls one entry from one peer, verified (seal, key, digest, size, time); a fresh one is
+    /// stored and served from here on.
     pub(super) async fn pull(
         &self,
         peer: PeerId,
@@ -90,24 +114,52 @@ impl Handle {
         ttl: Duration,
         limit: Duration,
     ) -> Option<(Entry, Vec<u8>)> {
-        let response = match self
-            .request(
-                peer,
-                Request::Pull {
-                    key_id: key_id.to_vec(),
-                },
-                limit,
-            )
-            .await
-        {
+        match self.pull_copy(peer, key_id, key, ttl, limit).await {
+            Pulled::Fresh(entry, body) => Some((entry, body)),
+            Pulled::Stale(..) => {
+                tracing::debug!("{peer} sent an entry that is not fresh for our TTL");
+                None
+            }
+            Pulled::Nothing => None,
+        }
+    }
+
+    /// Pulls one entry from one peer and verifies it: seal, key, digest, size, time. A fresh
+    /// one is stored; a stale one is handed back unstored (a stale local copy under this
+    /// node's own token may be worth more).
+    pub(super) async fn pull_copy(
+        &self,
+        peer: PeerId,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Pulled {
+        let request = Request::Pull {
+            key_id: key_id.to_vec(),
+        };
+        self.receive(peer, request, key_id, key, ttl, limit).await
+    }
+
+    /// Sends `request` (a pull, or a revalidation) and verifies the entry it brings back.
+    pub(super) async fn receive(
+        &self,
+        peer: PeerId,
+        request: Request,
+        key_id: &KeyId,
+        key: &CacheKey,
+        ttl: Duration,
+        limit: Duration,
+    ) -> Pulled {
+        let response = match self.request(peer, request, limit).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::debug!("pull from {peer} failed: {error}");
-                return None;
+                return Pulled::Nothing;
             }
         };
         let Response::Entry { sealed } = response else {
-            return None;
+            return Pulled::Nothing;
         };
         let (entry, body) = match open_entry(&self.inner.keys, key_id, &sealed) {
             Ok(opened) => opened,
@@ -124,12 +176,25 @@ impl Handle {
             return self.reject(peer, "the entry claims to be fetched in the future".into());
         }
         if !entry.is_fresh(ttl, now) {
-            tracing::debug!("{peer} sent an entry that is not fresh for our TTL");
-            return None;
+            return Pulled::Stale(entry, body);
         }
+        self.keep(peer, key_id, key, &entry, &body).await;
+        bump(&self.inner.counters.entries_received);
+        Pulled::Fresh(entry, body)
+    }
+
+    /// Stores an entry received from `peer` and serves it from here on.
+    pub(super) async fn keep(
+        &self,
+        peer: PeerId,
+        key_id: &KeyId,
+        key: &CacheKey,
+        entry: &Entry,
+        body: &[u8],
+    ) {
         let cache = self.inner.cache.clone();
         let (local_id, stored_entry, stored_body) =
-            (key.id().to_string(), entry.clone(), body.clone());
+            (key.id().to_string(), entry.clone(), body.to_vec());
         match tokio::task::spawn_blocking(move || {
             cache.put_entry(&local_id, &stored_entry, &stored_body)
         })
@@ -144,12 +209,10 @@ impl Handle {
             fetched_at_ms: entry.fetched_at_ms,
         };
         self.inner.state().served.insert(*key_id, held);
-        bump(&self.inner.counters.entries_received);
-        Some((entry, body))
     }
 
     /// Counts a bad entry; a peer that keeps sending them is disconnected.
-    pub(super) fn reject(&self, peer: PeerId, why: String) -> Option<(Entry, Vec<u8>)> {
+    pub(super) fn reject(&self, peer: PeerId, why: String) -> Pulled {
         bump(&self.inner.counters.entries_rejected);
         tracing::warn!("rejected an entry from peer {peer}: {why}");
         let failures = {
@@ -161,6 +224,6 @@ impl Handle {
         if failures >= MAX_FAILURES {
             self.inner.send(Command::Punish(peer));
         }
-        None
+        Pulled::Nothing
     }
 }
