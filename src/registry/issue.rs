@@ -457,14 +457,18 @@ impl IssueRegistry {
         }
         if found.is_none() && create {
             let created = self.create_issue().await?;
-            // Should two nodes have raced, everyone settles on the lowest number.
-            found = Some(
-                self.search(Duration::ZERO, true)
-                    .await
-                    .ok()
-                    .and_then(|(found, _)| found)
-                    .unwrap_or(created),
-            );
+            // Should two nodes have raced, everyone settles on the lowest number, and whoever
+            // opened another closes its own, so that one registry issue stays open.
+            let lowest = self
+                .search(Duration::ZERO, true)
+                .await
+                .ok()
+                .and_then(|(found, _)| found)
+                .unwrap_or(created);
+            if lowest != created {
+                self.close_issue(created, lowest).await;
+            }
+            found = Some(lowest);
         }
         if let Some(number) = found {
             self.state().issue = Some((number, Instant::now()));
@@ -519,6 +523,36 @@ impl IssueRegistry {
     /// Locks the registry issue it opened, so that only users with write access (the
     /// fleet's token) can comment: strangers can neither flood it nor add look-alike records.
     /// Failing to lock is a warning: the MACs still keep strangers' records out.
+    /// Closes a registry issue this node opened in a race that another node's won.
+    async fn close_issue(&self, number: u64, kept: u64) {
+        let result = match self.url(&format!("issues/{number}")) {
+            Ok(url) => {
+                let body = serde_json::json!({ "state": "closed", "state_reason": "not_planned" });
+                self.write(Method::PATCH, url, Some(&body)).await
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(response) if (200..300).contains(&response.status) => {
+                tracing::info!(
+                    "closed the registry issue #{number} this node opened at the same time as #{kept}, which the swarm uses"
+                );
+            }
+            Ok(response) => tracing::warn!(
+                "cannot close the duplicate registry issue {}/{}#{number} (the swarm uses #{kept}): GitHub answered {} ({}); close it by hand",
+                self.owner,
+                self.repo,
+                response.status,
+                api_message(&response.body)
+            ),
+            Err(e) => tracing::warn!(
+                "cannot close the duplicate registry issue {}/{}#{number} (the swarm uses #{kept}): {e:#}; close it by hand",
+                self.owner,
+                self.repo
+            ),
+        }
+    }
+
     async fn lock_issue(&self, number: u64) {
         let result = match self.url(&format!("issues/{number}/lock")) {
             Ok(url) => {

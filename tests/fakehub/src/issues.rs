@@ -375,6 +375,26 @@ impl Store {
                 }
                 reply(201, value)
             }
+            (Method::PATCH, Target::Issue(n)) => {
+                // State only (what the registry needs): its author may close or reopen it.
+                let state = text("state");
+                let open = match state.as_deref() {
+                    Some("open") => true,
+                    Some("closed") => false,
+                    _ => return validation_failed("state"),
+                };
+                let repo = self.repo_mut(&route.repo);
+                let Some(issue) = repo.issues.get_mut(&n) else {
+                    return Plan::NotFound;
+                };
+                if issue.login != login {
+                    return not_author();
+                }
+                issue.open = open;
+                issue.updated = now;
+                let issue = issue.clone();
+                reply(200, issue_json(repo, &issue, &host))
+            }
             (Method::PATCH, Target::Comment(id)) => {
                 let Some(body) = text("body") else {
                     return validation_failed("body");
@@ -454,7 +474,7 @@ impl Store {
 pub(crate) fn allowed(target: &Target) -> &'static [Method] {
     match target {
         Target::Issues | Target::Comments(_) => &[Method::GET, Method::HEAD, Method::POST],
-        Target::Issue(_) => &[Method::GET, Method::HEAD],
+        Target::Issue(_) => &[Method::GET, Method::HEAD, Method::PATCH],
         Target::Comment(_) => &[Method::GET, Method::HEAD, Method::PATCH, Method::DELETE],
         Target::Lock(_) => &[Method::PUT, Method::DELETE],
     }
