@@ -692,6 +692,11 @@ fn the_status_page_shows_peers_and_figures_in_a_browser() {
             dom.contains(&format!("<tr data-peer-id=\"{}\">", other.peer_id)),
             "{dom}"
         );
+        // Each peer's row says how it is connected (loopback: direct).
+        assert!(
+            dom.contains("<td>direct</td>"),
+            "no connection column: {dom}"
+        );
         assert_eq!(
             dom.matches(&watched.peer_id).count(),
             1,

@@ -498,9 +498,10 @@ async fn status_page(api: &Api) -> Response {
     let mut rows = String::new();
     for p in &s.peers {
         rows.push_str(&format!(
-            "<tr data-peer-id=\"{id}\"><td class=\"mono\">{id}</td><td>{runner}</td><td class=\"mono\">{addr}</td><td>{seen}</td></tr>\n",
+            "<tr data-peer-id=\"{id}\"><td class=\"mono\">{id}</td><td>{runner}</td><td>{link}</td><td class=\"mono\">{addr}</td><td>{seen}</td></tr>\n",
             id = html_escape(&p.peer_id),
             runner = html_escape(p.runner_name.as_deref().unwrap_or("—")),
+            link = html_escape(p.connection),
             addr = html_escape(preferred_addr(&p.multiaddrs).unwrap_or("")),
             seen = html_escape(&last_seen_text(p.last_seen, now)),
         ));
