@@ -57,6 +57,31 @@ impl Handle {
         if !newer {
             return;
         }
+        // A renewal of a body the hub already holds under its own ETag: renew its own copy
+        // rather than take the other token's ETag (and pay again to get its own back).
+        if let Some(own_tag) = self.inner.token_tag.clone() {
+            let cache = self.inner.cache.clone();
+            let (local, digest) = (key.clone(), entry.digest.clone());
+            let renewed = tokio::task::spawn_blocking(move || match cache.get(&local) {
+                Lookup::Hit { entry: mine, .. }
+                    if mine.digest == digest
+                        && mine.etag_token.as_deref() == Some(own_tag.as_str()) =>
+                {
+                    cache.renew(&local, &mine, None, None).ok()
+                }
+                _ => None,
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(renewed) = renewed {
+                if let Some(held) = self.inner.state().served.get_mut(&key_id) {
+                    held.fetched_at_ms = renewed.fetched_at_ms;
+                }
+                bump(&self.inner.counters.entries_mirrored);
+                return;
+            }
+        }
         self.keep(peer, &key_id, &key, &entry, &body).await;
         bump(&self.inner.counters.entries_mirrored);
         self.adopt(key_id, entry, body).await;

@@ -16,6 +16,7 @@ mod latency;
 mod report;
 mod scale;
 mod stats;
+mod swarm_revalidation;
 mod versus;
 
 use std::path::PathBuf;
@@ -40,7 +41,7 @@ struct Args {
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
     /// Only these sections (comma-separated: budget, latency, throughput, gh, footprint, scale).
-    #[arg(long, value_delimiter = ',', value_parser = ["budget", "latency", "throughput", "gh", "footprint", "scale"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["budget", "revalidation", "latency", "throughput", "gh", "footprint", "scale"])]
     only: Vec<String>,
 }
 
@@ -129,6 +130,12 @@ fn run(args: &Args) -> anyhow::Result<Report> {
             budget::run(&bench, nodes, endpoints)
         }));
     }
+    let mut revalidation = Vec::new();
+    for &nodes in sizes {
+        revalidation.push(section(args, "revalidation", || {
+            swarm_revalidation::run(&bench, nodes, endpoints)
+        }));
+    }
     let latency = section(args, "latency", || {
         latency::run(&bench, if quick { 20 } else { 200 })
     });
@@ -167,6 +174,7 @@ fn run(args: &Args) -> anyhow::Result<Report> {
         upstream_latency_ms: UPSTREAM_LATENCY.as_millis() as u64,
         body_bytes: BODY,
         budget,
+        revalidation,
         latency,
         throughput,
         gh,

@@ -86,6 +86,8 @@ pub struct Report {
     pub body_bytes: usize,
     /// API budget, per swarm size.
     pub budget: Vec<Outcome<BudgetRun>>,
+    /// Paid calls per TTL period, with and without a hub, per swarm size.
+    pub revalidation: Vec<Outcome<crate::swarm_revalidation::SwarmRevalidation>>,
     /// Latency by source.
     pub latency: Outcome<Vec<Row>>,
     /// Local API against nginx.
@@ -282,6 +284,45 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
         "API budget (the stand-in GitHub API counts the calls)".to_string(),
         budget,
     ));
+
+    let mut periods = Vec::new();
+    for run in &report.revalidation {
+        let Some(r) = run.measured() else {
+            periods.push(line("a revalidation run", run.reason().unwrap_or_default()));
+            continue;
+        };
+        for p in &r.periods {
+            let hub_note = if p.hub {
+                format!(
+                    " ({} of them the hub's; it spent {} in the first period, in the background)",
+                    p.paid_by_hub, p.hub_fetches_round1
+                )
+            } else {
+                String::new()
+            };
+            periods.push(judged(
+                format!(
+                    "{} × {} endpoints (half collections), {} runners, {}: paid calls after the TTL",
+                    jobs(r.nodes),
+                    r.endpoints,
+                    p.runners,
+                    if p.hub { "with a hub" } else { "no hub" }
+                ),
+                format!(
+                    "{} paid of {} calls, {} changed{hub_note}",
+                    p.paid, p.upstream_calls, p.changed
+                ),
+                &format!("= {}", p.changed),
+                p.paid == p.changed as u64,
+            ));
+        }
+    }
+    if !periods.is_empty() {
+        sections.push((
+            "Paid calls per TTL period (10 % changed; the jobs' tokens and the hub's)".to_string(),
+            periods,
+        ));
+    }
 
     let mut latency = Vec::new();
     match report.latency.measured() {
