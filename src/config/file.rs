@@ -134,7 +134,8 @@ impl FileSettings {
     }
 }
 
-const ALLOWED_KEYS: &[&str] = &[
+/// The keys `peercache.yml` may hold.
+pub const ALLOWED_KEYS: &[&str] = &[
     "cache_dir",
     "api_url",
     "port",

@@ -17,7 +17,7 @@ use url::Url;
 use crate::error::UserError;
 use crate::secret::Secret;
 
-pub use file::{FILE_NAME, FileSettings};
+pub use file::{ALLOWED_KEYS, FILE_NAME, FileSettings};
 pub use parse::{parse_bool, parse_port, parse_size, parse_ttl};
 
 /// The public GitHub API; GitHub Enterprise Server is `https://HOST/api/v3`.
