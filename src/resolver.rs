@@ -116,15 +116,9 @@ impl Request {
         token_tag(self.token.as_ref().map(Secret::expose))
     }
 
-    /// Whether the answer may be stored: no header beyond the key's asks for another
-    /// representation (a `Range`'s 206, a gzip body, a `Time-Zone`'s timestamps, …). Such
-    /// requests are passed through, so the stored entry stays the full, plain answer.
-    pub fn is_storable(&self) -> bool {
-        self.representation_header().is_none()
-    }
-
-    /// The first header that may ask for another representation than the stored one, if any.
-    /// Only headers known to leave GitHub's answer alone are let by: the client describing
+    /// The first header that may ask for another representation than the stored one, if any
+    /// (a `Range`'s 206, a gzip body, a `Time-Zone`'s timestamps, …): such a request is passed
+    /// through, so the stored entry stays the full, plain answer. Only headers known to leave GitHub's answer alone are let by: the client describing
     /// itself, its own caching preferences (freshness is peercache's TTL, `x-peercache-ttl`),
     /// tracing ids.
     pub fn representation_header(&self) -> Option<&HeaderName> {
@@ -1059,7 +1053,7 @@ mod tests {
 
     #[test]
     fn only_plain_requests_are_stored() {
-        assert!(request(&[]).is_storable());
+        assert!(request(&[]).representation_header().is_none());
         assert!(
             request(&[
                 ("user-agent", "octokit"),
@@ -1067,7 +1061,8 @@ mod tests {
                 ("sec-fetch-mode", "cors"),
                 ("accept-encoding", "identity"),
             ])
-            .is_storable()
+            .representation_header()
+            .is_none()
         );
         for changing in [
             ("range", "bytes=0-9"),
@@ -1077,7 +1072,7 @@ mod tests {
             ("x-unknown", "1"),
         ] {
             let r = request(&[changing]);
-            assert!(!r.is_storable(), "{changing:?}");
+            assert!(r.representation_header().is_some(), "{changing:?}");
             assert_eq!(r.representation_header().unwrap().as_str(), changing.0);
         }
     }
