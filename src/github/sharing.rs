@@ -190,15 +190,15 @@ pub fn embeds_caller_permissions(body: &[u8]) -> bool {
     }
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(serde_json::Value::Array(items)) => items.iter().any(is_repo_with_permissions),
-        Ok(serde_json::Value::Object(map)) => {
-            let value = serde_json::Value::Object(map);
+        // An object, or an object holding lists of them (`{"repositories": [...]}`).
+        Ok(value @ serde_json::Value::Object(_)) => {
             is_repo_with_permissions(&value)
-                || value
-                    .as_object()
-                    .into_iter()
-                    .flat_map(|m| m.values())
-                    .filter_map(|v| v.as_array())
-                    .any(|items| items.iter().any(is_repo_with_permissions))
+                || value.as_object().is_some_and(|map| {
+                    map.values()
+                        .filter_map(|v| v.as_array())
+                        .flatten()
+                        .any(is_repo_with_permissions)
+                })
         }
         _ => false,
     }
