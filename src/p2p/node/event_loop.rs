@@ -1,6 +1,7 @@
 //! The event loop: it owns the swarm, runs [`Command`]s and reacts to swarm events.
 
 use libp2p::relay;
+use libp2p::swarm::ConnectionId;
 
 use super::*;
 
@@ -75,6 +76,10 @@ impl EventLoop {
                 // The benchmark's announcement delivery figure pairs this line with the
                 // receivers' "heard announcement" lines by key id (scripts/bench.sh).
                 if let Gossip::Announce { key_id, .. } = &gossip {
+                    if self.inner.fault == Some(TestFault::SilentAnnouncements) {
+                        tracing::debug!("not announcing key {key_id} (test fault)");
+                        return;
+                    }
                     tracing::debug!("announcing key {key_id}");
                 }
                 let json = serde_json::to_vec(&gossip).expect("gossip serializes");
@@ -164,7 +169,7 @@ impl EventLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                {
+                let superseded = {
                     let mut state = self.inner.state();
                     let peer = state.peers.entry(peer_id).or_default();
                     peer.last_seen_ms = now_ms();
@@ -184,6 +189,17 @@ impl EventLoop {
                     );
                     peer.connections
                         .insert(connection_id, Link { remote, relayed });
+                    relayed_links_superseded(&peer.connections)
+                };
+                // Once a direct connection exists, relayed ones only cost the hub's bandwidth
+                // and outlive it: request-response spreads requests over all of a peer's
+                // connections, and one relayed through a hub that died without a word (QUIC)
+                // would swallow claims and pulls until it times out.
+                for id in superseded {
+                    tracing::debug!(
+                        "closing a relayed connection to {peer_id}: a direct one is open"
+                    );
+                    self.swarm.close_connection(id);
                 }
                 if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);
@@ -409,6 +425,25 @@ impl EventLoop {
                     let _ = reply.send(Err(error.to_string()));
                 } else if self.pending_hellos.remove(&request_id) {
                     tracing::debug!("hello to {peer} failed: {error}");
+                    // The hello rode a connection closed under it (a relayed one superseded
+                    // by a direct one): say it again on what is left.
+                    let still_connected = self
+                        .inner
+                        .state()
+                        .peers
+                        .get(&peer)
+                        .is_some_and(|p| !p.verified && !p.connections.is_empty());
+                    if matches!(error, request_response::OutboundFailure::ConnectionClosed)
+                        && still_connected
+                    {
+                        let (proof, meta) = self.hello(&peer);
+                        let id = self
+                            .swarm
+                            .behaviour_mut()
+                            .exchange
+                            .send_request(&peer, Request::Hello { proof, meta });
+                        self.pending_hellos.insert(id);
+                    }
                 }
             }
             _ => {}
@@ -479,4 +514,16 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// The relayed connections to close once a peer has a direct one (all but direct links).
+fn relayed_links_superseded(links: &HashMap<ConnectionId, Link>) -> Vec<ConnectionId> {
+    if !links.values().any(|l| !l.relayed) {
+        return Vec::new();
+    }
+    links
+        .iter()
+        .filter(|(_, l)| l.relayed)
+        .map(|(id, _)| *id)
+        .collect()
 }
