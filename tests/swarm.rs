@@ -197,6 +197,66 @@ fn a_peer_killed_mid_transfer_falls_back_to_upstream() {
 }
 
 #[test]
+fn a_waiter_gets_the_claimants_entry_when_its_announcement_is_lost() {
+    let _serial = common::swarm::serial();
+    let root = tempfile::tempdir().unwrap();
+    // A slow GitHub: the second node asks while the first is still fetching.
+    let hub = FakeHub::start_with(Options {
+        latency: Duration::from_millis(1500),
+        ..Options::default()
+    });
+    fakehub::generate_resources(&hub, 1, 4096);
+    let silent = || NodeSpec {
+        env: vec![("PEERCACHE_TEST_ONLY_FAULT", "silent-announcements".into())],
+        ..NodeSpec::default()
+    };
+    let first = start(root.path(), "first", &hub, silent());
+    let second = start(
+        root.path(),
+        "second",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![first.bootstrap_addr()],
+            ..silent()
+        },
+    );
+    wait_for(
+        "the two nodes to verify each other",
+        Duration::from_secs(20),
+        || first.peer_count() == 1 && second.peer_count() == 1,
+    );
+
+    let path = "gh/repos/octo/swarm/contents/r0";
+    let answers: Vec<HttpResponse> = std::thread::scope(|scope| {
+        let handles: Vec<_> = [&first, &second]
+            .into_iter()
+            .map(|node| scope.spawn(move || node.get(path)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, fakehub::repo_body(0, 4096));
+    }
+    let mut sources: Vec<String> = answers.iter().map(HttpResponse::source).collect();
+    sources.sort();
+    // Without the direct ask, the waiter would give up after its wait and pay again.
+    assert_eq!(
+        hub.count("/repos/octo/swarm/contents/r0"),
+        1,
+        "the waiter went upstream: {sources:?}\n{}\n{}",
+        first.log(),
+        second.log()
+    );
+    assert_eq!(sources, ["peer", "upstream"]);
+    let waited: u64 = [&first, &second]
+        .iter()
+        .map(|n| n.swarm()["claims_waited"].as_u64().unwrap())
+        .sum();
+    assert_eq!(waited, 1, "one node waited for the other's claim");
+}
+
+#[test]
 fn a_peer_sending_tampered_entries_is_rejected_counted_and_dropped() {
     let _serial = common::swarm::serial();
     let root = tempfile::tempdir().unwrap();

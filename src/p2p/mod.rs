@@ -31,6 +31,9 @@ pub enum TestFault {
     /// `slow-responses:MS`: wait MS milliseconds before answering a pull, so that a test can
     /// kill the node in the middle of a transfer.
     SlowResponses(Duration),
+    /// `silent-announcements`: publish no announcements, as when gossip is lost (a mesh that
+    /// has not formed yet), to show that waiters still find what a claimant fetched.
+    SilentAnnouncements,
 }
 
 /// The variable that turns a [`TestFault`] on.
@@ -48,6 +51,9 @@ pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
     if value == "tamper-bodies" {
         return Ok(Some(TestFault::TamperBodies));
     }
+    if value == "silent-announcements" {
+        return Ok(Some(TestFault::SilentAnnouncements));
+    }
     if let Some(ms) = value
         .strip_prefix("slow-responses:")
         .and_then(|ms| ms.parse::<u64>().ok())
@@ -55,7 +61,7 @@ pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
         return Ok(Some(TestFault::SlowResponses(Duration::from_millis(ms))));
     }
     Err(UserError::usage(format!(
-        "invalid {TEST_FAULT_VAR} {value:?}: expected tamper-bodies or slow-responses:MS (test-only; unset it in production)"
+        "invalid {TEST_FAULT_VAR} {value:?}: expected tamper-bodies, silent-announcements or slow-responses:MS (test-only; unset it in production)"
     ))
     .into())
 }

@@ -143,7 +143,10 @@ impl Handle {
             }
             Decision::Wait(claimant) => {
                 tracing::debug!("{claimant} is fetching a key this node wants; waiting for it");
-                found(self.wait_for_claimant(&mut tried, &key_id, key, ttl).await)
+                found(
+                    self.wait_for_claimant(claimant, &mut tried, &key_id, key, ttl)
+                        .await,
+                )
             }
             Decision::Granted => {
                 bump(&self.inner.counters.claims_won);
@@ -248,16 +251,19 @@ impl Handle {
         }
     }
 
-    /// Waits (bounded) for the claimant's announcement, then pulls from the holders.
+    /// Waits (bounded) for the claimant's announcement, then pulls from the holders. Gossip
+    /// is best effort (a mesh still forming after a peer left publishes to no one), so the
+    /// claimant is also asked directly now and then: whichever comes first ends the wait.
     pub(super) async fn wait_for_claimant(
         &self,
+        claimant: PeerId,
         tried: &mut HashSet<PeerId>,
         key_id: &KeyId,
         key: &CacheKey,
         ttl: Duration,
     ) -> Option<(Entry, Vec<u8>)> {
         bump(&self.inner.counters.claims_waited);
-        let (tx, rx) = oneshot::channel();
+        let (tx, mut rx) = oneshot::channel();
         {
             let mut state = self.inner.state();
             // The announcement may have arrived already.
@@ -267,11 +273,31 @@ impl Handle {
                 let _ = tx.send(());
             }
         }
-        if tokio::time::timeout(CLAIM_WAIT, rx).await.is_err() {
-            tracing::info!(
-                "no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream"
-            );
-            return None;
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        let mut pause = CLAIMANT_FIRST_ASK;
+        loop {
+            let ask_at = (tokio::time::Instant::now() + pause).min(deadline);
+            tokio::select! {
+                announced = &mut rx => {
+                    if announced.is_err() {
+                        // The waiter list was dropped (too many tracked keys): ask directly.
+                        return self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await;
+                    }
+                    break;
+                }
+                () = tokio::time::sleep_until(ask_at) => {
+                    if let Some(hit) = self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await {
+                        return Some(hit);
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        tracing::info!(
+                            "no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream"
+                        );
+                        return None;
+                    }
+                    pause = (pause * 2).min(CLAIMANT_ASK_MAX_PAUSE);
+                }
+            }
         }
         let holders = self.inner.state().fresh_holders(key_id, ttl, now_ms());
         self.pull_any(&holders, tried, key_id, key, ttl).await
