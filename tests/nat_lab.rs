@@ -575,6 +575,18 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
             tail(&r3.log(), 40)
         );
     }
+    // The relayed connection the hole was punched over is closed: requests would otherwise be
+    // spread over both, and the relayed one dies with the hub.
+    wait_for(
+        "the cone runners to drop their relayed connection",
+        Duration::from_secs(20),
+        &all,
+        || {
+            [r1, r2]
+                .iter()
+                .any(|r| r.log().contains("closing a relayed connection"))
+        },
+    );
     let punches = r1.json("api/swarm");
     eprintln!("cone1's swarm figures: {punches}");
     let metrics = r1.get("metrics").text();
@@ -703,7 +715,11 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
         "the members to notice the hub is gone",
         Duration::from_secs(30),
         &all[..4],
-        || relays(r1).is_empty() && relays(r2).is_empty(),
+        || {
+            [r1, r2]
+                .iter()
+                .all(|r| relays(r).is_empty() && r.connection_to(&hub) == "none")
+        },
     );
     upstream.put_json(
         "/repos/octo/swarm/contents/after",
@@ -716,7 +732,12 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
     assert_eq!(r2.connection_to(r1), "direct");
     assert!(
         upstream.count("/repos/octo/swarm/contents/after") <= 2,
-        "the direct pair shares without the hub (the relayed runner may go upstream)"
+        "the direct pair shares without the hub (the relayed runner may go upstream): \
+         cone1 {}, cone2 {}, sym {}{}",
+        r1.json("api/peers"),
+        r2.json("api/peers"),
+        r3.json("api/peers"),
+        logs(&[r1, r2, r3])
     );
 
     // The hub comes back with its identity; the members reserve again.
