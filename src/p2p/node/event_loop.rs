@@ -117,8 +117,44 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer);
         }
         self.expire();
+        self.close_superseded_relays();
         self.redial_lost();
         self.rebootstrap_when_due();
+    }
+
+    /// Closes relayed connections to peers that have had a direct one for [`RELAY_HANDOVER`].
+    ///
+    /// Once a direct connection exists, a relayed one only costs the hub's bandwidth and
+    /// outlives it: request-response spreads requests over all of a peer's connections, and one
+    /// relayed through a hub that died without a word (QUIC) swallows claims and pulls until it
+    /// times out. The wait lets the peer see the direct connection first: closing at once can
+    /// leave the peer's last connection gone on one side only, and gossipsub then forgets the
+    /// peer's subscriptions on that side for good.
+    pub(super) fn close_superseded_relays(&mut self) {
+        let superseded: Vec<(PeerId, ConnectionId)> = {
+            let mut state = self.inner.state();
+            let mut superseded = Vec::new();
+            for (peer_id, peer) in state.peers.iter_mut() {
+                let settled = peer
+                    .connections
+                    .values()
+                    .any(|l| !l.relayed && l.opened.elapsed() >= RELAY_HANDOVER);
+                if !settled {
+                    continue;
+                }
+                peer.connections.retain(|id, link| {
+                    if link.relayed {
+                        superseded.push((*peer_id, *id));
+                    }
+                    !link.relayed
+                });
+            }
+            superseded
+        };
+        for (peer_id, id) in superseded {
+            tracing::debug!("closing a relayed connection to {peer_id}: a direct one is open");
+            self.swarm.close_connection(id);
+        }
     }
 
     /// Forgets expired bans and claims.
@@ -169,7 +205,7 @@ impl EventLoop {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
-                let superseded = {
+                {
                     let mut state = self.inner.state();
                     let peer = state.peers.entry(peer_id).or_default();
                     peer.last_seen_ms = now_ms();
@@ -187,19 +223,14 @@ impl EventLoop {
                             "accepted"
                         }
                     );
-                    peer.connections
-                        .insert(connection_id, Link { remote, relayed });
-                    relayed_links_superseded(&peer.connections)
-                };
-                // Once a direct connection exists, relayed ones only cost the hub's bandwidth
-                // and outlive it: request-response spreads requests over all of a peer's
-                // connections, and one relayed through a hub that died without a word (QUIC)
-                // would swallow claims and pulls until it times out.
-                for id in superseded {
-                    tracing::debug!(
-                        "closing a relayed connection to {peer_id}: a direct one is open"
+                    peer.connections.insert(
+                        connection_id,
+                        Link {
+                            remote,
+                            relayed,
+                            opened: Instant::now(),
+                        },
                     );
-                    self.swarm.close_connection(id);
                 }
                 if let Some(redial) = self.keep_connected.iter_mut().find(|r| r.peer == peer_id) {
                     redial.backoff = Duration::from_secs(1);
@@ -514,16 +545,4 @@ impl EventLoop {
             }
         }
     }
-}
-
-/// The relayed connections to close once a peer has a direct one (all but direct links).
-fn relayed_links_superseded(links: &HashMap<ConnectionId, Link>) -> Vec<ConnectionId> {
-    if !links.values().any(|l| !l.relayed) {
-        return Vec::new();
-    }
-    links
-        .iter()
-        .filter(|(_, l)| l.relayed)
-        .map(|(id, _)| *id)
-        .collect()
 }

@@ -71,6 +71,8 @@ const MAX_HOLDERS_TRIED: usize = 3;
 const CLAIM_TTL: Duration = Duration::from_secs(30);
 /// How long to wait for a claimant's announcement before going upstream ourselves.
 const CLAIM_WAIT: Duration = Duration::from_secs(20);
+/// How long a direct connection must have been open before the relayed ones beside it close.
+const RELAY_HANDOVER: Duration = Duration::from_secs(3);
 /// How long a waiter first waits for the claimant's announcement before asking it directly.
 const CLAIMANT_FIRST_ASK: Duration = Duration::from_millis(500);
 /// The longest pause between direct asks while a claimant fetches.

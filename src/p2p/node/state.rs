@@ -39,6 +39,8 @@ pub(super) struct Link {
     pub(super) remote: Multiaddr,
     /// It goes through a relay (`/p2p-circuit` on either end).
     pub(super) relayed: bool,
+    /// When it was established.
+    pub(super) opened: std::time::Instant,
 }
 
 /// AutoNAT's verdict on this node's reachability.
