@@ -122,6 +122,17 @@ impl EventLoop {
         self.rebootstrap_when_due();
     }
 
+    /// Sends `peer` this node's hello (its proof of the secret) and remembers the request.
+    fn send_hello(&mut self, peer: PeerId) {
+        let (proof, meta) = self.hello(&peer);
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .exchange
+            .send_request(&peer, Request::Hello { proof, meta });
+        self.pending_hellos.insert(id);
+    }
+
     /// Closes relayed connections to peers that have had a direct one for [`RELAY_HANDOVER`].
     ///
     /// Once a direct connection exists, a relayed one only costs the hub's bandwidth and
@@ -236,13 +247,7 @@ impl EventLoop {
                     redial.backoff = Duration::from_secs(1);
                 }
                 if num_established.get() == 1 {
-                    let (proof, meta) = self.hello(&peer_id);
-                    let id = self
-                        .swarm
-                        .behaviour_mut()
-                        .exchange
-                        .send_request(&peer_id, Request::Hello { proof, meta });
-                    self.pending_hellos.insert(id);
+                    self.send_hello(peer_id);
                 }
             }
             SwarmEvent::ConnectionClosed {
@@ -458,22 +463,16 @@ impl EventLoop {
                     tracing::debug!("hello to {peer} failed: {error}");
                     // The hello rode a connection closed under it (a relayed one superseded
                     // by a direct one): say it again on what is left.
-                    let still_connected = self
+                    let unverified_and_connected = self
                         .inner
                         .state()
                         .peers
                         .get(&peer)
                         .is_some_and(|p| !p.verified && !p.connections.is_empty());
                     if matches!(error, request_response::OutboundFailure::ConnectionClosed)
-                        && still_connected
+                        && unverified_and_connected
                     {
-                        let (proof, meta) = self.hello(&peer);
-                        let id = self
-                            .swarm
-                            .behaviour_mut()
-                            .exchange
-                            .send_request(&peer, Request::Hello { proof, meta });
-                        self.pending_hellos.insert(id);
+                        self.send_hello(peer);
                     }
                 }
             }
