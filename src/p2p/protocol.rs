@@ -130,6 +130,19 @@ pub enum Gossip {
     },
 }
 
+impl Gossip {
+    /// The announcement that this node holds `entry` under `key_id`.
+    pub fn announce(key_id: &KeyId, entry: &Entry) -> Self {
+        Gossip::Announce {
+            key_id: hex::encode(key_id),
+            digest: entry.digest.clone(),
+            size: entry.size,
+            fetched_at_ms: entry.fetched_at_ms,
+            ttl_secs: entry.ttl_secs,
+        }
+    }
+}
+
 /// Seals an entry and its body for the wire: `u32 BE length ‖ entry JSON ‖ body`, key id as AAD.
 pub fn seal_entry(keys: &SwarmKeys, key_id: &KeyId, entry: &Entry, body: &[u8]) -> Vec<u8> {
     let json = serde_json::to_vec(entry).expect("an entry serializes");

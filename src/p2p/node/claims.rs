@@ -199,13 +199,7 @@ impl Handle {
                         fetched_at_ms: entry.fetched_at_ms,
                     };
                     state.served.insert(key_id, held);
-                    Gossip::Announce {
-                        key_id: hex::encode(key_id),
-                        digest: entry.digest.clone(),
-                        size: entry.size,
-                        fetched_at_ms: entry.fetched_at_ms,
-                        ttl_secs: entry.ttl_secs,
-                    }
+                    Gossip::announce(&key_id, entry)
                 }
                 None => Gossip::Release {
                     key_id: hex::encode(key_id),

@@ -135,13 +135,7 @@ impl Handle {
                 return;
             };
             held.fetched_at_ms = adopted.fetched_at_ms;
-            Gossip::Announce {
-                key_id: hex::encode(key_id),
-                digest: adopted.digest.clone(),
-                size: adopted.size,
-                fetched_at_ms: adopted.fetched_at_ms,
-                ttl_secs: adopted.ttl_secs,
-            }
+            Gossip::announce(&key_id, &adopted)
         };
         self.inner.send(Command::Publish(gossip));
     }

@@ -78,13 +78,7 @@ async fn revalidated(
                 fetched_at_ms: entry.fetched_at_ms,
             },
         );
-        Gossip::Announce {
-            key_id: hex::encode(key_id),
-            digest: entry.digest.clone(),
-            size: entry.size,
-            fetched_at_ms: entry.fetched_at_ms,
-            ttl_secs: entry.ttl_secs,
-        }
+        Gossip::announce(key_id, &entry)
     };
     inner.send(Command::Publish(gossip));
     Some((entry, body))
