@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
 mod claims;
+mod codec;
 mod connectivity;
 mod event_loop;
 mod hub;

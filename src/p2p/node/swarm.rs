@@ -2,6 +2,7 @@
 
 use libp2p::{autonat, dcutr, relay};
 
+use super::codec::ExchangeCodec;
 use super::hub::{AutonatServer, Members, MembersOnly, relay_config};
 use super::*;
 
@@ -11,7 +12,7 @@ pub(super) struct Behaviour {
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     pub(super) gossipsub: gossipsub::Behaviour,
-    pub(super) exchange: request_response::cbor::Behaviour<Request, Response>,
+    pub(super) exchange: request_response::Behaviour<ExchangeCodec>,
     pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
     /// Every node: reserve on hubs, dial and accept circuits.
@@ -85,11 +86,8 @@ pub(super) fn build_swarm(
                     gossipsub::MessageAuthenticity::Signed(key.clone()),
                     gossip_config,
                 )?;
-                let codec = request_response::cbor::codec::Codec::<Request, Response>::default()
-                    .set_request_size_maximum(MAX_REQUEST_BYTES)
-                    .set_response_size_maximum(MAX_RESPONSE_BYTES);
                 let exchange = request_response::Behaviour::with_codec(
-                    codec,
+                    ExchangeCodec::new(),
                     [(
                         StreamProtocol::new(EXCHANGE_PROTOCOL),
                         ProtocolSupport::Full,
