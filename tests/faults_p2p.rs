@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::swarm::{NodeSpec, serial, start_node, wait_for};
-use fakehub::FakeHub;
+use common::HttpResponse;
+use common::netns::{self, Lab, NsNode, NsSpec, api_forwarder};
+use common::swarm::{NodeSpec, SwarmNode, serial, start_node, swarm_of, wait_for};
+use fakehub::{FakeHub, Options};
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::request_response::{self, ProtocolSupport};
 use libp2p::swarm::SwarmEvent;
@@ -322,5 +324,358 @@ fn a_peer_sending_a_byte_a_second_is_cut_off_and_members_are_served_meanwhile() 
     assert!(
         log.contains("exchange stream(s) whose request did not arrive within"),
         "no line says why the slow streams were closed:\n{log}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Claims: the claimant or the coordinator killed while the claimant's upstream call is in flight.
+
+/// How long the stand-in GitHub takes to answer: the window in which a claim is in flight.
+const UPSTREAM_LATENCY: Duration = Duration::from_secs(3);
+
+/// Sends `GET <api>/<path>` with the node's token and leaves the answer unread (the node is
+/// about to be killed; its answer does not matter, its upstream call does).
+fn fire(node: &SwarmNode, path: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let rest = node.api.strip_prefix("http://").unwrap();
+    let (authority, prefix) = rest.split_at(rest.find('/').unwrap());
+    let mut stream = std::net::TcpStream::connect(authority).unwrap();
+    write!(
+        stream,
+        "GET {prefix}/{path} HTTP/1.1\r\nHost: {authority}\r\nAuthorization: Bearer token-of-{}\r\n\
+         Connection: close\r\n\r\n",
+        node.name
+    )
+    .unwrap();
+    stream
+}
+
+/// Upstream calls for `path` made with `node`'s token.
+fn upstream_calls_by(hub: &FakeHub, path: &str, node: &SwarmNode) -> usize {
+    let token = format!("Bearer token-of-{}", node.name);
+    hub.stats()
+        .requests
+        .iter()
+        .filter(|r| r.path() == path && r.authorization.as_deref() == Some(token.as_str()))
+        .count()
+}
+
+fn counter(node: &SwarmNode, name: &str) -> u64 {
+    node.swarm()[name].as_u64().unwrap()
+}
+
+fn all_logs(nodes: &[&SwarmNode]) -> String {
+    nodes
+        .iter()
+        .map(|n| format!("\n--- {} ---\n{}", n.name, n.log()))
+        .collect()
+}
+
+#[test]
+fn a_claimant_killed_mid_fetch_is_replaced_by_one_waiter_and_every_waiter_is_answered() {
+    let _serial = serial();
+    let hub = FakeHub::start_with(Options {
+        latency: UPSTREAM_LATENCY,
+        ..Options::default()
+    });
+    fakehub::generate_resources(&hub, 1, 8 * 1024);
+    let root = tempfile::tempdir().unwrap();
+    let nodes = swarm_of(root.path(), &hub, 3, None);
+    let [claimant, w1, w2] = &nodes[..] else {
+        unreachable!()
+    };
+    let path = "gh/repos/octo/swarm/contents/r0";
+    let upstream_path = "/repos/octo/swarm/contents/r0";
+
+    let _unread = fire(claimant, path);
+    wait_for("the claim", Duration::from_secs(5), || {
+        counter(claimant, "claims_won") == 1
+    });
+    let (answers, after_kill) = std::thread::scope(|scope| {
+        let waiters: Vec<_> = [w1, w2]
+            .into_iter()
+            .map(|node| scope.spawn(move || node.get(path)))
+            .collect();
+        wait_for(
+            "both to wait for the claimant",
+            Duration::from_secs(5),
+            || counter(w1, "claims_waited") + counter(w2, "claims_waited") == 2,
+        );
+        // Its upstream call is in flight (GitHub answers after 3 s): kill it.
+        claimant.kill(libc::SIGKILL);
+        let killed = Instant::now();
+        let answers: Vec<HttpResponse> = waiters.into_iter().map(|h| h.join().unwrap()).collect();
+        (answers, killed.elapsed())
+    });
+    let body = fakehub::repo_body(0, 8 * 1024);
+    for (node, answer) in [w1, w2].iter().zip(&answers) {
+        assert_eq!(answer.status, 200, "{}: {}", node.name, answer.text());
+        assert!(answer.body == body, "{} got a wrong body", node.name);
+    }
+    let mut sources: Vec<String> = answers.iter().map(HttpResponse::source).collect();
+    sources.sort();
+    let logs = all_logs(&[w1, w2]);
+    // One waiter took over the claim; the other got its entry. Waiting out the dead claimant's
+    // claim (20 s) and then both going upstream would be slower and cost two calls.
+    let replacements =
+        upstream_calls_by(&hub, upstream_path, w1) + upstream_calls_by(&hub, upstream_path, w2);
+    assert_eq!(replacements, 1, "{sources:?}{logs}");
+    assert_eq!(sources, ["peer", "upstream"], "{logs}");
+    assert!(
+        after_kill < UPSTREAM_LATENCY + Duration::from_secs(5),
+        "the waiters were answered {after_kill:?} after the claimant died{logs}"
+    );
+    assert!(
+        logs.contains("left while fetching a key this node wants"),
+        "no line says the claimant left{logs}"
+    );
+    eprintln!(
+        "claimant killed: both waiters answered {after_kill:?} after, {replacements} extra upstream call"
+    );
+}
+
+#[test]
+fn a_coordinator_killed_mid_claim_leaves_its_waiters_answered() {
+    let _serial = serial();
+    let hub = FakeHub::start_with(Options {
+        latency: UPSTREAM_LATENCY,
+        ..Options::default()
+    });
+    fakehub::generate_resources(&hub, 8, 8 * 1024);
+    let root = tempfile::tempdir().unwrap();
+    let nodes = swarm_of(root.path(), &hub, 4, None);
+    let claimant = &nodes[0];
+    let granted_to_claimant = format!("claim granted to {}", claimant.peer_id);
+    let grants = |node: &SwarmNode| node.log().matches(&granted_to_claimant).count();
+
+    // Keys until one's coordinator is not the claimant itself (each key has its own).
+    let mut found = None;
+    for i in 0..8 {
+        let before: Vec<usize> = nodes.iter().map(grants).collect();
+        let won = counter(claimant, "claims_won");
+        let path = format!("gh/repos/octo/swarm/contents/r{i}");
+        let request = {
+            let (api, name) = (claimant.api.clone(), claimant.name.clone());
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let auth = format!("Bearer token-of-{name}");
+                common::http_get(&format!("{api}/{path}"), &[("authorization", &auth)])
+            })
+        };
+        wait_for("the claim", Duration::from_secs(5), || {
+            counter(claimant, "claims_won") == won + 1
+        });
+        let coordinator = nodes
+            .iter()
+            .enumerate()
+            .find(|(n, node)| grants(node) > before[*n])
+            .map(|(n, _)| n)
+            .expect("some node granted the claim");
+        if coordinator != 0 {
+            found = Some((i, coordinator, path, request));
+            break;
+        }
+        assert_eq!(request.join().unwrap().status, 200);
+    }
+    let (i, c, path, request) = found.expect("a key coordinated by another node within 8");
+    let coordinator = &nodes[c];
+    let others: Vec<&SwarmNode> = (1..4).filter(|n| *n != c).map(|n| &nodes[n]).collect();
+    let (waiter, late) = (others[0], others[1]);
+    let upstream_path = format!("/repos/octo/swarm/contents/r{i}");
+
+    let (waited, joined, after_kill) = std::thread::scope(|scope| {
+        let waited = scope.spawn(|| waiter.get(&path));
+        wait_for(
+            "the waiter to wait for the claimant",
+            Duration::from_secs(5),
+            || counter(waiter, "claims_waited") == 1,
+        );
+        // The claimant's upstream call is in flight: kill the coordinator that granted it.
+        coordinator.kill(libc::SIGKILL);
+        let killed = Instant::now();
+        wait_for(
+            "the others to see the coordinator leave",
+            Duration::from_secs(5),
+            || [claimant, waiter, late].iter().all(|n| n.peer_count() == 2),
+        );
+        // A node asking now has a new coordinator, which knows nothing of the claim.
+        let joined = scope.spawn(|| late.get(&path));
+        let waited = waited.join().unwrap();
+        let after_kill = killed.elapsed();
+        (waited, joined.join().unwrap(), after_kill)
+    });
+    let own = request.join().unwrap();
+    let body = fakehub::repo_body(i, 8 * 1024);
+    let logs = all_logs(&[claimant, waiter, late]);
+    for (node, answer) in [(claimant, &own), (waiter, &waited), (late, &joined)] {
+        assert_eq!(answer.status, 200, "{}: {}{logs}", node.name, answer.text());
+        assert!(answer.body == body, "{} got a wrong body", node.name);
+    }
+    assert_eq!(own.source(), "upstream");
+    // The waiter gets the claimant's entry, not a call of its own.
+    assert_eq!(waited.source(), "peer", "{logs}");
+    assert!(
+        after_kill < UPSTREAM_LATENCY + Duration::from_secs(5),
+        "the waiter was answered {after_kill:?} after the coordinator died{logs}"
+    );
+    // At most one extra call: the late node, when it asked before the claimant announced.
+    let calls = hub.count(&upstream_path);
+    assert!(calls <= 2, "{calls} upstream calls for one key{logs}");
+    assert_eq!(upstream_calls_by(&hub, &upstream_path, waiter), 0);
+    assert!(
+        logs.contains(&format!("peer {} left", coordinator.peer_id)),
+        "no line says the coordinator left{logs}"
+    );
+    eprintln!(
+        "coordinator killed: its waiter answered from a peer {after_kill:?} after; {calls} upstream call(s) for the key (late node: {})",
+        joined.source()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packet loss on the link between two hosts (network namespaces joined by a veth pair; nftables
+// drops packets at random: this kernel has no `tc netem`).
+
+/// nftables table `table` that drops `percent` % of the packets in and out of `veth`, at
+/// random (every packet at 100), counted.
+fn lossy_link_rules(table: &str, veth: &str, percent: u32) -> String {
+    let drop = if percent >= 100 {
+        "counter drop".to_string()
+    } else {
+        format!("numgen random mod 100 < {percent} counter drop")
+    };
+    format!(
+        "table inet {table} {{\n\
+          chain input {{ type filter hook input priority -10; iifname \"{veth}\" {drop}; }}\n\
+          chain output {{ type filter hook output priority -10; oifname \"{veth}\" {drop}; }}\n\
+         }}\n"
+    )
+}
+
+/// Packets the loss rules of `ns` dropped so far.
+fn dropped(ns: &str) -> u64 {
+    netns::exec(ns, "nft", &["list", "table", "inet", "loss"])
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "packets")?;
+            words.get(at + 1)?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+#[test]
+fn a_lossy_link_between_hosts_gives_right_bodies_and_no_failed_fetch() {
+    const LOSS: u32 = 20;
+    const ENDPOINTS: usize = 20;
+    if !netns::can_run("the packet-loss test", &[("nft", "--version", "nftables")]) {
+        return;
+    }
+    let _serial = serial();
+    let tag = std::process::id() % 10_000;
+    let mut lab = Lab::new(tag.to_string());
+    let (ns_a, ns_b) = (lab.ns("pl", "a"), lab.ns("pl", "b"));
+    let (veth_a, veth_b) = (format!("pla{tag}"), format!("plb{tag}"));
+    let subnet = format!("10.204.{}", tag % 250);
+    lab.link(
+        (&ns_a, &veth_a, &format!("{subnet}.1/24")),
+        (&ns_b, &veth_b, &format!("{subnet}.2/24")),
+    );
+    let hub = FakeHub::start();
+    fakehub::generate_resources(&hub, ENDPOINTS + 1, 20 * 1024);
+    let root = tempfile::tempdir().unwrap();
+    // Each host reaches the stand-in API over its own loopback (the lossy link is the peers').
+    let (api_a, api_b) = (
+        api_forwarder(&ns_a, hub.addr()),
+        api_forwarder(&ns_b, hub.addr()),
+    );
+    let a = netns::start(
+        root.path(),
+        NsSpec {
+            name: "host-a",
+            ns: &ns_a,
+            api_url: &api_a,
+            secret: common::swarm::SECRET,
+            args: vec!["--listen".into(), "/ip4/0.0.0.0/tcp/4001".into()],
+            env: Vec::new(),
+        },
+        &mut lab,
+    );
+    let b = netns::start(
+        root.path(),
+        NsSpec {
+            name: "host-b",
+            ns: &ns_b,
+            api_url: &api_b,
+            secret: common::swarm::SECRET,
+            args: vec!["--listen".into(), "/ip4/0.0.0.0/tcp/4001".into()],
+            env: vec![(
+                "PEERCACHE_BOOTSTRAP_PEERS",
+                format!("/ip4/{subnet}.1/tcp/4001/p2p/{}", a.peer_id),
+            )],
+        },
+        &mut lab,
+    );
+    let members = |n: &NsNode| n.json("api/peers")["peer_count"].as_u64().unwrap();
+    wait_for(
+        "the hosts to verify each other",
+        Duration::from_secs(30),
+        || members(&a) == 1 && members(&b) == 1,
+    );
+    lab.nft(&ns_b, "loss", &lossy_link_rules("loss", &veth_b, LOSS));
+
+    // A fetches every endpoint; B wants each of them next, across the lossy link.
+    let mut from_peer = 0;
+    let mut slowest = Duration::ZERO;
+    for i in 0..ENDPOINTS {
+        let path = format!("gh/repos/octo/swarm/contents/r{i}");
+        let body = fakehub::repo_body(i, 20 * 1024);
+        let first = a.get(&path);
+        assert_eq!((first.status, first.body == body), (200, true), "A, r{i}");
+        let started = Instant::now();
+        let second = b.get(&path);
+        slowest = slowest.max(started.elapsed());
+        assert_eq!(second.status, 200, "B, r{i}: {}", second.text());
+        assert!(second.body == body, "B got a wrong body for r{i}");
+        if second.source() == "peer" {
+            from_peer += 1;
+        }
+    }
+    let lost = dropped(&ns_b);
+    eprintln!(
+        "{LOSS}% loss each way: {from_peer}/{ENDPOINTS} from the peer, slowest {slowest:?}; \
+         {lost} packets dropped"
+    );
+    assert!(lost > 0, "the link lost nothing: the test proved nothing");
+    // TCP carries the entries through the loss: B does not pay GitHub for what A holds.
+    assert!(
+        from_peer >= ENDPOINTS - 2,
+        "only {from_peer}/{ENDPOINTS} from the peer at {LOSS}% loss\n{}",
+        b.log()
+    );
+
+    // A link that drops everything: B still answers, from upstream, and says why.
+    lab.nft(
+        &ns_b,
+        "blackhole",
+        &lossy_link_rules("blackhole", &veth_b, 100),
+    );
+    let path = format!("gh/repos/octo/swarm/contents/r{ENDPOINTS}");
+    let body = fakehub::repo_body(ENDPOINTS, 20 * 1024);
+    assert_eq!(a.get(&path).status, 200);
+    let started = Instant::now();
+    let cut_off = b.get(&path);
+    let took = started.elapsed();
+    assert_eq!(cut_off.status, 200, "{}", cut_off.text());
+    assert!(
+        cut_off.body == body,
+        "B got a wrong body with the link down"
+    );
+    assert_eq!(cut_off.source(), "upstream");
+    eprintln!("with the link dropping everything, B answered from upstream after {took:?}");
+    let log = b.log();
+    assert!(
+        log.contains("no answer within") || log.contains("did not answer"),
+        "no line says the peer did not answer:\n{log}"
     );
 }

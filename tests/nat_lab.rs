@@ -17,70 +17,19 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::http_get;
+use common::netns::{self, Lab, NsNode as Runner, NsSpec, api_forwarder, ip, run};
 use common::swarm::SECRET;
 use fakehub::FakeHub;
+
+/// Tools beyond `ip` the lab needs.
+const NFT: &[(&str, &str, &str)] = &[("nft", "--version", "nftables")];
 
 /// The hub's address on the "internet" and its p2p port.
 const HUB_IP: &str = "198.18.0.2";
 const HUB_PORT: u16 = 4001;
-
-/// Everything the lab made; all removed on drop.
-struct Lab {
-    tag: String,
-    namespaces: Vec<String>,
-    pids: Vec<i32>,
-}
-
-impl Drop for Lab {
-    fn drop(&mut self) {
-        for pid in &self.pids {
-            unsafe {
-                libc::kill(*pid, libc::SIGKILL);
-            }
-        }
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program).args(args).output().expect(program);
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn ip(args: &[&str]) {
-    run("ip", args);
-}
-
-/// Runs `f` on a thread that has entered the namespace (sockets it opens live there).
-fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/var/run/netns/{ns}");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let file = std::fs::File::open(&path).expect("open the namespace");
-                use std::os::fd::AsRawFd;
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns into {ns} failed");
-                f()
-            })
-            .join()
-            .unwrap()
-    })
-}
 
 /// A router: its namespace, its public (WAN) address, and the runner's namespace behind it.
 struct Site {
@@ -90,18 +39,16 @@ struct Site {
     wan_ip: String,
 }
 
-impl Lab {
-    fn ns(&mut self, name: &str) -> String {
-        let ns = format!("nl-{name}-{}", self.tag);
-        ip(&["netns", "add", &ns]);
-        self.namespaces.push(ns.clone());
-        ip(&["-n", &ns, "link", "set", "lo", "up"]);
-        ns
-    }
+/// The lab's own topology: an "internet" and NAT routers.
+trait NatLab {
+    fn internet(&mut self) -> String;
+    fn site(&mut self, inet: &str, name: &'static str, n: u8, symmetric: bool) -> Site;
+}
 
+impl NatLab for Lab {
     /// The "internet": a bridge in its own namespace, the hub's address on it.
     fn internet(&mut self) -> String {
-        let inet = self.ns("inet");
+        let inet = self.ns("nl", "inet");
         ip(&["-n", &inet, "link", "add", "br0", "type", "bridge"]);
         ip(&[
             "-n",
@@ -118,8 +65,8 @@ impl Lab {
 
     /// A router on the internet at 198.18.0.`n`, NATing the runner behind it at 10.`n`.0.2.
     fn site(&mut self, inet: &str, name: &'static str, n: u8, symmetric: bool) -> Site {
-        let router = self.ns(&format!("r{n}"));
-        let runner_ns = self.ns(name);
+        let router = self.ns("nl", &format!("r{n}"));
+        let runner_ns = self.ns("nl", name);
         let wan_ip = format!("198.18.0.{n}");
         let (wan, port) = (format!("wan{n}"), format!("nlp{n}{}", self.tag));
         ip(&[
@@ -206,19 +153,7 @@ impl Lab {
               chain forward {{ type filter hook forward priority 0;\n{counters}\
                iifname \"wan\" ct state new counter drop; }}\n}}\n"
         );
-        let file = std::env::temp_dir().join(format!("nat-lab-{}-{n}.nft", self.tag));
-        std::fs::write(&file, rules).unwrap();
-        run(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &router,
-                "nft",
-                "-f",
-                file.to_str().unwrap(),
-            ],
-        );
+        self.nft(&router, &format!("r{n}"), &rules);
         Site {
             name,
             router,
@@ -275,62 +210,12 @@ fn arrived_from(site: &Site, other_wan: &str, proto: &str) -> u64 {
     counted(site, "input", other_wan, proto).0 + counted(site, "forward", other_wan, proto).0
 }
 
-/// The stand-in API's address inside every namespace: one base URL for all, as GitHub's is
-/// (the upstream URL is part of every cache key).
-const API_ADDR: &str = "127.0.0.1:18080";
-
-/// A forwarder on [`API_ADDR`] inside `ns` to the stand-in API on the test's own loopback.
-fn api_forwarder(ns: &str, upstream: std::net::SocketAddr) -> String {
-    let listener = in_ns(ns, || TcpListener::bind(API_ADDR).unwrap());
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for client in listener.incoming().flatten() {
-            let Ok(server) = TcpStream::connect(upstream) else {
-                continue;
-            };
-            let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut c, mut s) = (client, server);
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut c2, &mut s2);
-                let _ = s2.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s, &mut c);
-                let _ = c.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    url
+/// What the lab asks of a runner beyond [`NsNode`].
+trait LabRunner {
+    fn connection_to(&self, other: &Runner) -> String;
 }
 
-struct Runner {
-    name: String,
-    ns: String,
-    home: PathBuf,
-    api: String,
-    peer_id: String,
-    pid: i32,
-}
-
-impl Runner {
-    fn get(&self, path: &str) -> common::HttpResponse {
-        let auth = format!("Bearer token-of-{}", self.name);
-        let url = format!("{}/{path}", self.api);
-        in_ns(&self.ns, || {
-            http_get(&url, &[("authorization", auth.as_str())])
-        })
-    }
-
-    fn json(&self, path: &str) -> serde_json::Value {
-        let response = self.get(path);
-        assert_eq!(response.status, 200, "{path}: {}", response.text());
-        serde_json::from_slice(&response.body).unwrap()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.home.join("serve.log")).unwrap_or_default()
-    }
-
+impl LabRunner for Runner {
     /// How it is connected to `other`: `direct`, `relayed`, or `none`.
     fn connection_to(&self, other: &Runner) -> String {
         let peers = self.json("api/peers");
@@ -356,62 +241,28 @@ struct Spec<'a> {
 }
 
 fn start(root: &Path, spec: Spec, lab: &mut Lab) -> Runner {
-    let home = root.join(spec.name).join("home");
-    let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns",
-        "exec",
-        spec.ns,
-        common::PEERCACHE,
-        "serve",
-        "--daemon",
-    ])
-    .args(["--port", &HUB_PORT.to_string(), "--api-addr", "127.0.0.1:0"])
-    .args(spec.listen.iter().flat_map(|l| ["--listen", l.as_str()]))
-    .env_clear()
-    .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-    .env("HOME", root.join(spec.name))
-    .env("PEERCACHE_HOME", &home)
-    .env("PEERCACHE_CACHE_DIR", root.join(spec.name).join("cache"))
-    .env("PEERCACHE_API_URL", spec.api_url)
-    .env("PEERCACHE_TOKEN", format!("token-of-{}", spec.name))
-    .env("PEERCACHE_SECRET", spec.secret)
-    .env("PEERCACHE_MDNS", "false")
-    .env("PEERCACHE_REGISTRY", "none")
-    .env("PEERCACHE_LOG", "info,peercache=debug")
-    .env("PEERCACHE_BOOTSTRAP_PEERS", &spec.bootstrap)
-    .env("RUNNER_NAME", spec.name)
-    // Jobs of one repository: one scope, and no access proofs for its entries.
-    .env("GITHUB_REPOSITORY", fakehub::GENERATED_REPO);
-    if spec.hub {
-        cmd.env("PEERCACHE_HUB", "true");
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "serve --daemon in {}: {}{}",
-        spec.ns,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let mut args = vec!["--port".to_string(), HUB_PORT.to_string()];
+    args.extend(
+        spec.listen
+            .iter()
+            .flat_map(|l| ["--listen".to_string(), l.clone()]),
     );
-    let api = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .find_map(|l| l.strip_prefix("PEERCACHE_API="))
-        .unwrap()
-        .trim()
-        .to_string();
-    let state: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(home.join("serve.json")).unwrap()).unwrap();
-    let pid = state["pid"].as_i64().unwrap() as i32;
-    lab.pids.push(pid);
-    Runner {
-        name: spec.name.to_string(),
-        ns: spec.ns.to_string(),
-        home,
-        api,
-        peer_id: state["peer_id"].as_str().unwrap().to_string(),
-        pid,
+    let mut env = vec![("PEERCACHE_BOOTSTRAP_PEERS", spec.bootstrap.clone())];
+    if spec.hub {
+        env.push(("PEERCACHE_HUB", "true".to_string()));
     }
+    netns::start(
+        root,
+        NsSpec {
+            name: spec.name,
+            ns: spec.ns,
+            api_url: spec.api_url,
+            secret: spec.secret,
+            args,
+            env,
+        },
+        lab,
+    )
 }
 
 fn wait_for(what: &str, limit: Duration, runners: &[&Runner], mut ready: impl FnMut() -> bool) {
@@ -439,23 +290,6 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-fn can_run() -> Result<(), String> {
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("creating network namespaces needs root".into());
-    }
-    for (tool, flag, package) in [("ip", "-V", "iproute2"), ("nft", "--version", "nftables")] {
-        match Command::new(tool).arg(flag).output() {
-            Ok(out) if out.status.success() => {}
-            _ => {
-                return Err(format!(
-                    "`{tool}` (Debian package {package}) is not installed; scripts/ensure-tools.sh installs it"
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
 fn relays(r: &Runner) -> Vec<String> {
     r.json("api/peers")["relays"]
         .as_array()
@@ -467,20 +301,10 @@ fn relays(r: &Runner) -> Vec<String> {
 
 #[test]
 fn runners_behind_nat_form_one_swarm_through_the_hub() {
-    if let Err(why) = can_run() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run the NAT lab, but {why}"
-        );
-        eprintln!("skipping the NAT lab: {why} (CI runs it as root)");
+    if !netns::can_run("the NAT lab", NFT) {
         return;
     }
-    let tag = format!("{}", std::process::id() % 10_000);
-    let mut lab = Lab {
-        tag,
-        namespaces: Vec::new(),
-        pids: Vec::new(),
-    };
+    let mut lab = Lab::new(format!("{}", std::process::id() % 10_000));
     let inet = lab.internet();
     let cone1 = lab.site(&inet, "cone1", 11, false);
     let cone2 = lab.site(&inet, "cone2", 12, false);
@@ -765,16 +589,11 @@ fn runners_behind_nat_form_one_swarm_through_the_hub() {
 #[test]
 #[ignore = "a measurement, run by hand: cargo test --test nat_lab -- --ignored --nocapture"]
 fn measure_hole_punching_and_relayed_latency() {
-    if let Err(why) = can_run() {
-        eprintln!("skipping the NAT lab measurement: {why}");
+    if !netns::can_run("the NAT lab measurement", NFT) {
         return;
     }
     const ROUNDS: usize = 20;
-    let mut lab = Lab {
-        tag: format!("m{}", std::process::id() % 1000),
-        namespaces: Vec::new(),
-        pids: Vec::new(),
-    };
+    let mut lab = Lab::new(format!("m{}", std::process::id() % 1000));
     let inet = lab.internet();
     let cone1 = lab.site(&inet, "cone1", 11, false);
     let cone2 = lab.site(&inet, "cone2", 12, false);

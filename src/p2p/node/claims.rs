@@ -41,14 +41,45 @@ impl State {
             return Decision::Holders(holders);
         }
         match self.claims.get(key_id) {
-            Some((claimant, until)) if *until > now && *claimant != requester => {
+            // A claimant that left (killed mid-fetch) will announce nothing: its claim is void.
+            Some((claimant, until))
+                if *until > now
+                    && *claimant != requester
+                    && (*claimant == me || self.verified(claimant)) =>
+            {
                 Decision::Wait(*claimant)
             }
             _ => {
                 let until = now + CLAIM_TTL.as_millis() as u64;
                 self.claims.insert(*key_id, (requester, until));
+                tracing::debug!(
+                    "coordinating key {}: claim granted to {requester}",
+                    hex::encode(key_id)
+                );
                 Decision::Granted
             }
+        }
+    }
+}
+
+/// How often a waiter checks that the claimant it waits for is still a member.
+const CLAIMANT_CHECK: Duration = Duration::from_millis(250);
+
+/// How waiting for a claimant ended.
+pub(super) enum Waited {
+    /// Its entry (pulled, verified, stored).
+    Got(Entry, Vec<u8>),
+    /// It left the swarm before announcing the key.
+    ClaimantLeft,
+    /// No usable entry in time.
+    Nothing,
+}
+
+impl From<Option<(Entry, Vec<u8>)>> for Waited {
+    fn from(hit: Option<(Entry, Vec<u8>)>) -> Self {
+        match hit {
+            Some((entry, body)) => Waited::Got(entry, body),
+            None => Waited::Nothing,
         }
     }
 }
@@ -110,14 +141,10 @@ impl Handle {
     pub async fn obtain(&self, key: &CacheKey, ttl: Duration) -> Obtained {
         let key_id = self.inner.keys.key_id(key.canonical());
         let me = self.inner.peer_id;
-        let (holders, coordinator, members) = {
+        let (holders, members) = {
             let state = self.inner.state();
             let members = state.peers.values().filter(|p| p.verified).count();
-            (
-                state.fresh_holders(&key_id, ttl, now_ms()),
-                state.coordinator(&key_id, me),
-                members,
-            )
+            (state.fresh_holders(&key_id, ttl, now_ms()), members)
         };
         if members == 0 {
             return Obtained::Nothing;
@@ -132,54 +159,68 @@ impl Handle {
             return Obtained::Fresh(hit.0, hit.1);
         }
 
-        let decision = if coordinator == me {
-            self.inner.state().coordinate(&key_id, me, ttl, me)
-        } else {
-            self.claim_at(coordinator, &key_id, ttl).await
-        };
-        match decision {
-            Decision::Holders(holders) => {
-                found(self.pull_any(&holders, &mut tried, &key_id, key, ttl).await)
-            }
-            Decision::Wait(claimant) => {
-                tracing::debug!("{claimant} is fetching a key this node wants; waiting for it");
-                found(
-                    self.wait_for_claimant(claimant, &mut tried, &key_id, key, ttl)
-                        .await,
-                )
-            }
-            Decision::Granted => {
-                bump(&self.inner.counters.claims_won);
-                // Holders of a stale copy first (their validators can save a full GET), then
-                // members that joined after an announcement: someone may hold it unannounced.
-                let others: Vec<PeerId> = {
-                    let state = self.inner.state();
-                    let mut stale = state.fresh_holders(&key_id, Duration::MAX, now_ms());
-                    stale.retain(|p| !tried.contains(p));
-                    let mut others: Vec<PeerId> = state
-                        .peers
-                        .iter()
-                        .filter(|(id, p)| {
-                            p.verified && !tried.contains(*id) && !stale.contains(*id)
-                        })
-                        .map(|(id, _)| *id)
-                        .collect();
-                    others.sort_by_key(|p| claim_rank(&key_id, p));
-                    stale.truncate(MAX_HOLDERS_TRIED);
-                    stale.extend(others);
-                    stale.truncate(ASK_FANOUT.max(MAX_HOLDERS_TRIED));
-                    stale
-                };
-                match self.ask_all(&others, &key_id, key, ttl).await {
-                    Pulled::Fresh(entry, body) => {
-                        // Tell the coordinator and the waiters that the key is available.
-                        self.finished(key, Some(&entry));
-                        Obtained::Fresh(entry, body)
-                    }
-                    Pulled::Stale(entry, body) => Obtained::Stale(entry, body),
-                    Pulled::Nothing => Obtained::Nothing,
+        // A claimant that leaves while we wait for it is replaced once: the claim is asked for
+        // again (of the coordinator of the members left), so that one node, not every waiter,
+        // goes upstream in its place.
+        let mut reclaimed = false;
+        loop {
+            let coordinator = self.inner.state().coordinator(&key_id, me);
+            let decision = if coordinator == me {
+                self.inner.state().coordinate(&key_id, me, ttl, me)
+            } else {
+                self.claim_at(coordinator, &key_id, ttl).await
+            };
+            let claimant = match decision {
+                Decision::Holders(holders) => {
+                    return found(self.pull_any(&holders, &mut tried, &key_id, key, ttl).await);
                 }
+                Decision::Wait(claimant) => claimant,
+                Decision::Granted => break,
+            };
+            tracing::debug!("{claimant} is fetching a key this node wants; waiting for it");
+            match self
+                .wait_for_claimant(claimant, &mut tried, &key_id, key, ttl)
+                .await
+            {
+                Waited::Got(entry, body) => return Obtained::Fresh(entry, body),
+                Waited::ClaimantLeft if !reclaimed => {
+                    tracing::info!(
+                        "{claimant} left while fetching a key this node wants, before announcing \
+                         it; claiming the key again"
+                    );
+                    reclaimed = true;
+                }
+                Waited::ClaimantLeft | Waited::Nothing => return Obtained::Nothing,
             }
+        }
+        // Granted: this node fetches the key.
+        bump(&self.inner.counters.claims_won);
+        // Holders of a stale copy first (their validators can save a full GET), then
+        // members that joined after an announcement: someone may hold it unannounced.
+        let others: Vec<PeerId> = {
+            let state = self.inner.state();
+            let mut stale = state.fresh_holders(&key_id, Duration::MAX, now_ms());
+            stale.retain(|p| !tried.contains(p));
+            let mut others: Vec<PeerId> = state
+                .peers
+                .iter()
+                .filter(|(id, p)| p.verified && !tried.contains(*id) && !stale.contains(*id))
+                .map(|(id, _)| *id)
+                .collect();
+            others.sort_by_key(|p| claim_rank(&key_id, p));
+            stale.truncate(MAX_HOLDERS_TRIED);
+            stale.extend(others);
+            stale.truncate(ASK_FANOUT.max(MAX_HOLDERS_TRIED));
+            stale
+        };
+        match self.ask_all(&others, &key_id, key, ttl).await {
+            Pulled::Fresh(entry, body) => {
+                // Tell the coordinator and the waiters that the key is available.
+                self.finished(key, Some(&entry));
+                Obtained::Fresh(entry, body)
+            }
+            Pulled::Stale(entry, body) => Obtained::Stale(entry, body),
+            Pulled::Nothing => Obtained::Nothing,
         }
     }
 
@@ -255,7 +296,7 @@ impl Handle {
         key_id: &KeyId,
         key: &CacheKey,
         ttl: Duration,
-    ) -> Option<(Entry, Vec<u8>)> {
+    ) -> Waited {
         bump(&self.inner.counters.claims_waited);
         let (tx, mut rx) = oneshot::channel();
         {
@@ -269,31 +310,43 @@ impl Handle {
         }
         let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         let mut pause = CLAIMANT_FIRST_ASK;
+        let mut membership = tokio::time::interval(CLAIMANT_CHECK);
+        // Only a claimant this node is connected to can be seen leaving; one it does not know
+        // (a member reached through others) is waited for until the deadline.
+        let watched = claimant != self.inner.peer_id && self.inner.state().verified(&claimant);
         loop {
             let ask_at = (tokio::time::Instant::now() + pause).min(deadline);
             tokio::select! {
                 announced = &mut rx => {
                     if announced.is_err() {
                         // The waiter list was dropped (too many tracked keys): ask directly.
-                        return self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await;
+                        return self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await.into();
                     }
                     break;
                 }
+                _ = membership.tick() => {
+                    // Gone (killed mid-fetch, its job ended): no announcement will come.
+                    if watched && !self.inner.state().verified(&claimant) {
+                        return Waited::ClaimantLeft;
+                    }
+                }
                 () = tokio::time::sleep_until(ask_at) => {
                     if let Some(hit) = self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await {
-                        return Some(hit);
+                        return Some(hit).into();
                     }
                     if tokio::time::Instant::now() >= deadline {
                         tracing::info!(
                             "no announcement for a claimed key within {CLAIM_WAIT:?}; fetching it upstream"
                         );
-                        return None;
+                        return Waited::Nothing;
                     }
                     pause = (pause * 2).min(CLAIMANT_ASK_MAX_PAUSE);
                 }
             }
         }
         let holders = self.inner.state().fresh_holders(key_id, ttl, now_ms());
-        self.pull_any(&holders, tried, key_id, key, ttl).await
+        self.pull_any(&holders, tried, key_id, key, ttl)
+            .await
+            .into()
     }
 }
