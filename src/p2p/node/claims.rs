@@ -68,7 +68,7 @@ const CLAIMANT_CHECK: Duration = Duration::from_millis(250);
 /// How waiting for a claimant ended.
 pub(super) enum Waited {
     /// Its entry (pulled, verified, stored).
-    Got(Entry, Vec<u8>),
+    Got(Box<(Entry, Vec<u8>)>),
     /// It left the swarm before announcing the key.
     ClaimantLeft,
     /// No usable entry in time.
@@ -78,7 +78,7 @@ pub(super) enum Waited {
 impl From<Option<(Entry, Vec<u8>)>> for Waited {
     fn from(hit: Option<(Entry, Vec<u8>)>) -> Self {
         match hit {
-            Some((entry, body)) => Waited::Got(entry, body),
+            Some(hit) => Waited::Got(Box::new(hit)),
             None => Waited::Nothing,
         }
     }
@@ -182,7 +182,7 @@ impl Handle {
                 .wait_for_claimant(claimant, &mut tried, &key_id, key, ttl)
                 .await
             {
-                Waited::Got(entry, body) => return Obtained::Fresh(entry, body),
+                Waited::Got(hit) => return Obtained::Fresh(hit.0, hit.1),
                 Waited::ClaimantLeft if !reclaimed => {
                     tracing::info!(
                         "{claimant} left while fetching a key this node wants, before announcing \
