@@ -189,6 +189,9 @@ impl Handle {
                          it; claiming the key again"
                     );
                     reclaimed = true;
+                    // The coordinator learns of the departure as this node did; a moment lets
+                    // it see the connection close before it is asked again.
+                    tokio::time::sleep(CLAIMANT_CHECK).await;
                 }
                 Waited::ClaimantLeft | Waited::Nothing => return Obtained::Nothing,
             }
