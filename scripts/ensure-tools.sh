@@ -15,7 +15,7 @@ command -v file >/dev/null 2>&1 || missing+=(file)
 # `ip` (network namespaces for the mDNS test).
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium) # the status page test (tests/observability.rs)
-# nftables: the NAT routers of the NAT lab (tests/nat_lab.rs).
+# nftables: the NAT routers of the NAT lab (tests/nat_lab.rs), the lossy link of tests/faults_p2p.rs.
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv) # the venv of the action's tools below
 # libfaketime: the clock-skew fault test (tests/faults.rs) shifts a daemon's wall clock.
