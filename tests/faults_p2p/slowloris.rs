@@ -317,3 +317,74 @@ fn a_peer_sending_a_byte_a_second_is_cut_off_and_members_are_served_meanwhile() 
         "no line says why the slow streams were closed:\n{log}"
     );
 }
+
+/// A connection that never finishes its handshake: a correct start of multistream-select's
+/// header (what a libp2p dialer sends first), a byte a second.
+const HANDSHAKE_START: &[u8] = b"\x13/multistream/1.0.0\n";
+
+#[test]
+fn slow_handshakes_do_not_lock_new_members_out() {
+    use std::io::{Read, Write};
+    const SOCKETS: usize = 200;
+    let _serial = serial();
+    let hub = FakeHub::start();
+    fakehub::generate_resources(&hub, 1, 4096);
+    let root = tempfile::tempdir().unwrap();
+    let target = start_node(root.path(), "target", &hub, NodeSpec::default());
+    let port: u16 = target.tcp_addr.rsplit('/').next().unwrap().parse().unwrap();
+
+    let flood = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut sockets: Vec<(std::net::TcpStream, Option<Duration>)> = (0..SOCKETS)
+            .map(|_| {
+                let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                s.set_nonblocking(true).unwrap();
+                (s, None)
+            })
+            .collect();
+        for byte in HANDSHAKE_START.iter().cycle().take(40) {
+            for (socket, closed) in sockets.iter_mut().filter(|(_, c)| c.is_none()) {
+                let mut buf = [0u8; 256];
+                let gone = match socket.read(&mut buf) {
+                    Ok(0) => true,
+                    Ok(_) => false,
+                    Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+                } || socket.write(&[*byte]).is_err();
+                if gone {
+                    *closed = Some(started.elapsed());
+                }
+            }
+            if sockets.iter().all(|(_, c)| c.is_some()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        sockets.into_iter().map(|(_, c)| c).collect::<Vec<_>>()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let joined_at = Instant::now();
+    let member = start_node(
+        root.path(),
+        "member",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![target.bootstrap_addr()],
+            ..NodeSpec::default()
+        },
+    );
+    wait_for(
+        "a member to join while slow handshakes hang",
+        Duration::from_secs(30),
+        || target.peer_count() == 1 && member.peer_count() == 1,
+    );
+    let join_took = joined_at.elapsed();
+    let closed = flood.join().unwrap();
+    let open = closed.iter().filter(|c| c.is_none()).count();
+    let longest = closed.iter().flatten().max().copied().unwrap_or_default();
+    eprintln!(
+        "{SOCKETS} slow handshakes: a member joined in {join_took:?}; {open} still open after 40 s, \
+         the others cut after at most {longest:?}"
+    );
+    assert_eq!(open, 0, "slow handshakes were never cut");
+    assert!(longest < Duration::from_secs(20), "{longest:?}");
+}

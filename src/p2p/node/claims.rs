@@ -167,6 +167,13 @@ impl Handle {
             let coordinator = self.inner.state().coordinator(&key_id, me);
             let decision = if coordinator == me {
                 self.inner.state().coordinate(&key_id, me, ttl, me)
+            } else if tried.contains(&coordinator) {
+                // It just failed a pull (a stalled or lossy link, most likely): a claim would
+                // wait on the same link. One possible extra upstream call beats a second timeout.
+                tracing::debug!(
+                    "the coordinator {coordinator} failed a pull in this lookup; fetching upstream"
+                );
+                Decision::Granted
             } else {
                 self.claim_at(coordinator, &key_id, ttl).await
             };
