@@ -322,8 +322,12 @@ fn a_peer_sending_a_byte_a_second_is_cut_off_and_members_are_served_meanwhile() 
 /// header (what a libp2p dialer sends first), a byte a second.
 const HANDSHAKE_START: &[u8] = b"\x13/multistream/1.0.0\n";
 
+/// More slow handshakes than the 128 pending connections a node accepts: all are cut at libp2p's
+/// connection timeout (10 s), and a member dialing in meanwhile gets in once they are. (A flood
+/// kept up, reconnecting as it is cut, would keep newcomers out: limits per remote address on
+/// pending connections are not there yet.)
 #[test]
-fn slow_handshakes_do_not_lock_new_members_out() {
+fn slow_handshakes_are_cut_and_delay_a_new_member_at_most_until_then() {
     use std::io::{Read, Write};
     const SOCKETS: usize = 200;
     let _serial = serial();
@@ -387,4 +391,5 @@ fn slow_handshakes_do_not_lock_new_members_out() {
     );
     assert_eq!(open, 0, "slow handshakes were never cut");
     assert!(longest < Duration::from_secs(20), "{longest:?}");
+    assert!(join_took < Duration::from_secs(20), "{join_took:?}");
 }
