@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod stranger;
 pub mod swarm;
 
 use std::path::{Path, PathBuf};
