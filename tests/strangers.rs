@@ -154,8 +154,14 @@ fn unverified_connections_are_limited_per_address_and_per_identity_and_members_s
     let rt = runtime();
     // 40 throwaway identities from one host (127.0.0.2), while a member joins from another.
     let stayed = std::thread::scope(|scope| {
-        let strangers =
-            scope.spawn(|| rt.block_on(hold_strangers(&target, Ipv4Addr::new(127, 0, 0, 2), 40, Duration::from_secs(4))));
+        let strangers = scope.spawn(|| {
+            rt.block_on(hold_strangers(
+                &target,
+                Ipv4Addr::new(127, 0, 0, 2),
+                40,
+                Duration::from_secs(4),
+            ))
+        });
         std::thread::sleep(Duration::from_secs(1));
         let member = start(
             root.path(),
@@ -219,14 +225,21 @@ fn unverified_connections_are_limited_per_address_and_per_identity_and_members_s
         .await;
         (id, open)
     });
-    assert!(established <= 3, "{established} connections of one identity stayed up");
-    wait_for("the per-identity refusal line", Duration::from_secs(5), || {
-        node.log().contains(&format!(
-            "refused a connection from {id} at /ip4/127.0.0.1/"
-        )) && node
-            .log()
-            .contains("3 unverified connections of this peer are open")
-    });
+    assert!(
+        established <= 3,
+        "{established} connections of one identity stayed up"
+    );
+    wait_for(
+        "the per-identity refusal line",
+        Duration::from_secs(5),
+        || {
+            node.log().contains(&format!(
+                "refused a connection from {id} at /ip4/127.0.0.1/"
+            )) && node
+                .log()
+                .contains("3 unverified connections of this peer are open")
+        },
+    );
 }
 
 #[test]
@@ -257,10 +270,10 @@ fn a_strangers_kademlia_requests_get_no_answer_and_store_nothing() {
             .add_address(&node_id, common::stranger::without_peer(&target));
         let lookup = s.behaviour_mut().kad.get_closest_peers(PeerId::random());
         let record = kad::Record::new(b"junk".to_vec(), vec![7u8; 15 * 1024]);
-        let put = s
-            .behaviour_mut()
-            .kad
-            .put_record_to(record, std::iter::once(node_id), kad::Quorum::One);
+        let put =
+            s.behaviour_mut()
+                .kad
+                .put_record_to(record, std::iter::once(node_id), kad::Quorum::One);
         let mut found: Vec<PeerId> = Vec::new();
         let mut stored = None;
         let mut lookup_done = false;
@@ -369,11 +382,16 @@ fn a_stranger_hears_no_announcements_and_its_messages_are_not_forwarded() {
         assert_eq!(fetch.await.unwrap(), 200);
         (heard, published)
     });
-    wait_for("the member to hear the announcement", Duration::from_secs(10), || {
-        member.swarm()["announcements_received"].as_u64().unwrap() >= 1
-    });
+    wait_for(
+        "the member to hear the announcement",
+        Duration::from_secs(10),
+        || member.swarm()["announcements_received"].as_u64().unwrap() >= 1,
+    );
     assert_eq!(heard, 0, "the stranger heard {heard} gossip messages");
-    assert!(published, "the stranger could not even publish (the test proves nothing)");
+    assert!(
+        published,
+        "the stranger could not even publish (the test proves nothing)"
+    );
     for n in [&node, &member] {
         let log = n.log();
         assert!(
@@ -410,9 +428,11 @@ fn a_members_gossip_replayed_after_the_duplicate_cache_is_refused() {
             ..NodeSpec::default()
         },
     );
-    wait_for("the two to verify each other", Duration::from_secs(30), || {
-        honest.peer_count() == 1 && replayer.peer_count() == 1
-    });
+    wait_for(
+        "the two to verify each other",
+        Duration::from_secs(30),
+        || honest.peer_count() == 1 && replayer.peer_count() == 1,
+    );
     // Let the mesh form before the announcement.
     std::thread::sleep(Duration::from_secs(2));
     let path = fakehub::generated_path(0);
@@ -428,4 +448,120 @@ fn a_members_gossip_replayed_after_the_duplicate_cache_is_refused() {
         1,
         "the replayed announcement was taken"
     );
+}
+
+/// Resident memory of a process, in kB.
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The node's footprint under 1,000 stranger connection attempts from 40 addresses, and how long
+/// a member takes to join meanwhile, for the README, by hand:
+/// `cargo test --test strangers -- --ignored --nocapture`; `PEERCACHE_MEASURE_BINARY` names
+/// another build to measure (the static release binary of scripts/build-static.sh).
+#[test]
+#[ignore = "a measurement, run by hand: cargo test --test strangers -- --ignored --nocapture"]
+fn measure_a_node_under_a_thousand_strangers() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    const ATTEMPTS: usize = 1000;
+    const AT_ONCE: usize = 250;
+    const ADDRESSES: u8 = 40;
+    let _serial = serial();
+    let binary = std::env::var_os("PEERCACHE_MEASURE_BINARY").map(std::path::PathBuf::from);
+    let hub = FakeHub::start();
+    let root = tempfile::tempdir().unwrap();
+    let node = start(
+        root.path(),
+        "node",
+        &hub,
+        NodeSpec {
+            env: vec![("PEERCACHE_LOG", "info".into())],
+            binary: binary.as_deref(),
+            ..NodeSpec::default()
+        },
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = node.rss_kb();
+    let peak = Arc::new(AtomicU64::new(idle));
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, running, pid) = (peak.clone(), running.clone(), node.pid);
+        std::thread::spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kb(pid), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let target = addr_of(&node);
+    let rt = runtime();
+    let started = Instant::now();
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let stayed = Arc::new(AtomicUsize::new(0));
+    let hammer = {
+        let (attempts, stayed) = (attempts.clone(), stayed.clone());
+        let target = target.clone();
+        rt.spawn(async move {
+            let tasks: Vec<_> = (0..AT_ONCE)
+                .map(|i| {
+                    let (attempts, stayed, target) =
+                        (attempts.clone(), stayed.clone(), target.clone());
+                    tokio::spawn(async move {
+                        let source = Ipv4Addr::new(127, 0, 1, 1 + (i % ADDRESSES as usize) as u8);
+                        while attempts.fetch_add(1, Ordering::Relaxed) < ATTEMPTS {
+                            stayed.fetch_add(
+                                hold_strangers(&target, source, 1, HELLO_DEADLINE * 2).await,
+                                Ordering::Relaxed,
+                            );
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let joining = Instant::now();
+    let member = start(
+        root.path(),
+        "member",
+        &hub,
+        NodeSpec {
+            bootstrap: vec![node.bootstrap_addr()],
+            env: vec![("PEERCACHE_LOG", "info".into())],
+            binary: binary.as_deref(),
+            ..NodeSpec::default()
+        },
+    );
+    wait_for("the member to join", Duration::from_secs(60), || {
+        node.peer_count() == 1 && member.peer_count() == 1
+    });
+    let joined = joining.elapsed();
+    rt.block_on(hammer).unwrap();
+    let hammered = started.elapsed();
+    let during = peak.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_secs(5));
+    running.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+    let after = node.rss_kb();
+    eprintln!(
+        "strangers: {ATTEMPTS} connection attempts from {ADDRESSES} addresses, {AT_ONCE} at once, \
+         over {:.1} s ({} stayed up ≥ 1 s, each until its hello deadline); node RSS {idle} kB idle, \
+         {during} kB at most meanwhile, {after} kB 5 s after; a member joined in {:.2} s \
+         (daemon start included) while they hammered; the node still has {} peer",
+        hammered.as_secs_f64(),
+        stayed.load(Ordering::Relaxed),
+        joined.as_secs_f64(),
+        node.peer_count()
+    );
+    assert_eq!(node.peer_count(), 1);
 }

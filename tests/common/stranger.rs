@@ -16,7 +16,9 @@ use libp2p::core::transport::{DialOpts, ListenerId, TransportError, TransportEve
 use libp2p::core::{Transport, upgrade};
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, noise, ping, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, kad, noise, ping, yamux,
+};
 
 /// The Kademlia protocol of peercache nodes.
 pub const KAD_PROTOCOL: &str = "/peercache/kad/1";
@@ -79,7 +81,9 @@ impl Transport for BoundTcp {
             let socket = tokio::net::TcpSocket::new_v4()?;
             socket.set_nodelay(true)?;
             socket.bind(SocketAddr::new(IpAddr::V4(source), 0))?;
-            let stream = socket.connect(SocketAddr::new(IpAddr::V4(ip), port)).await?;
+            let stream = socket
+                .connect(SocketAddr::new(IpAddr::V4(ip), port))
+                .await?;
             Ok(libp2p::tcp::tokio::TcpStream(stream))
         }))
     }

@@ -87,9 +87,9 @@ impl Origin {
             Protocol::Ip4(ip) => Some(Origin::V4(ip)),
             Protocol::Ip6(ip) => match ip.to_ipv4_mapped() {
                 Some(v4) => Some(Origin::V4(v4)),
-                None => Some(Origin::V6Prefix(
-                    u64::from_be_bytes(ip.octets()[..8].try_into().expect("8 bytes")),
-                )),
+                None => Some(Origin::V6Prefix(u64::from_be_bytes(
+                    ip.octets()[..8].try_into().expect("8 bytes"),
+                ))),
             },
             _ => None,
         })
@@ -336,7 +336,10 @@ mod tests {
         );
         assert_eq!(of("/ip6/::ffff:10.0.0.1/tcp/9"), Some("10.0.0.1".into()));
         let relay = PeerId::random();
-        assert_eq!(of(&format!("/ip4/1.2.3.4/tcp/9/p2p/{relay}/p2p-circuit")), None);
+        assert_eq!(
+            of(&format!("/ip4/1.2.3.4/tcp/9/p2p/{relay}/p2p-circuit")),
+            None
+        );
     }
 
     fn gate(members: &'static [PeerId]) -> Gate {

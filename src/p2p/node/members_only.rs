@@ -98,7 +98,11 @@ impl<B: NetworkBehaviour> MembersOnly<B> {
     }
 
     fn hold(&mut self, peer: PeerId, id: ConnectionId, event: THandlerOutEvent<B>) {
-        if self.held.get(&peer).is_some_and(|h| h.events.len() >= HELD_PER_PEER) {
+        if self
+            .held
+            .get(&peer)
+            .is_some_and(|h| h.events.len() >= HELD_PER_PEER)
+        {
             self.evict(peer, &format!("sent more than {HELD_PER_PEER} messages"));
             return;
         }

@@ -140,7 +140,10 @@ mod tests {
         let mut guard = ReplayGuard::default();
         let author = PeerId::random();
         assert_eq!(guard.check(author, NOW, NOW), Ok(()));
-        assert_eq!(guard.check(author, NOW, NOW + 90_000), Err(Refused::Replayed));
+        assert_eq!(
+            guard.check(author, NOW, NOW + 90_000),
+            Err(Refused::Replayed)
+        );
         // Out of order within the window is fine.
         assert_eq!(guard.check(author, NOW - 5_000, NOW), Ok(()));
         // Newer messages push old ones out; a replay of them is stale.
