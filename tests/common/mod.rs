@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-pub mod stranger;
 pub mod swarm;
 
 use std::path::{Path, PathBuf};

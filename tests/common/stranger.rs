@@ -2,6 +2,9 @@
 //! peercache node speaks (gossipsub, Kademlia on `/peercache/kad/1`, identify, ping) but never
 //! the membership hello. Its TCP connections can come from any loopback address
 //! (127.0.0.0/8), so that tests can tell "one host" from "many hosts" on one machine.
+//!
+//! Use it with `#[path = "common/stranger.rs"] mod stranger;` (it is not in `common/mod.rs`,
+//! which the benchmark driver includes without libp2p).
 
 #![allow(dead_code)]
 
