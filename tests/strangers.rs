@@ -453,6 +453,52 @@ fn a_members_gossip_replayed_after_the_duplicate_cache_is_refused() {
     );
 }
 
+#[test]
+fn twenty_four_members_starting_at_once_on_one_host_all_join() {
+    const N: usize = 24;
+    let _serial = serial();
+    let hub = FakeHub::start();
+    let root = tempfile::tempdir().unwrap();
+    let first = start(root.path(), "node0", &hub, NodeSpec::default());
+    // Every other node at the same moment, all from 127.0.0.1, all bootstrapping to the first:
+    // each node then takes up to N - 1 unverified connections at once, from one address.
+    let mut nodes = std::thread::scope(|scope| {
+        let starts: Vec<_> = (1..N)
+            .map(|i| {
+                let (root, hub, bootstrap) = (root.path(), &hub, first.bootstrap_addr());
+                scope.spawn(move || {
+                    start(
+                        root,
+                        &format!("node{i}"),
+                        hub,
+                        NodeSpec {
+                            bootstrap: vec![bootstrap],
+                            ..NodeSpec::default()
+                        },
+                    )
+                })
+            })
+            .collect();
+        starts
+            .into_iter()
+            .map(|s| s.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    nodes.push(first);
+    for node in &nodes {
+        wait_for(
+            &format!("{} to verify its {} peers", node.name, N - 1),
+            Duration::from_secs(120),
+            || node.peer_count() == (N - 1) as u64,
+        );
+    }
+    let refused: usize = nodes
+        .iter()
+        .map(|n| n.log().matches("refused a connection from").count())
+        .sum();
+    assert_eq!(refused, 0, "members were refused");
+}
+
 /// Resident memory of a process, in kB.
 fn rss_kb(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
