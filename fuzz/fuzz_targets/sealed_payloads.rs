@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use peercache::p2p::crypto::SwarmKeys;
-use peercache::p2p::protocol::{GOSSIP_AAD, Gossip, HELLO_AAD, PeerMeta, open_entry};
+use peercache::p2p::protocol::{GOSSIP_AAD, Gossip, HELLO_AAD, PeerMeta, Stamped, open_entry};
 use peercache::secret::Secret;
 
 fuzz_target!(|data: &[u8]| {
@@ -24,6 +24,7 @@ fuzz_target!(|data: &[u8]| {
             .expect("a seal opens with its own keys");
         assert_eq!(plain, data);
         let _ = serde_json::from_slice::<Gossip>(&plain);
+        let _ = serde_json::from_slice::<Stamped>(&plain);
         let _ = serde_json::from_slice::<PeerMeta>(&plain);
     }
 });

@@ -34,6 +34,10 @@ pub enum TestFault {
     /// `silent-announcements`: publish no announcements, as when gossip is lost (a mesh that
     /// has not formed yet), to show that waiters still find what a claimant fetched.
     SilentAnnouncements,
+    /// `replay-gossip`: publish every gossip message a second time, sealed afresh (so gossipsub
+    /// takes it for a new message, as a recording replayed after its duplicate cache), to show
+    /// that receivers refuse replays.
+    ReplayGossip,
 }
 
 /// The variable that turns a [`TestFault`] on.
@@ -51,6 +55,9 @@ pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
     if value == "tamper-bodies" {
         return Ok(Some(TestFault::TamperBodies));
     }
+    if value == "replay-gossip" {
+        return Ok(Some(TestFault::ReplayGossip));
+    }
     if value == "silent-announcements" {
         return Ok(Some(TestFault::SilentAnnouncements));
     }
@@ -61,7 +68,7 @@ pub fn test_fault_from_env() -> anyhow::Result<Option<TestFault>> {
         return Ok(Some(TestFault::SlowResponses(Duration::from_millis(ms))));
     }
     Err(UserError::usage(format!(
-        "invalid {TEST_FAULT_VAR} {value:?}: expected tamper-bodies, silent-announcements or slow-responses:MS (test-only; unset it in production)"
+        "invalid {TEST_FAULT_VAR} {value:?}: expected tamper-bodies, silent-announcements, replay-gossip or slow-responses:MS (test-only; unset it in production)"
     ))
     .into())
 }

@@ -130,6 +130,18 @@ pub enum Gossip {
     },
 }
 
+/// What is sealed into a gossipsub message: the [`Gossip`] and when its author sent it, so
+/// that a recorded message replayed after gossipsub's duplicate cache has forgotten it is
+/// recognised (`src/p2p/node/replay.rs`). JSON: the gossip's fields and `sent_at_ms`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stamped {
+    /// The author's clock (ms since the epoch), strictly increasing per author.
+    pub sent_at_ms: u64,
+    /// The message.
+    #[serde(flatten)]
+    pub gossip: Gossip,
+}
+
 impl Gossip {
     /// The announcement that this node holds `entry` under `key_id`.
     pub fn announce(key_id: &KeyId, entry: &Entry) -> Self {

@@ -90,7 +90,14 @@ impl EventLoop {
     pub(super) fn redial_lost(&mut self) {
         let now = Instant::now();
         let connected: HashSet<PeerId> = self.swarm.connected_peers().copied().collect();
-        let banned: HashSet<PeerId> = self.inner.state().banned.keys().copied().collect();
+        let banned: HashSet<PeerId> = {
+            let state = self.inner.state();
+            self.keep_connected
+                .iter()
+                .map(|r| r.peer)
+                .filter(|p| state.banned.contains(p))
+                .collect()
+        };
         for redial in &mut self.keep_connected {
             if connected.contains(&redial.peer)
                 || redial.next_attempt > now
@@ -120,7 +127,7 @@ impl EventLoop {
     /// Dials a peer at all its known addresses at once, unless it is us, banned, connected or
     /// being dialed already.
     pub(super) fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, how: &str) {
-        if peer == self.inner.peer_id || self.inner.state().banned.contains_key(&peer) {
+        if peer == self.inner.peer_id || self.inner.state().banned.contains(&peer) {
             return;
         }
         let own = self.inner.state().listen_addrs.clone();

@@ -29,6 +29,10 @@ pub(super) struct EventLoop {
     pub(super) reservations: HashMap<libp2p::core::transport::ListenerId, PeerId>,
     /// When to look the swarm up once more after a reservation.
     pub(super) rebootstrap_at: Option<Instant>,
+    /// The times of the gossip messages taken, against replays.
+    pub(super) replay: ReplayGuard,
+    /// The time stamped on this node's last gossip message (stamps strictly increase).
+    pub(super) last_stamp_ms: u64,
 }
 
 impl EventLoop {
@@ -82,15 +86,29 @@ impl EventLoop {
                     }
                     tracing::debug!("announcing key {key_id}");
                 }
-                let json = serde_json::to_vec(&gossip).expect("gossip serializes");
-                let sealed = self.inner.keys.seal(GOSSIP_AAD, &json);
-                if let Err(e) = self
-                    .swarm
-                    .behaviour_mut()
-                    .gossipsub
-                    .publish(self.topic.clone(), sealed)
-                {
-                    tracing::debug!("gossip not published: {e}");
+                self.last_stamp_ms = now_ms().max(self.last_stamp_ms + 1);
+                let stamped = Stamped {
+                    sent_at_ms: self.last_stamp_ms,
+                    gossip,
+                };
+                let json = serde_json::to_vec(&stamped).expect("gossip serializes");
+                let copies = if self.inner.fault == Some(TestFault::ReplayGossip) {
+                    2
+                } else {
+                    1
+                };
+                for _ in 0..copies {
+                    // Sealed afresh each time: a new nonce, so a new gossipsub message id, as a
+                    // recording replayed after gossipsub's duplicate cache has forgotten it.
+                    let sealed = self.inner.keys.seal(GOSSIP_AAD, &json);
+                    if let Err(e) = self
+                        .swarm
+                        .behaviour_mut()
+                        .gossipsub
+                        .publish(self.topic.clone(), sealed)
+                    {
+                        tracing::debug!("gossip not published: {e}");
+                    }
                 }
             }
             Command::Dial(addr) => match addr.iter().last() {
@@ -170,10 +188,23 @@ impl EventLoop {
 
     /// Forgets expired bans and claims.
     pub(super) fn expire(&mut self) {
-        let mut state = self.inner.state();
-        state.banned.retain(|_, at| at.elapsed() < BAN_TIME);
-        let now_ms = now_ms();
-        state.claims.retain(|_, (_, until)| *until > now_ms);
+        let unbanned = {
+            let mut state = self.inner.state();
+            let now_ms = now_ms();
+            state.claims.retain(|_, (_, until)| *until > now_ms);
+            state.banned.expire()
+        };
+        self.unblacklist(unbanned);
+    }
+
+    /// Takes peers no longer banned off gossipsub's blacklist (which never forgets by itself).
+    pub(super) fn unblacklist(&mut self, peers: Vec<PeerId>) {
+        for peer in peers {
+            self.swarm
+                .behaviour_mut()
+                .gossipsub
+                .remove_blacklisted_peer(&peer);
+        }
     }
 
     pub(super) fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
@@ -212,7 +243,7 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
-                if self.inner.state().banned.contains_key(&peer_id) {
+                if self.inner.state().banned.contains(&peer_id) {
                     let _ = self.swarm.disconnect_peer_id(peer_id);
                     return;
                 }
@@ -343,12 +374,17 @@ impl EventLoop {
             }
             SwarmEvent::Behaviour(BehaviourEvent::Exchange(event)) => self.on_exchange(event),
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
                 message,
-                ..
             })) => {
-                if let Some(source) = message.source {
-                    self.on_gossip(source, &message.data);
-                }
+                let acceptance = self.on_gossip(propagation_source, message.source, &message.data);
+                // Only what was accepted is forwarded; a rejection counts against the peer
+                // that sent it in gossipsub's score.
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
             }
             _ => {}
         }
@@ -480,17 +516,46 @@ impl EventLoop {
         }
     }
 
-    /// Checks a peer's proof; on success marks it verified with what it told about itself.
-    pub(super) fn on_gossip(&mut self, source: PeerId, data: &[u8]) {
-        let Some(gossip) = self
+    /// Takes a gossip message from `via` (a member: see `MembersOnly`) written by `author`:
+    /// accepted (and forwarded by gossipsub) only when it opens with the swarm key and is no
+    /// replay; rejected when it does not open.
+    pub(super) fn on_gossip(
+        &mut self,
+        via: PeerId,
+        author: Option<PeerId>,
+        data: &[u8],
+    ) -> gossipsub::MessageAcceptance {
+        use gossipsub::MessageAcceptance::{Accept, Ignore, Reject};
+        let opened = self
             .inner
             .keys
             .open(GOSSIP_AAD, data)
-            .and_then(|plain| serde_json::from_slice::<Gossip>(&plain).ok())
-        else {
-            tracing::debug!("ignored a gossip message that is not sealed with the swarm secret");
-            return;
+            .and_then(|plain| serde_json::from_slice::<Stamped>(&plain).ok());
+        let (Some(source), Some(Stamped { sent_at_ms, gossip })) = (author, opened) else {
+            tracing::debug!(
+                "rejected a gossip message from {via}: it is not sealed with the swarm secret"
+            );
+            return Reject;
         };
+        if !self.inner.state().verified(&via) {
+            // Not reached: gossipsub hears members only. Said here so that it stays true.
+            return Reject;
+        }
+        if let Err(why) = self.replay.check(source, sent_at_ms, now_ms()) {
+            tracing::info!(
+                "ignored a gossip message from {source} (via {via}): {}",
+                why.describe()
+            );
+            // Not forwarded, and not counted against `via`: it may have passed on a replay in
+            // good faith.
+            return Ignore;
+        }
+        self.take_gossip(source, gossip);
+        Accept
+    }
+
+    /// Acts on a gossip message that passed every check.
+    fn take_gossip(&mut self, source: PeerId, gossip: Gossip) {
         let mut state = self.inner.state();
         match gossip {
             Gossip::Announce {

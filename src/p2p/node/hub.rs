@@ -3,22 +3,14 @@
 //! Both are gated on [`Members`], the set of peers that passed the membership hello: the relay
 //! through its rate-limiter hook (asked for every reservation and every circuit a peer
 //! requests, so a stranger's request is refused with `RESOURCE_LIMIT_EXCEEDED`), the AutoNAT
-//! server by [`MembersOnly`], which drops a stranger's dial-back request before the server can
+//! server by [`MembersOnly`] (in its dropping mode), which drops a stranger's dial-back request before the server can
 //! dial anything (the stranger gets an error answer).
 
-use std::task::{Context, Poll};
-
-use libp2p::core::Endpoint;
-use libp2p::core::transport::PortUse;
-use libp2p::swarm::{
-    ConnectionDenied, ConnectionId, FromSwarm, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
-};
 use libp2p::{autonat, relay};
 
+use super::gate::Members;
+use super::members_only::MembersOnly;
 use super::*;
-
-/// Who passed the membership hello, readable from inside the swarm's behaviours.
-pub(super) type Members = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
 
 /// Reservations the hub holds at once: a fleet of runners, each behind its own NAT, with
 /// room for restarts (a reservation outlives the runner that made it until it expires).
@@ -85,93 +77,5 @@ pub(super) fn relay_config(members: Members) -> relay::Config {
         )
 }
 
-/// A behaviour whose peers' requests reach it only when they are members: events from the
-/// connection handlers of anyone else are dropped.
-pub(super) struct MembersOnly<B> {
-    inner: B,
-    members: Members,
-}
-
-impl<B> MembersOnly<B> {
-    pub(super) fn new(inner: B, members: Members) -> Self {
-        MembersOnly { inner, members }
-    }
-}
-
 /// The AutoNAT v2 server, answering members only.
 pub(super) type AutonatServer = MembersOnly<autonat::v2::server::Behaviour>;
-
-impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
-    type ConnectionHandler = B::ConnectionHandler;
-    type ToSwarm = B::ToSwarm;
-
-    fn handle_pending_inbound_connection(
-        &mut self,
-        id: ConnectionId,
-        local: &Multiaddr,
-        remote: &Multiaddr,
-    ) -> Result<(), ConnectionDenied> {
-        self.inner
-            .handle_pending_inbound_connection(id, local, remote)
-    }
-
-    fn handle_established_inbound_connection(
-        &mut self,
-        id: ConnectionId,
-        peer: PeerId,
-        local: &Multiaddr,
-        remote: &Multiaddr,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner
-            .handle_established_inbound_connection(id, peer, local, remote)
-    }
-
-    fn handle_pending_outbound_connection(
-        &mut self,
-        id: ConnectionId,
-        peer: Option<PeerId>,
-        addresses: &[Multiaddr],
-        role: Endpoint,
-    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
-        self.inner
-            .handle_pending_outbound_connection(id, peer, addresses, role)
-    }
-
-    fn handle_established_outbound_connection(
-        &mut self,
-        id: ConnectionId,
-        peer: PeerId,
-        addr: &Multiaddr,
-        role: Endpoint,
-        port_use: PortUse,
-    ) -> Result<THandler<Self>, ConnectionDenied> {
-        self.inner
-            .handle_established_outbound_connection(id, peer, addr, role, port_use)
-    }
-
-    fn on_swarm_event(&mut self, event: FromSwarm) {
-        self.inner.on_swarm_event(event)
-    }
-
-    fn on_connection_handler_event(
-        &mut self,
-        peer: PeerId,
-        id: ConnectionId,
-        event: THandlerOutEvent<Self>,
-    ) {
-        if (self.members)(&peer) {
-            self.inner.on_connection_handler_event(peer, id, event);
-        } else {
-            // For the AutoNAT server this is a dial-back request: dropping it drops its answer
-            // channel, and the stranger is told the test failed without being dialed.
-            tracing::debug!("ignored a request from {peer}: it has not proven the swarm secret");
-        }
-    }
-
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
-        self.inner.poll(cx)
-    }
-}

@@ -13,14 +13,16 @@ impl EventLoop {
 
     /// Disconnects a peer and refuses it for a while.
     pub(super) fn punish(&mut self, peer: PeerId) {
-        {
+        let evicted = {
             let mut state = self.inner.state();
-            state.banned.insert(peer, Instant::now());
+            let evicted = state.banned.insert(peer, Instant::now());
             state.peers.remove(&peer);
             for holders in state.holders.values_mut() {
                 holders.retain(|h| h.peer != peer);
             }
-        }
+            evicted
+        };
+        self.unblacklist(evicted);
         self.swarm.behaviour_mut().gossipsub.blacklist_peer(&peer);
         self.to_disconnect.push(peer);
         tracing::warn!("disconnecting peer {peer}: it failed verification");
@@ -55,6 +57,9 @@ impl EventLoop {
         entry.last_seen_ms = now_ms();
         drop(state);
         if newly_verified {
+            // What it sent gossipsub and Kademlia before its hello passed reaches them now.
+            self.swarm.behaviour_mut().gossipsub.admit(peer);
+            self.swarm.behaviour_mut().kad.admit(peer);
             self.add_to_routing(peer);
             self.maybe_reserve(*peer);
         }

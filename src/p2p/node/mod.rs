@@ -29,11 +29,14 @@ mod claims;
 mod codec;
 mod connectivity;
 mod event_loop;
+mod gate;
 mod hub;
+mod members_only;
 mod membership;
 mod mirror;
 mod pull;
 mod reach;
+mod replay;
 mod revalidate;
 mod state;
 mod swarm;
@@ -44,6 +47,7 @@ use self::connectivity::*;
 use self::event_loop::*;
 use self::pull::*;
 use self::reach::*;
+use self::replay::ReplayGuard;
 pub use self::revalidate::Revalidator;
 use self::revalidate::*;
 use self::state::*;
@@ -52,7 +56,7 @@ use super::TestFault;
 use super::crypto::{KeyId, SwarmKeys};
 use super::protocol::{
     EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, HELLO_AAD, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES,
-    MAX_RESPONSE_BYTES, PeerMeta, Request, Response, open_entry, seal_entry,
+    MAX_RESPONSE_BYTES, PeerMeta, Request, Response, Stamped, open_entry, seal_entry,
 };
 use crate::cache::{Cache, CacheKey, Entry, Lookup, now_ms};
 use crate::secret::Secret;
@@ -275,7 +279,7 @@ impl Node {
             mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
-        let members: hub::Members = {
+        let members: gate::Members = {
             let inner = Arc::downgrade(&inner);
             Arc::new(move |peer: &PeerId| {
                 inner
@@ -283,10 +287,19 @@ impl Node {
                     .is_some_and(|inner| inner.state().verified(peer))
             })
         };
+        let banned: gate::Banned = {
+            let inner = Arc::downgrade(&inner);
+            Arc::new(move |peer: &PeerId| {
+                inner
+                    .upgrade()
+                    .is_some_and(|inner| inner.state().banned.contains(peer))
+            })
+        };
         let options = SwarmOptions {
             mdns: config.mdns,
             hub: config.hub,
             members,
+            banned,
         };
         let mut swarm = build_swarm(&config.keypair, options)?;
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
@@ -358,6 +371,8 @@ impl Node {
             announce_listeners,
             reservations: HashMap::new(),
             rebootstrap_at: None,
+            replay: ReplayGuard::default(),
+            last_stamp_ms: 0,
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {

@@ -78,7 +78,7 @@ pub(super) struct Held {
 pub(super) struct State {
     pub(super) listen_addrs: Vec<Multiaddr>,
     pub(super) peers: HashMap<PeerId, PeerState>,
-    pub(super) banned: HashMap<PeerId, Instant>,
+    pub(super) banned: Bans,
     pub(super) holders: HashMap<KeyId, Vec<Holder>>,
     /// As coordinator: the one node fetching each key, and until when its claim holds.
     pub(super) claims: HashMap<KeyId, (PeerId, u64)>,
@@ -131,10 +131,113 @@ impl State {
     }
 }
 
+/// Peers refused for [`BAN_TIME`], at most [`MAX_BANNED`]: failing the hello costs a stranger
+/// nothing but a new key, so the list evicts its oldest entry rather than grow.
+#[derive(Default)]
+pub(super) struct Bans {
+    until: HashMap<PeerId, Instant>,
+    /// Ban times, oldest first (an entry whose peer was banned again since is skipped).
+    order: std::collections::VecDeque<(PeerId, Instant)>,
+}
+
+/// Bans kept at once (about 200 bytes each).
+pub(super) const MAX_BANNED: usize = 4096;
+
+impl Bans {
+    /// Bans `peer` from now; returns the peers evicted to stay under [`MAX_BANNED`].
+    pub(super) fn insert(&mut self, peer: PeerId, now: Instant) -> Vec<PeerId> {
+        self.until.insert(peer, now);
+        self.order.push_back((peer, now));
+        let mut evicted = Vec::new();
+        while self.until.len() > MAX_BANNED {
+            evicted.extend(self.pop_oldest());
+        }
+        // Entries made stale by a second ban must not pile up either.
+        if self.order.len() > 2 * MAX_BANNED {
+            let until = &self.until;
+            self.order.retain(|(p, at)| until.get(p) == Some(at));
+        }
+        evicted
+    }
+
+    fn pop_oldest(&mut self) -> Option<PeerId> {
+        let (peer, at) = self.order.pop_front()?;
+        if self.until.get(&peer) == Some(&at) {
+            self.until.remove(&peer);
+            return Some(peer);
+        }
+        None
+    }
+
+    /// Forgets bans older than [`BAN_TIME`]; returns the peers no longer banned.
+    pub(super) fn expire(&mut self) -> Vec<PeerId> {
+        let mut expired = Vec::new();
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() >= BAN_TIME)
+        {
+            expired.extend(self.pop_oldest());
+        }
+        expired
+    }
+
+    pub(super) fn contains(&self, peer: &PeerId) -> bool {
+        self.until.contains_key(peer)
+    }
+
+    #[cfg(test)]
+    pub(super) fn len(&self) -> usize {
+        self.until.len()
+    }
+}
+
 pub(super) fn is_fresh(fetched_at_ms: u64, ttl: Duration, now: u64) -> bool {
     (now.saturating_sub(fetched_at_ms) as u128) < ttl.as_millis()
 }
 
 pub(super) fn parse_key_id(hex_id: &str) -> Option<KeyId> {
     hex::decode(hex_id).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ban_list_stays_bounded_and_evicts_the_oldest() {
+        let mut bans = Bans::default();
+        let first = PeerId::random();
+        let now = Instant::now();
+        assert!(bans.insert(first, now).is_empty());
+        let mut evicted = Vec::new();
+        for _ in 0..3 * MAX_BANNED {
+            evicted.extend(bans.insert(PeerId::random(), now));
+        }
+        assert_eq!(bans.len(), MAX_BANNED);
+        assert!(bans.order.len() <= 2 * MAX_BANNED + 1);
+        assert_eq!(evicted.len(), 2 * MAX_BANNED + 1);
+        assert_eq!(evicted[0], first, "the oldest goes first");
+        assert!(!bans.contains(&first));
+        // One peer banned again and again takes one entry.
+        let again = PeerId::random();
+        for _ in 0..3 * MAX_BANNED {
+            bans.insert(again, Instant::now());
+        }
+        assert!(bans.contains(&again));
+        assert_eq!(bans.len(), MAX_BANNED);
+        assert!(bans.order.len() <= 2 * MAX_BANNED + 1);
+    }
+
+    #[test]
+    fn bans_expire() {
+        let mut bans = Bans::default();
+        let old = PeerId::random();
+        let young = PeerId::random();
+        let past = Instant::now() - BAN_TIME - Duration::from_secs(1);
+        bans.insert(old, past);
+        bans.insert(young, Instant::now());
+        assert_eq!(bans.expire(), vec![old]);
+        assert!(!bans.contains(&old) && bans.contains(&young));
+    }
 }

@@ -3,17 +3,23 @@
 use libp2p::{autonat, dcutr, relay};
 
 use super::codec::ExchangeCodec;
-use super::hub::{AutonatServer, Members, MembersOnly, relay_config};
+use super::gate::{Banned, Gate, Members};
+use super::hub::{AutonatServer, relay_config};
+use super::members_only::{BeforeHello, MembersOnly};
 use super::*;
 
 #[derive(NetworkBehaviour)]
 pub(super) struct Behaviour {
+    /// First: bans, the hello deadline and the limits on unverified peers (src/p2p/node/gate.rs).
+    pub(super) gate: Gate,
     pub(super) limits: connection_limits::Behaviour,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
-    pub(super) gossipsub: gossipsub::Behaviour,
+    /// Members only: a stranger's subscription never registers, its messages never spread.
+    pub(super) gossipsub: MembersOnly<gossipsub::Behaviour>,
     pub(super) exchange: request_response::Behaviour<ExchangeCodec>,
-    pub(super) kad: kad::Behaviour<kad::store::MemoryStore>,
+    /// Members only: a stranger's lookups are not answered, its records not stored.
+    pub(super) kad: MembersOnly<kad::Behaviour<kad::store::MemoryStore>>,
     pub(super) mdns: Toggle<mdns::tokio::Behaviour>,
     /// Every node: reserve on hubs, dial and accept circuits.
     pub(super) relay_client: relay::client::Behaviour,
@@ -32,6 +38,7 @@ pub(super) struct SwarmOptions {
     pub(super) mdns: bool,
     pub(super) hub: bool,
     pub(super) members: Members,
+    pub(super) banned: Banned,
 }
 
 /// The DNS resolver configuration: the system's, or (with no usable `/etc/resolv.conf`, as in
@@ -60,6 +67,7 @@ pub(super) fn build_swarm(
         mdns: with_mdns,
         hub,
         members,
+        banned,
     } = options;
     let (dns_config, dns_opts) = resolver_config();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
@@ -78,6 +86,8 @@ pub(super) fn build_swarm(
                     .heartbeat_interval(Duration::from_millis(700))
                     .validation_mode(gossipsub::ValidationMode::Strict)
                     .max_transmit_size(64 * 1024)
+                    // Nothing is forwarded before the node has opened it (see `on_gossip`).
+                    .validate_messages()
                     .message_id_fn(|message: &gossipsub::Message| {
                         gossipsub::MessageId::from(Sha256::digest(&message.data)[..20].to_vec())
                     })
@@ -101,6 +111,10 @@ pub(super) fn build_swarm(
                 let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
                 kad_config
                     .set_kbucket_inserts(kad::BucketInserts::Manual)
+                    // Peercache keeps no records in the DHT: inbound PUT_RECORD and
+                    // ADD_PROVIDER become events the node ignores, so nothing is stored unasked,
+                    // not even by a member.
+                    .set_record_filtering(kad::StoreInserts::FilterBoth)
                     .set_periodic_bootstrap_interval(Some(KAD_REFRESH));
                 let peer_id = key.public().to_peer_id();
                 let kad = kad::Behaviour::with_config(
@@ -117,11 +131,14 @@ pub(super) fn build_swarm(
                 } else {
                     None
                 };
+                // Who may connect at all is the gate's (and these, the libp2p limits on
+                // everyone, members included).
                 let limits = connection_limits::ConnectionLimits::default()
                     .with_max_established_per_peer(Some(4))
                     .with_max_established(Some(1024))
                     .with_max_pending_incoming(Some(128));
                 Ok(Behaviour {
+                    gate: Gate::new(members.clone(), banned),
                     limits: connection_limits::Behaviour::new(limits),
                     // Pushes tell members (and the hub's Kademlia) of a new relay address at once.
                     identify: identify::Behaviour::new(
@@ -130,9 +147,14 @@ pub(super) fn build_swarm(
                             .with_push_listen_addr_updates(true),
                     ),
                     ping: ping::Behaviour::new(ping::Config::new()),
-                    gossipsub,
+                    gossipsub: MembersOnly::new(
+                        gossipsub,
+                        members.clone(),
+                        BeforeHello::Hold,
+                        "gossipsub",
+                    ),
                     exchange,
-                    kad,
+                    kad: MembersOnly::new(kad, members.clone(), BeforeHello::Hold, "Kademlia"),
                     mdns: Toggle::from(mdns),
                     relay_client,
                     dcutr: dcutr::Behaviour::new(peer_id),
@@ -147,12 +169,18 @@ pub(super) fn build_swarm(
                         relay
                     })),
                     autonat_server: Toggle::from(hub.then(|| {
-                        MembersOnly::new(autonat::v2::server::Behaviour::default(), members.clone())
+                        MembersOnly::new(
+                            autonat::v2::server::Behaviour::default(),
+                            members.clone(),
+                            BeforeHello::Drop,
+                            "AutoNAT server",
+                        )
                     })),
                 })
             },
         )?
         // Connections between runners are few and long-lived; keep them while the job runs.
+        // (Strangers do not profit: the gate closes what has not passed the hello in 10 s.)
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
         .build();
     Ok(swarm)
