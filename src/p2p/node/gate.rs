@@ -9,6 +9,9 @@
 //!   (members pass the hello in milliseconds, so their connections leave the count at once): per
 //!   identity and per remote address refuse the new connection; the total closes the *oldest*
 //!   unverified one instead, so that a flood from many addresses cannot lock newcomers out;
+//! - **a limit on handshakes in progress per remote address**, so that slow handshakes from
+//!   one host (a byte a second until libp2p's 10 s upgrade timeout) cannot take all the pending
+//!   slots of [`connection_limits`] and keep newcomers from other hosts out;
 //! - **bans**: a banned peer's connections are refused before any behaviour sees them.
 //!
 //! Verified members are never refused or closed here. Dials this node makes itself (bootstrap,
@@ -51,6 +54,10 @@ pub const MAX_UNVERIFIED_PER_IP: usize = 32;
 /// Unverified inbound connections at once from one peer id: a bootstrap dial to the TCP and the
 /// QUIC address, and one through a relay.
 pub const MAX_UNVERIFIED_PER_PEER: usize = 3;
+/// Inbound connections at once still in their Noise/Yamux handshake from one remote address
+/// (IPv4) or IPv6 /64. A handshake takes milliseconds, so members rarely hold one; the node's
+/// total of pending connections (128) is four times this, so one host cannot take them all.
+pub const MAX_PENDING_PER_IP: usize = 32;
 /// How often the deadline is checked.
 const SWEEP: Duration = Duration::from_secs(1);
 /// Lines about strangers logged at info per [`LOG_WINDOW`]; the rest go to debug, so that a
@@ -67,6 +74,8 @@ pub(super) enum Refusal {
     PerPeer,
     #[error("{MAX_UNVERIFIED_PER_IP} unverified connections from {0} are open")]
     PerIp(String),
+    #[error("{MAX_PENDING_PER_IP} handshakes from {0} are in progress")]
+    PendingPerIp(String),
 }
 
 /// The address a limit counts by: an IPv4 address, or an IPv6 /64.
@@ -145,6 +154,8 @@ pub(super) struct Gate {
     members: Members,
     banned: Banned,
     unverified: HashMap<ConnectionId, Unverified>,
+    /// Inbound connections still in their handshake, by where they come from.
+    pending: HashMap<ConnectionId, Origin>,
     to_close: VecDeque<(PeerId, ConnectionId)>,
     sweep: tokio::time::Interval,
     throttle: Throttle,
@@ -158,6 +169,7 @@ impl Gate {
             members,
             banned,
             unverified: HashMap::new(),
+            pending: HashMap::new(),
             to_close: VecDeque::new(),
             sweep,
             throttle: Throttle {
@@ -233,13 +245,34 @@ impl NetworkBehaviour for Gate {
     type ConnectionHandler = dummy::ConnectionHandler;
     type ToSwarm = std::convert::Infallible;
 
+    fn handle_pending_inbound_connection(
+        &mut self,
+        id: ConnectionId,
+        _local: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        let Some(origin) = Origin::of(remote) else {
+            return Ok(());
+        };
+        if self.pending.values().filter(|o| **o == origin).count() >= MAX_PENDING_PER_IP {
+            let why = Refusal::PendingPerIp(origin.to_string());
+            self.throttle.log(format_args!(
+                "refused a connection from {remote}: {why} (slow or stalled handshakes)"
+            ));
+            return Err(ConnectionDenied::new(why));
+        }
+        self.pending.insert(id, origin);
+        Ok(())
+    }
+
     fn handle_established_inbound_connection(
         &mut self,
-        _id: ConnectionId,
+        id: ConnectionId,
         peer: PeerId,
         _local: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.pending.remove(&id);
         if (self.banned)(&peer) {
             return Err(self.refuse(peer, remote, Refusal::Banned));
         }
@@ -287,6 +320,10 @@ impl NetworkBehaviour for Gate {
             }
             FromSwarm::ConnectionClosed(ConnectionClosed { connection_id, .. }) => {
                 self.unverified.remove(&connection_id);
+            }
+            // A handshake that failed or timed out, or a connection another behaviour refused.
+            FromSwarm::ListenFailure(failure) => {
+                self.pending.remove(&failure.connection_id);
             }
             _ => {}
         }
