@@ -229,6 +229,8 @@ struct Inner {
     adoptions: tokio::sync::Mutex<()>,
     /// A hub's pulls of announced entries at once.
     mirrors: tokio::sync::Semaphore,
+    /// Entries being sent to members, within a byte budget.
+    serving: Serving,
 }
 
 impl Inner {
@@ -272,6 +274,7 @@ impl Node {
             revalidator: Mutex::new(None),
             adoptions: tokio::sync::Mutex::new(()),
             mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
+            serving: Serving::default(),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: hub::Members = {
