@@ -12,13 +12,17 @@ pub(super) enum Pulled {
     Nothing,
 }
 
-/// Bytes of entry bodies being sealed or sent to members at once. A serve holds about three
+/// Bytes of entry bodies being sealed or sent to members at once: the default entry cap, so the
+/// largest default entry is sent to one member at a time (a larger one, under a raised cap,
+/// takes the whole budget), while small ones go out by the thousand. A serve holds about three
 /// times its body at its peak (the framed body, its ciphertext, the CBOR frame on the wire), so
-/// this bounds what serving adds to the daemon's memory to ~100 MiB however many members pull.
-const SERVE_BUDGET: u64 = 32 * 1024 * 1024;
+/// this bounds what serving adds to the daemon's memory to ~50 MiB (~100 MiB for an entry of
+/// 32 MiB) however many members pull.
+const SERVE_BUDGET: u64 = crate::config::DEFAULT_MAX_ENTRY;
 /// How long a pull waits for room in the budget before it is answered `NotFound` (the member
-/// then asks another holder or GitHub); under `ASK_TIMEOUT`, so the answer arrives in time.
-const SERVE_WAIT: Duration = Duration::from_millis(1500);
+/// then asks another holder or GitHub): half of `PULL_TIMEOUT`, leaving the other half to read,
+/// seal and send. Waiting costs no memory.
+const SERVE_WAIT: Duration = Duration::from_secs(5);
 /// Budget units: KiB, so that the largest entry fits in a semaphore's permit count.
 const UNIT: u64 = 1024;
 
@@ -78,7 +82,7 @@ pub(super) fn serve_pull(
     channel: ResponseChannel<Response>,
 ) {
     tokio::spawn(async move {
-        let (response, permit) = sealed_for(&inner, &key_id).await;
+        let (response, permit) = sealed_for(&inner, &key_id, &channel).await;
         if let Some(TestFault::SlowResponses(delay)) = inner.fault {
             tokio::time::sleep(delay).await;
         }
@@ -90,7 +94,11 @@ pub(super) fn serve_pull(
 }
 
 /// The sealed entry held under `key_id` and the budget it takes, or `NotFound`.
-async fn sealed_for(inner: &Arc<Inner>, key_id: &KeyId) -> (Response, Option<OwnedPermit>) {
+async fn sealed_for(
+    inner: &Arc<Inner>,
+    key_id: &KeyId,
+    channel: &ResponseChannel<Response>,
+) -> (Response, Option<OwnedPermit>) {
     let local_id = inner
         .state()
         .served
@@ -120,6 +128,10 @@ async fn sealed_for(inner: &Arc<Inner>, key_id: &KeyId) -> (Response, Option<Own
         );
         return (Response::NotFound, None);
     };
+    if !channel.is_open() {
+        // The request timed out while it waited: nobody would read the entry.
+        return (Response::NotFound, None);
+    }
     let (cache, for_seal) = (inner.cache.clone(), inner.clone());
     let key = *key_id;
     let sealed = tokio::task::spawn_blocking(move || {
