@@ -875,8 +875,8 @@ impl Resolver {
             .get_capped(&api_request, self.max_entry)
             .await
             .map_err(|error| {
-            ResolveError::Unreachable(format!("GitHub could not be reached ({error})"))
-        })?;
+                ResolveError::Unreachable(format!("GitHub could not be reached ({error})"))
+            })?;
         limits.record(response.status, &response.headers, &response.body);
         Ok(Resolved::from_response(response, None))
     }

@@ -73,7 +73,8 @@ impl Overflow {
     /// The rest of the body as it arrives; an `Err` item means the answer broke off.
     pub fn into_stream(
         self,
-    ) -> impl futures::Stream<Item = Result<hyper::body::Bytes, std::io::Error>> + Send + 'static {
+    ) -> impl futures::Stream<Item = Result<hyper::body::Bytes, std::io::Error>> + Send + 'static
+    {
         use futures::TryStreamExt;
         self.response
             .bytes_stream()
@@ -195,10 +196,7 @@ async fn execute(request: reqwest::RequestBuilder) -> Result<ApiResponse, String
 /// Sends a request and reads its body chunk by chunk, stopping once more than `cap` bytes came
 /// (or at once when `Content-Length` says it will be more): memory holds at most the cap and
 /// one chunk, whatever GitHub sends.
-async fn execute_capped(
-    request: reqwest::RequestBuilder,
-    cap: u64,
-) -> Result<ApiResponse, String> {
+async fn execute_capped(request: reqwest::RequestBuilder, cap: u64) -> Result<ApiResponse, String> {
     let mut response = request.send().await.map_err(|e| describe(&e))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();

@@ -99,11 +99,7 @@ async fn sealed_for(
     key_id: &KeyId,
     channel: &ResponseChannel<Response>,
 ) -> (Response, Option<OwnedPermit>) {
-    let local_id = inner
-        .state()
-        .served
-        .get(key_id)
-        .map(|h| h.local_id.clone());
+    let local_id = inner.state().served.get(key_id).map(|h| h.local_id.clone());
     let Some(local_id) = local_id else {
         return (Response::NotFound, None);
     };
@@ -376,7 +372,8 @@ mod tests {
         };
         let mut plain = frame_header(&entry);
         plain.extend_from_slice(&body);
-        let (opened, opened_body) = open_entry(&keys, &key_id, &keys.seal(&key_id, &plain)).unwrap();
+        let (opened, opened_body) =
+            open_entry(&keys, &key_id, &keys.seal(&key_id, &plain)).unwrap();
         assert_eq!((opened, opened_body), (entry, body));
     }
 }

@@ -212,7 +212,9 @@ fn answer(
         if settled.rate_limited {
             return build_response(Plan::NotFound, &settled, authenticated);
         }
-        let chunked = uri.query().is_some_and(|q| q.split('&').any(|p| p == "chunked=1"));
+        let chunked = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "chunked=1"));
         return crate::large::response(
             rate_headers(&settled),
             path,
