@@ -999,16 +999,29 @@ impl Resolver {
 
         if response.status == 200 && response.overflow.is_some() {
             self.counters.oversized.fetch_add(1, Ordering::Relaxed);
-            let size = response
+            let declared = response
                 .overflow
                 .as_ref()
-                .and_then(Overflow::content_length)
-                .map_or_else(|| "more than".to_string(), |n| format!("{n} bytes,"));
+                .and_then(Overflow::content_length);
+            let limit = crate::config::MAX_ENTRY_LIMIT_TEXT;
+            let (size, fix) = match declared {
+                Some(n) if n > crate::config::MAX_ENTRY_LIMIT => (
+                    format!(" ({n} bytes)"),
+                    format!("answers over {limit} are never cached"),
+                ),
+                Some(n) => (
+                    format!(" ({n} bytes)"),
+                    format!("raise PEERCACHE_MAX_ENTRY (at most {limit}) to cache it"),
+                ),
+                None => (
+                    String::new(),
+                    format!("raise PEERCACHE_MAX_ENTRY (at most {limit}) to cache it"),
+                ),
+            };
             tracing::warn!(
-                "the answer for {} is {size} over PEERCACHE_MAX_ENTRY ({} bytes): passed through to the caller, not cached or shared; raise PEERCACHE_MAX_ENTRY (at most {}) to cache answers of this size",
+                "the answer for {}{size} is larger than PEERCACHE_MAX_ENTRY ({} bytes): passed through to the caller, not cached or shared; {fix}",
                 request.url,
                 self.max_entry,
-                crate::config::MAX_ENTRY_LIMIT_TEXT
             );
             return Ok(Resolved::from_response(response, None));
         }
