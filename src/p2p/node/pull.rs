@@ -280,7 +280,10 @@ impl Handle {
         let Response::Entry { sealed } = response else {
             return Pulled::Nothing;
         };
-        let (entry, body) = match open_entry(&self.inner.keys, key_id, &sealed) {
+        let opened = open_entry(&self.inner.keys, key_id, &sealed);
+        // The sealed copy goes before the body is checked and stored: one copy at a time.
+        drop(sealed);
+        let (entry, body) = match opened {
             Ok(opened) => opened,
             Err(why) => return self.reject(peer, why),
         };
@@ -297,37 +300,48 @@ impl Handle {
         if !entry.is_fresh(ttl, now) {
             return Pulled::Stale(entry, body);
         }
-        self.keep(peer, key_id, key, &entry, &body).await;
+        let Some(body) = self.keep(peer, key_id, key, &entry, body).await else {
+            return Pulled::Nothing;
+        };
         bump(&self.inner.counters.entries_received);
         Pulled::Fresh(entry, body)
     }
 
-    /// Stores an entry received from `peer` and serves it from here on.
+    /// Stores an entry received from `peer` and serves it from here on; the body moves to the
+    /// writer and back (a large entry is never held twice). `None` only when the writer
+    /// panicked and took the body with it.
     pub(super) async fn keep(
         &self,
         peer: PeerId,
         key_id: &KeyId,
         key: &CacheKey,
         entry: &Entry,
-        body: &[u8],
-    ) {
+        body: Vec<u8>,
+    ) -> Option<Vec<u8>> {
         let cache = self.inner.cache.clone();
-        let (local_id, stored_entry, stored_body) =
-            (key.id().to_string(), entry.clone(), body.to_vec());
-        match tokio::task::spawn_blocking(move || {
-            cache.put_entry(&local_id, &stored_entry, &stored_body)
+        let (local_id, stored_entry) = (key.id().to_string(), entry.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            let outcome = cache.put_entry(&local_id, &stored_entry, &body);
+            (outcome, body)
         })
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("could not store an entry received from {peer}: {e:#}"),
-            Err(e) => tracing::warn!("could not store an entry received from {peer}: {e}"),
-        }
+        .await;
+        let body = match stored {
+            Ok((Ok(()), body)) => Some(body),
+            Ok((Err(e), body)) => {
+                tracing::warn!("could not store an entry received from {peer}: {e:#}");
+                Some(body)
+            }
+            Err(e) => {
+                tracing::warn!("could not store an entry received from {peer}: {e}");
+                None
+            }
+        };
         let held = Held {
             local_id: key.id().to_string(),
             fetched_at_ms: entry.fetched_at_ms,
         };
         self.inner.state().served.insert(*key_id, held);
+        body
     }
 
     /// Counts a bad entry; a peer that keeps sending them is disconnected.
