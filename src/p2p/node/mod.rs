@@ -230,7 +230,7 @@ struct Inner {
     /// A hub's pulls of announced entries at once.
     mirrors: tokio::sync::Semaphore,
     /// Entries being sent to members, within a byte budget.
-    serving: Serving,
+    serving: Arc<Serving>,
 }
 
 impl Inner {
@@ -274,7 +274,7 @@ impl Node {
             revalidator: Mutex::new(None),
             adoptions: tokio::sync::Mutex::new(()),
             mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
-            serving: Serving::default(),
+            serving: Arc::default(),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: hub::Members = {

@@ -55,20 +55,33 @@ impl Serving {
             .ok()
     }
 
-    /// Keeps `permit` until the response to `request_id` has left (see [`Serving::sent`]).
-    fn hold(&self, request_id: request_response::InboundRequestId, permit: OwnedPermit) {
-        let mut held = self.on_the_wire.lock().unwrap_or_else(|e| e.into_inner());
-        let now = Instant::now();
-        held.retain(|_, (since, _)| now.duration_since(*since) < PULL_TIMEOUT);
-        held.insert(request_id, (now, permit));
+    /// Keeps `permit` until the response to `request_id` has left (see [`Serving::sent`]), or
+    /// for `PULL_TIMEOUT` at most: libp2p may have reported the request failed (timed out,
+    /// connection closed) before the permit got here, and by then the stream is gone anyway.
+    fn hold(self: &Arc<Self>, request_id: request_response::InboundRequestId, permit: OwnedPermit) {
+        let since = Instant::now();
+        self.lock().insert(request_id, (since, permit));
+        let serving = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PULL_TIMEOUT).await;
+            if let Some(serving) = serving.upgrade() {
+                let mut held = serving.lock();
+                if held.get(&request_id).is_some_and(|(at, _)| *at == since) {
+                    held.remove(&request_id);
+                }
+            }
+        });
+    }
+
+    fn lock(
+        &self,
+    ) -> MutexGuard<'_, HashMap<request_response::InboundRequestId, (Instant, OwnedPermit)>> {
+        self.on_the_wire.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The response to `request_id` was written or failed: its bytes are gone.
     pub(super) fn sent(&self, request_id: request_response::InboundRequestId) {
-        self.on_the_wire
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&request_id);
+        self.lock().remove(&request_id);
     }
 }
 
