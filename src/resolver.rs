@@ -39,7 +39,7 @@ use crate::cache::{
 };
 use crate::github::ratelimit::{RateLimits, Verdict};
 use crate::github::sharing::{self, Sharing};
-use crate::github::{ApiRequest, ApiResponse, GitHub};
+use crate::github::{ApiRequest, ApiResponse, GitHub, Overflow};
 use crate::p2p;
 use crate::secret::Secret;
 
@@ -166,7 +166,7 @@ enum Admission {
 }
 
 /// An answer: status, headers to show, body, and where it came from.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Resolved {
     /// Where it came from.
     pub source: Source,
@@ -174,8 +174,11 @@ pub struct Resolved {
     pub status: u16,
     /// Headers to show with `-i` and to send from the local API (without `x-peercache-source`).
     pub headers: Vec<(String, String)>,
-    /// The body, byte-identical to what GitHub sent.
+    /// The body, byte-identical to what GitHub sent; with `overflow`, only its beginning.
     pub body: Vec<u8>,
+    /// The rest of an upstream body larger than the entry cap (only from
+    /// [`Resolver::resolve_streamed`]): never stored, passed on as it arrives.
+    pub overflow: Option<Overflow>,
     /// The cache entry behind a 2xx answer.
     pub entry: Option<Entry>,
 }
@@ -212,6 +215,7 @@ impl Resolved {
             status: entry.status,
             headers,
             body,
+            overflow: None,
             entry: Some(entry),
         }
     }
@@ -230,6 +234,7 @@ impl Resolved {
             status: response.status,
             headers,
             body: response.body,
+            overflow: response.overflow,
             entry,
         }
     }
@@ -273,6 +278,7 @@ struct Counters {
     stale_served: AtomicU64,
     upstream_calls: AtomicU64,
     requests_with_upstream_call: AtomicU64,
+    oversized: AtomicU64,
 }
 
 /// A copy of the request figures.
@@ -294,6 +300,8 @@ pub struct CountersSnapshot {
     pub requests_with_upstream_call: u64,
     /// Requests not answered from the local cache or a peer.
     pub misses: u64,
+    /// Full upstream answers larger than the entry cap: passed through, not stored or shared.
+    pub oversized: u64,
 }
 
 /// Resolves requests against one cache dir and one API base (and, in the daemon, the swarm).
@@ -307,6 +315,7 @@ pub struct Resolver {
     counters: Arc<Counters>,
     proofs: AccessProofs,
     home_repository: Option<String>,
+    max_entry: u64,
 }
 
 impl fmt::Debug for Resolver {
@@ -330,7 +339,15 @@ impl Resolver {
             peers: None,
             counters: Arc::default(),
             home_repository: None,
+            max_entry: crate::config::DEFAULT_MAX_ENTRY,
         }
+    }
+
+    /// Sets the largest body stored (`PEERCACHE_MAX_ENTRY`): a larger answer is passed through
+    /// to the caller, never held whole in memory, stored or announced.
+    pub fn with_max_entry(mut self, max_entry: u64) -> Resolver {
+        self.max_entry = max_entry;
+        self
     }
 
     /// Names this job's repository (`owner/repo`): every request this resolver answers comes
@@ -365,6 +382,7 @@ impl Resolver {
             stale_served: get(&c.stale_served),
             upstream_calls: get(&c.upstream_calls),
             requests_with_upstream_call: get(&c.requests_with_upstream_call),
+            oversized: get(&c.oversized),
             misses: requests.saturating_sub(local_hits + peer_hits),
         }
     }
@@ -373,8 +391,25 @@ impl Resolver {
         RateLimits::new(self.cache.dir(), &self.api_base, token.map(Secret::expose))
     }
 
-    /// Answers a request from the freshest tier that can.
+    /// Answers a request from the freshest tier that can, with the whole body in memory (an
+    /// answer over the entry cap is read to its end, still not stored).
     pub async fn resolve(&self, request: &Request) -> Result<Resolved, ResolveError> {
+        let mut resolved = self.resolve_streamed(request).await?;
+        if let Some(overflow) = resolved.overflow.take() {
+            overflow.read_into(&mut resolved.body).await.map_err(|e| {
+                ResolveError::Unreachable(format!(
+                    "GitHub's answer to {} broke off ({e})",
+                    request.url
+                ))
+            })?;
+        }
+        Ok(resolved)
+    }
+
+    /// Answers a request from the freshest tier that can; an upstream answer over the entry
+    /// cap comes with only its beginning in `body` and the rest in `overflow`, for the caller
+    /// to pass on as it arrives (the daemon's memory stays bounded whatever GitHub sends).
+    pub async fn resolve_streamed(&self, request: &Request) -> Result<Resolved, ResolveError> {
         let calls_before = self.counters.upstream_calls.load(Ordering::Relaxed);
         let result = self.resolve_uncounted(request).await;
         let c = &self.counters;
@@ -514,9 +549,13 @@ impl Resolver {
         // Tell the swarm: announce what is now fresh here under the shared key, or release the
         // claim.
         let fresh = match &result {
-            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => {
-                r.entry.as_ref().filter(|e| e.key == shared_key.canonical())
-            }
+            // An entry over the wire limit (stored under a larger cap of old) is never announced:
+            // no member could pull it.
+            Ok(r) if matches!(r.source, Source::Upstream | Source::Revalidated) => r
+                .entry
+                .as_ref()
+                .filter(|e| e.key == shared_key.canonical())
+                .filter(|e| e.size <= crate::config::MAX_ENTRY_LIMIT),
             _ => None,
         };
         peers.finished(&shared_key, fresh);
@@ -719,6 +758,7 @@ impl Resolver {
                     .map(|ct| vec![("content-type".to_string(), ct)])
                     .unwrap_or_default(),
                 body: body.into_bytes(),
+                overflow: None,
                 entry: None,
             }))),
         }
@@ -770,7 +810,7 @@ impl Resolver {
         self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
         let response = self
             .github
-            .get(&proof)
+            .get_capped(&proof, self.max_entry)
             .await
             .map_err(|e| cannot(format!("GitHub could not be reached: {e}")))?;
         let verdict = limits.record(response.status, &response.headers, &response.body);
@@ -830,9 +870,13 @@ impl Resolver {
             if_none_match: None,
         };
         self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
-        let response = self.github.get(&api_request).await.map_err(|error| {
-            ResolveError::Unreachable(format!("GitHub could not be reached ({error})"))
-        })?;
+        let response = self
+            .github
+            .get_capped(&api_request, self.max_entry)
+            .await
+            .map_err(|error| {
+                ResolveError::Unreachable(format!("GitHub could not be reached ({error})"))
+            })?;
         limits.record(response.status, &response.headers, &response.body);
         Ok(Resolved::from_response(response, None))
     }
@@ -906,7 +950,7 @@ impl Resolver {
         };
 
         self.counters.upstream_calls.fetch_add(1, Ordering::Relaxed);
-        let response = match self.github.get(&api_request).await {
+        let mut response = match self.github.get_capped(&api_request, self.max_entry).await {
             Ok(response) => response,
             Err(error) => {
                 let why = format!("GitHub could not be reached ({error})");
@@ -953,6 +997,35 @@ impl Resolver {
             return Ok(Resolved::from_entry(Source::Revalidated, renewed, body));
         }
 
+        if response.status == 200 && response.overflow.is_some() {
+            self.counters.oversized.fetch_add(1, Ordering::Relaxed);
+            let declared = response
+                .overflow
+                .as_ref()
+                .and_then(Overflow::content_length);
+            let limit = crate::config::MAX_ENTRY_LIMIT_TEXT;
+            let (size, fix) = match declared {
+                Some(n) if n > crate::config::MAX_ENTRY_LIMIT => (
+                    format!(" ({n} bytes)"),
+                    format!("answers over {limit} are never cached"),
+                ),
+                Some(n) => (
+                    format!(" ({n} bytes)"),
+                    format!("raise PEERCACHE_MAX_ENTRY (at most {limit}) to cache it"),
+                ),
+                None => (
+                    String::new(),
+                    format!("raise PEERCACHE_MAX_ENTRY (at most {limit}) to cache it"),
+                ),
+            };
+            tracing::warn!(
+                "the answer for {}{size} is larger than PEERCACHE_MAX_ENTRY ({} bytes): passed through to the caller, not cached or shared; {fix}",
+                request.url,
+                self.max_entry,
+            );
+            return Ok(Resolved::from_response(response, None));
+        }
+
         // Only a full, plain answer is stored: not a 206, a 204 or another 2xx.
         if response.status == 200 {
             let shared_key = &keys[0];
@@ -978,16 +1051,20 @@ impl Resolver {
                 etag_token: Some(tag),
             };
             let cache = self.cache.clone();
+            // The body moves to the writer and back: an answer is never held twice.
             let (key, url, body, ttl) = (
                 key.clone(),
                 request.url.to_string(),
-                response.body.clone(),
+                std::mem::take(&mut response.body),
                 request.ttl,
             );
-            let stored =
-                tokio::task::spawn_blocking(move || cache.put(&key, &url, &meta, &body, ttl))
-                    .await
-                    .map_err(anyhow::Error::from)?;
+            let (stored, body) = tokio::task::spawn_blocking(move || {
+                let stored = cache.put(&key, &url, &meta, &body, ttl);
+                (stored, body)
+            })
+            .await
+            .map_err(anyhow::Error::from)?;
+            response.body = body;
             let entry = match stored {
                 Ok(entry) => Some(entry),
                 Err(e) => {

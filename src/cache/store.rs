@@ -289,6 +289,82 @@ impl Cache {
         Lookup::Hit { entry, body }
     }
 
+    /// The index record stored under a key id, without its body (a cheap look at its size).
+    pub fn record_by_id(&self, key_id: &str) -> Option<Entry> {
+        if !is_hex_id(key_id) {
+            return None;
+        }
+        let text = fs::read(self.entry_path(key_id)).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+
+    /// Like [`Cache::get_by_id`], but the body is appended to the buffer `frame` makes from
+    /// the entry (a header, with room reserved for the body): a body sent over the wire is read
+    /// once into the buffer that is sealed, never copied beside it. Verified as every read is;
+    /// `None` when missing or bad (a bad one is discarded and counted).
+    pub fn get_framed(
+        &self,
+        key_id: &str,
+        frame: impl FnOnce(&Entry) -> Vec<u8>,
+    ) -> Option<(Entry, Vec<u8>)> {
+        let entry = match self.get_record(key_id) {
+            Ok(entry) => entry,
+            Err(_) => return None,
+        };
+        let mut out = frame(&entry);
+        let start = out.len();
+        if let Some(held) = self.verified.as_ref().and_then(|v| v.get(&entry.digest))
+            && held.len() as u64 == entry.size
+        {
+            out.extend_from_slice(&held);
+            return Some((entry, out));
+        }
+        let object = self.object_path(&entry.digest);
+        let read = File::open(&object).and_then(|mut file| {
+            out.reserve_exact(entry.size as usize);
+            // One byte past the size shows a body that grew.
+            Read::by_ref(&mut file)
+                .take(entry.size.saturating_add(1))
+                .read_to_end(&mut out)
+        });
+        let body = &out[start..];
+        if read.is_err()
+            || body.len() as u64 != entry.size
+            || hex::encode(Sha256::digest(body)) != entry.digest
+        {
+            let reason = format!(
+                "body {} failed verification ({} bytes read, {} expected, or its SHA-256 differs)",
+                entry.digest,
+                body.len(),
+                entry.size
+            );
+            self.discard(&self.entry_path(key_id), Some(&object), reason);
+            return None;
+        }
+        Some((entry, out))
+    }
+
+    /// The record under `key_id`, checked as [`Cache::get_by_id`] checks it (a corrupt one is
+    /// discarded).
+    fn get_record(&self, key_id: &str) -> Result<Entry, ()> {
+        if !is_hex_id(key_id) {
+            return Err(());
+        }
+        let path = self.entry_path(key_id);
+        let text = fs::read(&path).map_err(|_| ())?;
+        match serde_json::from_slice::<Entry>(&text) {
+            Ok(entry) if is_hex_id(&entry.digest) => Ok(entry),
+            _ => {
+                self.discard(
+                    &path,
+                    None,
+                    format!("index record {} is corrupt", path.display()),
+                );
+                Err(())
+            }
+        }
+    }
+
     /// Marks the record used and, when this process keeps verified entries, remembers it with
     /// the stamp of its file (taken after the mark, which may change the mtime).
     fn remember(&self, key_id: &str, record: &File, entry: &Entry) {

@@ -240,7 +240,8 @@ impl<'a> Tiers<'a> {
         if self.direct.is_none() {
             let cache = Cache::open(&self.settings.cache_dir, self.settings.max_size)?;
             let resolver = Resolver::new(cache, GitHub::new()?, &self.settings.api_url)
-                .with_home_repository(self.settings.repository.clone());
+                .with_home_repository(self.settings.repository.clone())
+                .with_max_entry(self.settings.max_entry);
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;

@@ -26,6 +26,16 @@ pub const DEFAULT_API_URL: &str = "https://api.github.com";
 pub const DEFAULT_TTL_SECS: u64 = 300;
 /// Cache size bound when nothing else is set.
 pub const DEFAULT_MAX_SIZE: u64 = 512 * 1024 * 1024;
+/// The largest body stored when nothing else is set (`PEERCACHE_MAX_ENTRY`). Half the largest
+/// that members can exchange ([`MAX_ENTRY_LIMIT`]): every answer under the cap is held whole in
+/// memory while it is stored or sent to a member, so the default halves that worst case, and
+/// ordinary REST answers (100 items a page) stay far below it.
+pub const DEFAULT_MAX_ENTRY: u64 = 16 * 1024 * 1024;
+/// The largest `PEERCACHE_MAX_ENTRY`: a sealed entry of 32 MiB (plus its record) is the largest
+/// response the exchange protocol accepts (`MAX_RESPONSE_BYTES`, 32 MiB + 64 KiB).
+pub const MAX_ENTRY_LIMIT: u64 = 32 * 1024 * 1024;
+/// [`MAX_ENTRY_LIMIT`] as people write it.
+pub const MAX_ENTRY_LIMIT_TEXT: &str = "32MiB";
 
 /// Where a setting's value came from; its `Display` is the name to show the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,6 +183,8 @@ pub struct Settings {
     pub log: String,
     /// Cache size bound in bytes.
     pub max_size: u64,
+    /// The largest body stored and shared; larger answers are passed through.
+    pub max_entry: u64,
     /// Who shares the swarm.
     pub scope: Scope,
     /// This job's repository (`GITHUB_REPOSITORY`, lowercase): every request on this runner comes
@@ -369,6 +381,10 @@ impl Settings {
             Some(raw) => parse_size(&raw)?,
             None => DEFAULT_MAX_SIZE,
         };
+        let max_entry = match r.pick(("", &None), &["PEERCACHE_MAX_ENTRY"], "max_entry") {
+            Some(raw) => parse::max_entry(&raw)?,
+            None => DEFAULT_MAX_ENTRY,
+        };
 
         let repository = Settings::repository(env)
             .map(|r| r.trim().to_ascii_lowercase())
@@ -392,6 +408,7 @@ impl Settings {
             p2p,
             log,
             max_size,
+            max_entry,
             scope,
             repository,
             hub,

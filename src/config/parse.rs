@@ -49,6 +49,22 @@ pub fn parse_bool(raw: &Raw) -> anyhow::Result<bool> {
     }
 }
 
+/// `PEERCACHE_MAX_ENTRY`: a size ([`parse_size`]) no larger than members can exchange.
+pub fn max_entry(raw: &Raw) -> anyhow::Result<u64> {
+    let size = parse_size(raw)?;
+    if size > super::MAX_ENTRY_LIMIT {
+        return Err(invalid(
+            raw,
+            &format!(
+                "at most {} (the largest entry members can exchange); larger answers are passed through uncached whatever the setting, so set {} to a size such as 16MiB",
+                super::MAX_ENTRY_LIMIT_TEXT,
+                raw.origin
+            ),
+        ));
+    }
+    Ok(size)
+}
+
 /// A size in bytes, with an optional unit: `536870912`, `512M`, `512MiB`, `1G`, `64KB`.
 ///
 /// Units are binary (1K = 1024) because the cache bound is about disk blocks, not marketing.

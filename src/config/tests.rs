@@ -329,3 +329,25 @@ fn sizes() {
     assert!(parse_size(&raw("0")).is_err());
     assert!(parse_size(&raw("99999999999999999999T")).is_err());
 }
+
+#[test]
+fn max_entry_defaults_under_the_wire_limit_and_refuses_more() {
+    let s = load(&Flags::default(), &[("HOME", "/h")]).unwrap();
+    assert_eq!(s.max_entry, 16 * 1024 * 1024);
+    let s = load(
+        &Flags::default(),
+        &[("HOME", "/h"), ("PEERCACHE_MAX_ENTRY", "32MiB")],
+    )
+    .unwrap();
+    assert_eq!(s.max_entry, super::MAX_ENTRY_LIMIT);
+    let m = message(load(
+        &Flags::default(),
+        &[("HOME", "/h"), ("PEERCACHE_MAX_ENTRY", "33554433")],
+    ));
+    assert!(
+        m.contains("PEERCACHE_MAX_ENTRY") && m.contains("at most 32MiB"),
+        "{m}"
+    );
+    let file = FileSettings::parse("max_entry: 2MiB\n").unwrap();
+    assert_eq!(file.get("max_entry").as_deref(), Some("2MiB"));
+}

@@ -398,6 +398,12 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
     );
     counter(
         &mut r,
+        "peercache_oversized_answers",
+        "Full answers larger than PEERCACHE_MAX_ENTRY: passed through to the caller, not cached or shared",
+        c.oversized,
+    );
+    counter(
+        &mut r,
         "peercache_requests_with_upstream_call",
         "Requests that needed at least one call to GitHub",
         c.requests_with_upstream_call,

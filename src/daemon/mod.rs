@@ -189,7 +189,8 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     // One HTTP client (and pool) for the resolver and the requests the API passes through.
     let github = GitHub::new()?;
     let mut resolver = Resolver::new(cache.clone(), github.clone(), &settings.api_url)
-        .with_home_repository(settings.repository.clone());
+        .with_home_repository(settings.repository.clone())
+        .with_max_entry(settings.max_entry);
     if let Some(handle) = &handle {
         resolver = resolver.with_peers(handle.clone());
         // Revalidations members ask for use this daemon's own token, never theirs.

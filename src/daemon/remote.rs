@@ -164,6 +164,7 @@ impl Remote {
             status: response.status,
             headers,
             body: response.body,
+            overflow: None,
             entry: None,
         }))
     }

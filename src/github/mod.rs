@@ -42,14 +42,58 @@ pub struct ApiRequest {
 }
 
 /// An upstream answer, body as received.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ApiResponse {
     /// HTTP status.
     pub status: u16,
     /// Response headers.
     pub headers: HeaderMap,
-    /// The body, byte for byte.
+    /// The body, byte for byte; with [`ApiResponse::overflow`], only its beginning.
     pub body: Vec<u8>,
+    /// The rest of a body larger than the cap it was read with ([`GitHub::get_capped`]):
+    /// `body` then this is the whole answer.
+    pub overflow: Option<Overflow>,
+}
+
+/// The unread rest of an upstream body that was too large to hold in memory: it is passed on
+/// as it arrives, never stored.
+pub struct Overflow {
+    response: reqwest::Response,
+}
+
+impl std::fmt::Debug for Overflow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overflow")
+            .field("content_length", &self.response.content_length())
+            .finish()
+    }
+}
+
+impl Overflow {
+    /// The rest of the body as it arrives; an `Err` item means the answer broke off.
+    pub fn into_stream(
+        self,
+    ) -> impl futures::Stream<Item = Result<hyper::body::Bytes, std::io::Error>> + Send + 'static
+    {
+        use futures::TryStreamExt;
+        self.response
+            .bytes_stream()
+            .map_err(|e| std::io::Error::other(describe(&e)))
+    }
+
+    /// The whole body's size, when GitHub declared it.
+    pub fn content_length(&self) -> Option<u64> {
+        self.response.content_length()
+    }
+
+    /// Reads the rest of the body onto `body` (for callers that need it whole, such as a
+    /// one-shot `fetch` printing it).
+    pub async fn read_into(mut self, body: &mut Vec<u8>) -> Result<(), String> {
+        while let Some(chunk) = self.response.chunk().await.map_err(|e| describe(&e))? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(())
+    }
 }
 
 impl ApiResponse {
@@ -89,8 +133,15 @@ impl GitHub {
         Ok(self.http.get_or_init(|| client))
     }
 
-    /// Sends one GET; `Err` only when no HTTP answer came back (network, TLS, timeout).
+    /// Sends one GET and reads the whole answer; `Err` only when no HTTP answer came back
+    /// (network, TLS, timeout).
     pub async fn get(&self, request: &ApiRequest) -> Result<ApiResponse, String> {
+        self.get_capped(request, u64::MAX).await
+    }
+
+    /// Sends one GET and reads at most about `cap` bytes of the body into memory: a larger
+    /// answer comes back with its beginning in `body` and the rest unread in `overflow`.
+    pub async fn get_capped(&self, request: &ApiRequest, cap: u64) -> Result<ApiResponse, String> {
         let mut headers = HeaderMap::new();
         for (name, value) in &request.extra_headers {
             headers.insert(name.clone(), value.clone());
@@ -114,7 +165,7 @@ impl GitHub {
         if let Some(etag) = &request.if_none_match {
             headers.insert(IF_NONE_MATCH, header_value(etag)?);
         }
-        execute(self.http()?.get(request.url.clone()).headers(headers)).await
+        execute_capped(self.http()?.get(request.url.clone()).headers(headers), cap).await
     }
 }
 
@@ -139,14 +190,43 @@ fn api_headers(
 
 /// Sends a request and reads the whole answer.
 async fn execute(request: reqwest::RequestBuilder) -> Result<ApiResponse, String> {
-    let response = request.send().await.map_err(|e| describe(&e))?;
+    execute_capped(request, u64::MAX).await
+}
+
+/// Sends a request and reads its body chunk by chunk, stopping once more than `cap` bytes came
+/// (or at once when `Content-Length` says it will be more): memory holds at most the cap and
+/// one chunk, whatever GitHub sends.
+async fn execute_capped(request: reqwest::RequestBuilder, cap: u64) -> Result<ApiResponse, String> {
+    let mut response = request.send().await.map_err(|e| describe(&e))?;
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.bytes().await.map_err(|e| describe(&e))?.to_vec();
+    let declared = response.content_length();
+    let mut body = Vec::with_capacity(declared.unwrap_or(0).min(cap).min(1 << 20) as usize);
+    let overflowing = |len: u64| len > cap;
+    if declared.is_some_and(overflowing) {
+        return Ok(ApiResponse {
+            status,
+            headers,
+            body,
+            overflow: Some(Overflow { response }),
+        });
+    }
+    while let Some(chunk) = response.chunk().await.map_err(|e| describe(&e))? {
+        body.extend_from_slice(&chunk);
+        if overflowing(body.len() as u64) {
+            return Ok(ApiResponse {
+                status,
+                headers,
+                body,
+                overflow: Some(Overflow { response }),
+            });
+        }
+    }
     Ok(ApiResponse {
         status,
         headers,
         body,
+        overflow: None,
     })
 }
 

@@ -25,11 +25,12 @@ const NOT_FORWARDED: &[&str] = &[
 
 /// The answer for `fetch`: status, headers and body as GitHub sent them (`Link` pointing at
 /// the daemon, which `fetch` maps back), and `x-peercache-source`.
-pub(super) fn respond_raw(api: &Api, base: &str, resolved: Resolved) -> Response {
+pub(super) fn respond_raw(api: &Api, base: &str, mut resolved: Resolved) -> Response {
     let Ok(status) = StatusCode::from_u16(resolved.status) else {
         return invalid_status(resolved.status);
     };
-    let mut response = Response::new(Body::from(resolved.body));
+    let body = body_of(&mut resolved);
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     let out = response.headers_mut();
     for (name, value) in &resolved.headers {
@@ -49,6 +50,22 @@ pub(super) fn respond_raw(api: &Api, base: &str, resolved: Resolved) -> Response
         HeaderValue::from_static(resolved.source.as_str()),
     );
     response
+}
+
+/// The body to send: the bytes in memory, then, for an answer over the entry cap, the rest as
+/// it arrives from GitHub (a break upstream aborts the response, so a client never takes a cut
+/// body for a whole one).
+fn body_of(resolved: &mut Resolved) -> Body {
+    let head = std::mem::take(&mut resolved.body);
+    match resolved.overflow.take() {
+        None => Body::from(head),
+        Some(rest) => {
+            let head = futures::stream::once(futures::future::ready(Ok::<_, std::io::Error>(
+                axum::body::Bytes::from(head),
+            )));
+            Body::from_stream(futures::StreamExt::chain(head, rest.into_stream()))
+        }
+    }
 }
 
 /// The daemon's ETag for a body: the same whoever asks and whichever member stored it (GitHub's
@@ -74,6 +91,11 @@ pub(super) fn respond(
     let Ok(status) = StatusCode::from_u16(resolved.status) else {
         return invalid_status(resolved.status);
     };
+    if resolved.overflow.is_some() {
+        // Too large to hold: GitHub's answer as it comes, like a passed-through write (no ETag
+        // of the daemon's, which would need the whole body first, no URL rewriting).
+        return respond_raw(api, base, resolved);
+    }
     let success = resolved.is_success();
     let etag = success.then(|| etag_of(&resolved));
     let header_of = |name: &str| {

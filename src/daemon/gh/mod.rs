@@ -71,7 +71,8 @@ async fn read(api: &Api, base: &str, endpoint: &str, parts: &Parts) -> Response 
         Ok(request) => request,
         Err(message) => return json_error(StatusCode::BAD_REQUEST, &message),
     };
-    let result = api.resolver.resolve(&request).await;
+    // An answer over PEERCACHE_MAX_ENTRY comes with its rest unread: it is streamed on.
+    let result = api.resolver.resolve_streamed(&request).await;
     observe(api, &request, &result).await;
     let raw = parts.headers.contains_key(RAW_HEADER);
     match result {

@@ -397,7 +397,9 @@ impl EventLoop {
                 peer,
                 message:
                     Message::Request {
-                        request, channel, ..
+                        request,
+                        channel,
+                        request_id,
                     },
                 ..
             } => match request {
@@ -454,7 +456,9 @@ impl EventLoop {
                 Request::Pull { key_id } => {
                     let verified = self.inner.state().verified(&peer);
                     match <KeyId>::try_from(key_id.as_slice()) {
-                        Ok(key_id) if verified => serve_pull(self.inner.clone(), key_id, channel),
+                        Ok(key_id) if verified => {
+                            serve_pull(self.inner.clone(), key_id, request_id, channel)
+                        }
                         _ => {
                             let _ = self
                                 .swarm
@@ -512,7 +516,10 @@ impl EventLoop {
                     }
                 }
             }
-            _ => {}
+            // A response's bytes are gone: its room in the serving budget is free again.
+            Event::ResponseSent { request_id, .. } | Event::InboundFailure { request_id, .. } => {
+                self.inner.serving.sent(request_id)
+            }
         }
     }
 

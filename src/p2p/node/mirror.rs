@@ -82,7 +82,9 @@ impl Handle {
                 return;
             }
         }
-        self.keep(peer, &key_id, &key, &entry, &body).await;
+        let Some(body) = self.keep(peer, &key_id, &key, &entry, body).await else {
+            return;
+        };
         bump(&self.inner.counters.entries_mirrored);
         self.adopt(key_id, entry, body).await;
     }

@@ -234,6 +234,8 @@ struct Inner {
     adoptions: tokio::sync::Mutex<()>,
     /// A hub's pulls of announced entries at once.
     mirrors: tokio::sync::Semaphore,
+    /// Entries being sent to members, within a byte budget.
+    serving: Arc<Serving>,
 }
 
 impl Inner {
@@ -277,6 +279,7 @@ impl Node {
             revalidator: Mutex::new(None),
             adoptions: tokio::sync::Mutex::new(()),
             mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
+            serving: Arc::default(),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: gate::Members = {

@@ -12,38 +12,170 @@ pub(super) enum Pulled {
     Nothing,
 }
 
-/// Reads, seals and sends an entry to a verified peer, off the loop (disk reads, test delays).
-pub(super) fn serve_pull(inner: Arc<Inner>, key_id: KeyId, channel: ResponseChannel<Response>) {
-    tokio::spawn(async move {
-        let local_id = inner
-            .state()
-            .served
-            .get(&key_id)
-            .map(|h| h.local_id.clone());
-        let response = match local_id {
-            None => Response::NotFound,
-            Some(local_id) => {
-                let cache = inner.cache.clone();
-                match tokio::task::spawn_blocking(move || cache.get_by_id(&local_id, None)).await {
-                    Ok(Lookup::Hit { entry, mut body }) => {
-                        if inner.fault == Some(TestFault::TamperBodies) && !body.is_empty() {
-                            let middle = body.len() / 2;
-                            body[middle] ^= 0x01;
-                        }
-                        bump(&inner.counters.entries_served);
-                        Response::Entry {
-                            sealed: seal_entry(&inner.keys, &key_id, &entry, &body),
-                        }
-                    }
-                    _ => Response::NotFound,
+/// Bytes of entry bodies being sealed or sent to members at once: the default entry cap, so the
+/// largest default entry is sent to one member at a time (a larger one, under a raised cap,
+/// takes the whole budget), while small ones go out by the thousand. A serve holds about three
+/// times its body at its peak (the framed body, its ciphertext, the CBOR frame on the wire), so
+/// this bounds what serving adds to the daemon's memory to ~50 MiB (~100 MiB for an entry of
+/// 32 MiB) however many members pull.
+const SERVE_BUDGET: u64 = crate::config::DEFAULT_MAX_ENTRY;
+/// How long a pull waits for room in the budget before it is answered `NotFound` (the member
+/// then asks another holder or GitHub): half of `PULL_TIMEOUT`, leaving the other half to read,
+/// seal and send. Waiting costs no memory.
+const SERVE_WAIT: Duration = Duration::from_secs(5);
+/// Budget units: KiB, so that the largest entry fits in a semaphore's permit count.
+const UNIT: u64 = 1024;
+
+/// The budget of bodies in flight to members, and the permits of responses still on the wire.
+pub(super) struct Serving {
+    budget: Arc<tokio::sync::Semaphore>,
+    /// Released when libp2p reports the response sent or failed; in any case after
+    /// `PULL_TIMEOUT`, by when libp2p has dropped the stream and the bytes it held.
+    on_the_wire: Mutex<HashMap<request_response::InboundRequestId, (Instant, OwnedPermit)>>,
+}
+
+type OwnedPermit = tokio::sync::OwnedSemaphorePermit;
+
+impl Default for Serving {
+    fn default() -> Serving {
+        Serving {
+            budget: Arc::new(tokio::sync::Semaphore::new((SERVE_BUDGET / UNIT) as usize)),
+            on_the_wire: Mutex::default(),
+        }
+    }
+}
+
+impl Serving {
+    /// Room for a body of `size` bytes, waiting at most [`SERVE_WAIT`].
+    async fn reserve(&self, size: u64) -> Option<OwnedPermit> {
+        let units = size.div_ceil(UNIT).clamp(1, SERVE_BUDGET / UNIT) as u32;
+        tokio::time::timeout(SERVE_WAIT, self.budget.clone().acquire_many_owned(units))
+            .await
+            .ok()?
+            .ok()
+    }
+
+    /// Keeps `permit` until the response to `request_id` has left (see [`Serving::sent`]), or
+    /// for `PULL_TIMEOUT` at most: libp2p may have reported the request failed (timed out,
+    /// connection closed) before the permit got here, and by then the stream is gone anyway.
+    fn hold(self: &Arc<Self>, request_id: request_response::InboundRequestId, permit: OwnedPermit) {
+        let since = Instant::now();
+        self.lock().insert(request_id, (since, permit));
+        let serving = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(PULL_TIMEOUT).await;
+            if let Some(serving) = serving.upgrade() {
+                let mut held = serving.lock();
+                if held.get(&request_id).is_some_and(|(at, _)| *at == since) {
+                    held.remove(&request_id);
                 }
             }
-        };
+        });
+    }
+
+    fn lock(
+        &self,
+    ) -> MutexGuard<'_, HashMap<request_response::InboundRequestId, (Instant, OwnedPermit)>> {
+        self.on_the_wire.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The response to `request_id` was written or failed: its bytes are gone.
+    pub(super) fn sent(&self, request_id: request_response::InboundRequestId) {
+        self.lock().remove(&request_id);
+    }
+}
+
+/// Reads, seals and sends an entry to a verified peer, off the loop (disk reads, test delays).
+/// Bodies in flight stay within [`SERVE_BUDGET`]: a pull that finds no room in time is answered
+/// `NotFound`, and the member asks elsewhere.
+pub(super) fn serve_pull(
+    inner: Arc<Inner>,
+    key_id: KeyId,
+    request_id: request_response::InboundRequestId,
+    channel: ResponseChannel<Response>,
+) {
+    tokio::spawn(async move {
+        let (response, permit) = sealed_for(&inner, &key_id, &channel).await;
         if let Some(TestFault::SlowResponses(delay)) = inner.fault {
             tokio::time::sleep(delay).await;
         }
+        if let Some(permit) = permit {
+            inner.serving.hold(request_id, permit);
+        }
         inner.send(Command::Respond { channel, response });
     });
+}
+
+/// The sealed entry held under `key_id` and the budget it takes, or `NotFound`.
+async fn sealed_for(
+    inner: &Arc<Inner>,
+    key_id: &KeyId,
+    channel: &ResponseChannel<Response>,
+) -> (Response, Option<OwnedPermit>) {
+    let local_id = inner.state().served.get(key_id).map(|h| h.local_id.clone());
+    let Some(local_id) = local_id else {
+        return (Response::NotFound, None);
+    };
+    let cache = inner.cache.clone();
+    let id = local_id.clone();
+    let Ok(Some(record)) = tokio::task::spawn_blocking(move || cache.record_by_id(&id)).await
+    else {
+        return (Response::NotFound, None);
+    };
+    if record.size > MAX_SERVED_BODY {
+        tracing::debug!(
+            "not serving key {}: its {} bytes exceed what the exchange protocol carries",
+            hex::encode(key_id),
+            record.size
+        );
+        return (Response::NotFound, None);
+    }
+    let Some(permit) = inner.serving.reserve(record.size).await else {
+        tracing::debug!(
+            "busy: a pull of {} bytes found no room among the bodies being sent; the member asks elsewhere",
+            record.size
+        );
+        return (Response::NotFound, None);
+    };
+    if !channel.is_open() {
+        // The request timed out while it waited: nobody would read the entry.
+        return (Response::NotFound, None);
+    }
+    let (cache, for_seal) = (inner.cache.clone(), inner.clone());
+    let key = *key_id;
+    let sealed = tokio::task::spawn_blocking(move || {
+        let (_, mut plain) = cache.get_framed(&local_id, frame_header)?;
+        if for_seal.fault == Some(TestFault::TamperBodies) {
+            let header = 4 + u32::from_be_bytes([plain[0], plain[1], plain[2], plain[3]]) as usize;
+            if plain.len() > header {
+                let middle = header + (plain.len() - header) / 2;
+                plain[middle] ^= 0x01;
+            }
+        }
+        // The framing of `seal_entry`, sealed from the one buffer the body was read into.
+        Some(for_seal.keys.seal(&key, &plain))
+    })
+    .await;
+    match sealed {
+        Ok(Some(sealed)) => {
+            bump(&inner.counters.entries_served);
+            (Response::Entry { sealed }, Some(permit))
+        }
+        _ => (Response::NotFound, None),
+    }
+}
+
+/// The largest body served: what fits in one response of the exchange protocol, beside the
+/// entry's record, the length, the nonce and the tag.
+const MAX_SERVED_BODY: u64 = MAX_RESPONSE_BYTES - 64 * 1024;
+
+/// `u32 BE length ‖ entry JSON`, with room for the body after it (see [`seal_entry`]).
+fn frame_header(entry: &Entry) -> Vec<u8> {
+    let json = serde_json::to_vec(entry).expect("an entry serializes");
+    let mut plain = Vec::with_capacity(4 + json.len() + entry.size as usize + 16);
+    plain.extend_from_slice(&(json.len() as u32).to_be_bytes());
+    plain.extend_from_slice(&json);
+    plain
 }
 
 impl Handle {
@@ -161,7 +293,10 @@ impl Handle {
         let Response::Entry { sealed } = response else {
             return Pulled::Nothing;
         };
-        let (entry, body) = match open_entry(&self.inner.keys, key_id, &sealed) {
+        let opened = open_entry(&self.inner.keys, key_id, &sealed);
+        // The sealed copy goes before the body is checked and stored: one copy at a time.
+        drop(sealed);
+        let (entry, body) = match opened {
             Ok(opened) => opened,
             Err(why) => return self.reject(peer, why),
         };
@@ -178,37 +313,48 @@ impl Handle {
         if !entry.is_fresh(ttl, now) {
             return Pulled::Stale(entry, body);
         }
-        self.keep(peer, key_id, key, &entry, &body).await;
+        let Some(body) = self.keep(peer, key_id, key, &entry, body).await else {
+            return Pulled::Nothing;
+        };
         bump(&self.inner.counters.entries_received);
         Pulled::Fresh(entry, body)
     }
 
-    /// Stores an entry received from `peer` and serves it from here on.
+    /// Stores an entry received from `peer` and serves it from here on; the body moves to the
+    /// writer and back (a large entry is never held twice). `None` only when the writer
+    /// panicked and took the body with it.
     pub(super) async fn keep(
         &self,
         peer: PeerId,
         key_id: &KeyId,
         key: &CacheKey,
         entry: &Entry,
-        body: &[u8],
-    ) {
+        body: Vec<u8>,
+    ) -> Option<Vec<u8>> {
         let cache = self.inner.cache.clone();
-        let (local_id, stored_entry, stored_body) =
-            (key.id().to_string(), entry.clone(), body.to_vec());
-        match tokio::task::spawn_blocking(move || {
-            cache.put_entry(&local_id, &stored_entry, &stored_body)
+        let (local_id, stored_entry) = (key.id().to_string(), entry.clone());
+        let stored = tokio::task::spawn_blocking(move || {
+            let outcome = cache.put_entry(&local_id, &stored_entry, &body);
+            (outcome, body)
         })
-        .await
-        {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!("could not store an entry received from {peer}: {e:#}"),
-            Err(e) => tracing::warn!("could not store an entry received from {peer}: {e}"),
-        }
+        .await;
+        let body = match stored {
+            Ok((Ok(()), body)) => Some(body),
+            Ok((Err(e), body)) => {
+                tracing::warn!("could not store an entry received from {peer}: {e:#}");
+                Some(body)
+            }
+            Err(e) => {
+                tracing::warn!("could not store an entry received from {peer}: {e}");
+                None
+            }
+        };
         let held = Held {
             local_id: key.id().to_string(),
             fetched_at_ms: entry.fetched_at_ms,
         };
         self.inner.state().served.insert(*key_id, held);
+        body
     }
 
     /// Counts a bad entry; a peer that keeps sending them is disconnected.
@@ -225,5 +371,36 @@ impl Handle {
             self.inner.send(Command::Punish(peer));
         }
         Pulled::Nothing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_framed_body_opens_as_a_sealed_entry() {
+        let keys = SwarmKeys::derive(&Secret::new("a-secret-long-enough-for-the-test-0123"), "s");
+        let key_id = keys.key_id("GET https://api.github.com/x");
+        let body = b"the body".to_vec();
+        let entry = Entry {
+            key: "GET https://api.github.com/x".into(),
+            url: "https://api.github.com/x".into(),
+            status: 200,
+            content_type: None,
+            link: None,
+            last_modified: None,
+            etag: None,
+            etag_token: None,
+            digest: hex::encode(Sha256::digest(&body)),
+            size: body.len() as u64,
+            fetched_at_ms: 1,
+            ttl_secs: 60,
+        };
+        let mut plain = frame_header(&entry);
+        plain.extend_from_slice(&body);
+        let (opened, opened_body) =
+            open_entry(&keys, &key_id, &keys.seal(&key_id, &plain)).unwrap();
+        assert_eq!((opened, opened_body), (entry, body));
     }
 }

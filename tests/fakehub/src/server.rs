@@ -206,6 +206,25 @@ fn answer(
         return build_response(plan, &settled, authenticated);
     }
 
+    if is_get && let Some(size) = crate::large::size_of(path) {
+        let authorization = meta.authorization.clone();
+        let settled = shared.settle(meta, 200, Cost::Spend);
+        if settled.rate_limited {
+            return build_response(Plan::NotFound, &settled, authenticated);
+        }
+        let chunked = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|p| p == "chunked=1"));
+        return crate::large::response(
+            rate_headers(&settled),
+            path,
+            size,
+            chunked,
+            authorization.as_deref(),
+            method == Method::HEAD,
+        );
+    }
+
     let (failure, entry) = shared.begin(path);
     if failure.is_none() && path == "/graphql" && method == Method::POST {
         let plan = crate::graphql::plan(&meta, body);
@@ -488,27 +507,7 @@ fn build_response_allowing(
     authenticated: bool,
     allow: &[Method],
 ) -> Response {
-    let mut headers = HeaderMap::new();
-    let rate = settled.rate;
-    put_header(&mut headers, "x-ratelimit-limit", &rate.limit.to_string());
-    put_header(
-        &mut headers,
-        "x-ratelimit-remaining",
-        &rate.remaining.to_string(),
-    );
-    put_header(&mut headers, "x-ratelimit-used", &rate.used.to_string());
-    put_header(&mut headers, "x-ratelimit-reset", &rate.reset.to_string());
-    put_header(&mut headers, "x-ratelimit-resource", "core");
-    put_header(
-        &mut headers,
-        "x-github-request-id",
-        &format!("FAKE:{:08X}", settled.request_id),
-    );
-    put_header(
-        &mut headers,
-        "x-github-media-type",
-        "github.v3; format=json",
-    );
+    let mut headers = rate_headers(settled);
 
     if settled.rate_limited {
         put_header(&mut headers, "content-type", JSON_CONTENT_TYPE);
@@ -597,6 +596,32 @@ fn build_response_allowing(
             finish(StatusCode::NOT_MODIFIED, headers, Bytes::new())
         }
     }
+}
+
+/// The headers of every API answer: the caller's rate-limit figures and a request id.
+fn rate_headers(settled: &Settled) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    let rate = settled.rate;
+    put_header(&mut headers, "x-ratelimit-limit", &rate.limit.to_string());
+    put_header(
+        &mut headers,
+        "x-ratelimit-remaining",
+        &rate.remaining.to_string(),
+    );
+    put_header(&mut headers, "x-ratelimit-used", &rate.used.to_string());
+    put_header(&mut headers, "x-ratelimit-reset", &rate.reset.to_string());
+    put_header(&mut headers, "x-ratelimit-resource", "core");
+    put_header(
+        &mut headers,
+        "x-github-request-id",
+        &format!("FAKE:{:08X}", settled.request_id),
+    );
+    put_header(
+        &mut headers,
+        "x-github-media-type",
+        "github.v3; format=json",
+    );
+    headers
 }
 
 /// Validators plus the caching headers GitHub sends on 200s and 304s.
@@ -880,7 +905,7 @@ fn header_string(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 
 /// Values come partly from requests (the Host in `Link`); one that is not a
 /// valid header value is left out instead of failing the response.
-fn put_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
+pub(crate) fn put_header(headers: &mut HeaderMap, name: &'static str, value: &str) {
     if let Ok(value) = HeaderValue::from_str(value) {
         headers.insert(HeaderName::from_static(name), value);
     }
