@@ -315,10 +315,7 @@ mod tests {
             respond(&keys, &a, &b, &[0x41; 5]).err(),
             Some(Refusal::Malformed)
         );
-        assert_eq!(
-            respond(&keys, &a, &b, &[]).err(),
-            Some(Refusal::Malformed)
-        );
+        assert_eq!(respond(&keys, &a, &b, &[]).err(), Some(Refusal::Malformed));
         // A responder's message sent as a hello.
         let (reply, _, _) = respond(&keys, &a, &b, &hello).unwrap();
         assert_eq!(

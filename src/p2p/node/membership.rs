@@ -225,20 +225,25 @@ impl EventLoop {
     /// Marks a peer that completed a run verified, with what it told about itself (`meta`:
     /// the sealed [`PeerMeta`] opened with the run's key).
     fn accept_member(&mut self, peer: &PeerId, meta: Option<Vec<u8>>) {
-        let meta = meta
-            .and_then(|m| serde_json::from_slice::<PeerMeta>(&m).ok())
-            .unwrap_or_default();
+        let meta = meta.and_then(|m| serde_json::from_slice::<PeerMeta>(&m).ok());
         let mut state = self.inner.state();
         let entry = state.peers.entry(*peer).or_default();
+        // What it said in an earlier run stays when this one's description did not open.
+        if let Some(meta) = meta {
+            entry.meta = meta;
+        }
         if !entry.verified {
             tracing::info!(
                 "peer {peer} joined the swarm ({})",
-                meta.runner_name.as_deref().unwrap_or("unnamed runner")
+                entry
+                    .meta
+                    .runner_name
+                    .as_deref()
+                    .unwrap_or("unnamed runner")
             );
         }
         let newly_verified = !entry.verified;
         entry.verified = true;
-        entry.meta = meta;
         entry.last_seen_ms = now_ms();
         drop(state);
         if newly_verified {
