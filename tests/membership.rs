@@ -204,6 +204,7 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
         swarm.dial(addr).unwrap();
         let mut seen = Seen::default();
         let mut started: Option<Initiator> = None;
+        let mut said_hello = false;
         let mut answered: Vec<Session> = Vec::new();
         let mut unanswered = Vec::new();
         let mut wire = Wire::new();
@@ -225,13 +226,14 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
             }
             tokio::select! {
                 event = swarm.select_next_some() => match event {
-                    SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == member_id => {
-                        if started.is_none() && mode != Mode::Answerer {
-                            let (run, message) = Initiator::start(&keys, &me, &member_id);
-                            started = Some(run);
-                            let hello = wire.request(Request::Hello { pake: message }).await;
-                            swarm.behaviour_mut().exchange.send_request(&member_id, hello);
-                        }
+                    SwarmEvent::ConnectionEstablished { peer_id, .. }
+                        if peer_id == member_id && !said_hello && mode != Mode::Answerer =>
+                    {
+                        said_hello = true;
+                        let (run, message) = Initiator::start(&keys, &me, &member_id);
+                        started = Some(run);
+                        let hello = wire.request(Request::Hello { pake: message }).await;
+                        swarm.behaviour_mut().exchange.send_request(&member_id, hello);
                     }
                     SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. }
                         if peer_id == member_id => seen.closed = true,

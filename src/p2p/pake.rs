@@ -15,7 +15,6 @@
 //! guesses gets one online guess per run: the responder's confirmation is keyed by the exchange's
 //! key, which it cannot compute for any password without the responder's secret scalar.
 
-use aes_gcm::Aes256Gcm;
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use libp2p::PeerId;
@@ -123,7 +122,9 @@ pub struct Session {
     initiator_confirm: [u8; 32],
     responder_confirm: [u8; 32],
     transcript: Vec<u8>,
-    seal: Aes256Gcm,
+    /// The key the peer descriptions are sealed with (a cipher is made when needed: its key
+    /// schedule is a kilobyte, and a session is kept for a few seconds at most).
+    seal_key: [u8; 32],
 }
 
 impl Session {
@@ -142,7 +143,7 @@ impl Session {
             initiator_confirm: expand(b"confirm initiator"),
             responder_confirm: expand(b"confirm responder"),
             transcript,
-            seal: cipher(&expand(b"seal meta")),
+            seal_key: expand(b"seal meta"),
         }
     }
 
@@ -185,12 +186,12 @@ impl Session {
 
     /// Seals a peer description for the other side of this run only.
     pub fn seal_meta(&self, meta: &[u8]) -> Vec<u8> {
-        seal_with(&self.seal, META_AAD, meta)
+        seal_with(&cipher(&self.seal_key), META_AAD, meta)
     }
 
     /// Opens what the other side sealed with [`Session::seal_meta`].
     pub fn open_meta(&self, sealed: &[u8]) -> Option<Vec<u8>> {
-        open_with(&self.seal, META_AAD, sealed)
+        open_with(&cipher(&self.seal_key), META_AAD, sealed)
     }
 }
 
