@@ -189,3 +189,45 @@ pub fn open_entry(
         serde_json::from_slice(json).map_err(|e| format!("the entry header is not valid: {e}"))?;
     Ok((entry, plain[4 + len..].to_vec()))
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use libp2p::StreamProtocol;
+    use libp2p::request_response::Codec as _;
+    use libp2p::request_response::cbor::codec::Codec;
+
+    use super::*;
+
+    /// The wire fuzzer's seeds are messages of today's protocol, read by the node's codec.
+    #[test]
+    fn the_hello_seeds_of_the_wire_fuzzer_decode() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/wire_cbor");
+        let protocol = StreamProtocol::new(EXCHANGE_PROTOCOL);
+        let read = |name: &str| std::fs::read(seeds.join(name)).unwrap();
+        let mut codec = Codec::<Request, Response>::default();
+        let request = |codec: &mut Codec<Request, Response>, name| {
+            block_on(codec.read_request(&protocol, &mut Cursor::new(read(name)))).unwrap()
+        };
+        assert!(matches!(
+            request(&mut codec, "hello.cbor"),
+            Request::Hello { pake } if pake.len() == 33
+        ));
+        assert!(matches!(
+            request(&mut codec, "hello_confirm.cbor"),
+            Request::HelloConfirm { confirm, .. } if confirm.len() == 32
+        ));
+        let response = |codec: &mut Codec<Request, Response>, name| {
+            block_on(codec.read_response(&protocol, &mut Cursor::new(read(name)))).unwrap()
+        };
+        assert!(matches!(
+            response(&mut codec, "hello_reply.cbor"),
+            Response::HelloReply { pake, confirm } if pake.len() == 33 && confirm.len() == 32
+        ));
+        assert!(matches!(
+            response(&mut codec, "welcome.cbor"),
+            Response::Welcome { .. }
+        ));
+    }
+}
