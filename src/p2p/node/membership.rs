@@ -15,7 +15,7 @@ use crate::p2p::pake::{self, Initiator, Refusal, Session};
 /// Runs this node answered and keeps waiting for their confirmation.
 const MAX_ANSWERED: usize = 64;
 /// Of those, runs of one peer (a resend after a closed connection, a second connection).
-const MAX_ANSWERED_PER_PEER: usize = 2;
+const MAX_ANSWERED_PER_PEER: usize = 4;
 /// How long an answered run waits for the initiator's confirmation.
 const CONFIRM_WITHIN: Duration = Duration::from_secs(10);
 /// Runs this node started and keeps waiting for.
@@ -275,5 +275,97 @@ impl EventLoop {
         {
             self.swarm.behaviour_mut().kad.add_address(peer, addr);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::p2p::crypto::SwarmKeys;
+    use crate::secret::Secret;
+
+    /// A run `initiator` → `me` as far as the responder's side goes: its session, and the
+    /// confirmation the (honest) initiator sends.
+    fn answered_run(keys: &SwarmKeys, initiator: PeerId, me: PeerId) -> (Session, Vec<u8>) {
+        let (run, hello) = Initiator::start(keys, &initiator, &me);
+        let (reply, confirm, session) = pake::respond(keys, &initiator, &me, &hello).unwrap();
+        let theirs = run.finish_verified(&reply, &confirm).unwrap();
+        (session, theirs.initiator_confirm())
+    }
+
+    #[test]
+    fn answered_runs_are_bounded_per_peer_and_in_all_and_expire() {
+        let keys = SwarmKeys::derive(&Secret::new("bounded"), "");
+        let me = PeerId::random();
+        let mut hellos = Hellos::default();
+
+        // A flood of identities leaves at most MAX_ANSWERED runs, the newest.
+        let peers: Vec<PeerId> = (0..MAX_ANSWERED + 10).map(|_| PeerId::random()).collect();
+        let mut confirms = Vec::new();
+        for peer in &peers {
+            let (session, confirm) = answered_run(&keys, *peer, me);
+            hellos.remember(*peer, session);
+            confirms.push(confirm);
+        }
+        assert_eq!(hellos.answered.len(), MAX_ANSWERED);
+        assert!(matches!(
+            hellos.confirm(&peers[0], &confirms[0]),
+            Confirmation::NoRun
+        ));
+        let last = peers.len() - 1;
+        assert!(matches!(
+            hellos.confirm(&peers[last], &confirms[last]),
+            Confirmation::Matches(_)
+        ));
+        assert!(
+            matches!(
+                hellos.confirm(&peers[last], &confirms[last]),
+                Confirmation::NoRun
+            ),
+            "a run confirms once"
+        );
+
+        // One peer keeps at most MAX_ANSWERED_PER_PEER runs; the newest still confirm.
+        let peer = PeerId::random();
+        let mut confirms = Vec::new();
+        for _ in 0..MAX_ANSWERED_PER_PEER + 1 {
+            let (session, confirm) = answered_run(&keys, peer, me);
+            hellos.remember(peer, session);
+            confirms.push(confirm);
+        }
+        let held = hellos.answered.iter().filter(|a| a.peer == peer).count();
+        assert_eq!(held, MAX_ANSWERED_PER_PEER);
+        assert!(matches!(
+            hellos.confirm(&peer, &confirms[0]),
+            Confirmation::Mismatch
+        ));
+        let (session, confirm) = answered_run(&keys, peer, me);
+        hellos.remember(peer, session);
+        assert!(matches!(
+            hellos.confirm(&peer, &confirm),
+            Confirmation::Matches(_)
+        ));
+
+        // A wrong confirmation is a mismatch, and ends that peer's runs.
+        let (session, _) = answered_run(&keys, peer, me);
+        hellos.remember(peer, session);
+        assert!(matches!(
+            hellos.confirm(&peer, &[0; 32]),
+            Confirmation::Mismatch
+        ));
+        assert!(hellos.answered.iter().all(|a| a.peer != peer));
+
+        // Runs older than CONFIRM_WITHIN are gone.
+        let peer = PeerId::random();
+        let (session, confirm) = answered_run(&keys, peer, me);
+        hellos.remember(peer, session);
+        for run in hellos.answered.iter_mut() {
+            run.at = run.at.checked_sub(CONFIRM_WITHIN).unwrap();
+        }
+        assert!(matches!(
+            hellos.confirm(&peer, &confirm),
+            Confirmation::NoRun
+        ));
+        assert!(hellos.answered.is_empty());
     }
 }
