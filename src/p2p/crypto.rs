@@ -4,19 +4,19 @@
 //!
 //! | purpose      | derivation (HKDF info)         | use                                              |
 //! |--------------|--------------------------------|--------------------------------------------------|
-//! | membership   | `peercache/v1/auth`            | HMAC-SHA256 proof over both peer ids             |
+//! | membership   | `peercache/v1/pake`            | the SPAKE2 password of the hello ([`super::pake`]) |
 //! | key ids      | `peercache/v1/key-id`          | HMAC-SHA256 of a cache key: the id on the wire   |
 //! | sealing      | `peercache/v1/seal`            | AES-256-GCM of entries and announcements         |
-//! | topic        | `peercache/v1/topic`           | the gossipsub topic name, so other swarms differ |
 //!
-//! Separate keys per purpose mean a value computed for one (a key id, a proof) is never valid
-//! as another.
+//! Separate keys per purpose mean a value computed for one (a key id, a seal) is never valid
+//! as another. Nothing derived here reaches a peer before it has passed the hello: the
+//! gossipsub topic is a constant ([`super::protocol::ANNOUNCE_TOPIC`]), and the hello is a
+//! password-authenticated key exchange, so a stranger holds nothing to test guesses against.
 
 use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
-use libp2p::PeerId;
 use sha2::Sha256;
 
 use crate::secret::Secret;
@@ -32,10 +32,9 @@ const NONCE_LEN: usize = 12;
 /// Keys derived from the swarm secret.
 #[derive(Clone)]
 pub struct SwarmKeys {
-    auth: [u8; 32],
+    pake_password: [u8; 32],
     key_id: [u8; 32],
     seal: Aes256Gcm,
-    topic: String,
 }
 
 impl SwarmKeys {
@@ -52,34 +51,16 @@ impl SwarmKeys {
                 .expect("32 bytes is a valid HKDF-SHA256 length");
             out
         };
-        let seal_key = expand(b"peercache/v1/seal");
-        let topic = expand(b"peercache/v1/topic");
         SwarmKeys {
-            auth: expand(b"peercache/v1/auth"),
+            pake_password: expand(b"peercache/v1/pake"),
             key_id: expand(b"peercache/v1/key-id"),
-            seal: Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&seal_key)),
-            topic: format!("peercache/v1/{}", hex::encode(&topic[..12])),
+            seal: cipher(&expand(b"peercache/v1/seal")),
         }
     }
 
-    /// The proof that `from` holds the secret, addressed to `to`.
-    pub fn proof(&self, from: &PeerId, to: &PeerId) -> Vec<u8> {
-        self.proof_mac(from, to).finalize().into_bytes().to_vec()
-    }
-
-    /// Checks, in constant time, a proof that `from` holds the secret, addressed to `to`.
-    pub fn verify_proof(&self, from: &PeerId, to: &PeerId, proof: &[u8]) -> bool {
-        self.proof_mac(from, to).verify_slice(proof).is_ok()
-    }
-
-    fn proof_mac(&self, from: &PeerId, to: &PeerId) -> HmacSha256 {
-        let mut mac =
-            <HmacSha256 as Mac>::new_from_slice(&self.auth).expect("HMAC takes any key length");
-        mac.update(b"peercache/v1/hello\0");
-        mac.update(&from.to_bytes());
-        mac.update(b"\0");
-        mac.update(&to.to_bytes());
-        mac
+    /// The hello's SPAKE2 password: never sent, only run through the key exchange.
+    pub(super) fn pake_password(&self) -> &[u8] {
+        &self.pake_password
     }
 
     /// The wire id of a canonical cache key.
@@ -90,46 +71,55 @@ impl SwarmKeys {
         mac.finalize().into_bytes().into()
     }
 
-    /// The gossipsub topic of this swarm.
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
-
     /// Seals `plaintext` with a fresh random nonce; `aad` is bound but not encrypted.
     pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let ciphertext = self
-            .seal
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .expect("AES-GCM encryption of an in-memory buffer cannot fail");
-        let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(&ciphertext);
-        out
+        seal_with(&self.seal, aad, plaintext)
     }
 
     /// Opens a sealed message; `None` when it was not sealed by the swarm for this `aad`.
     pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
-        if sealed.len() < NONCE_LEN + 16 {
-            return None;
-        }
-        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-        self.seal
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
-            )
-            .ok()
+        open_with(&self.seal, aad, sealed)
     }
+}
+
+/// The AES-256-GCM cipher of a 32-byte key.
+pub(super) fn cipher(key: &[u8; 32]) -> Aes256Gcm {
+    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(key))
+}
+
+/// Seals `plaintext` under `cipher` with a fresh random nonce: `nonce ‖ ciphertext ‖ tag`.
+pub(super) fn seal_with(cipher: &Aes256Gcm, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let ciphertext = cipher
+        .encrypt(
+            &nonce,
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
+        .expect("AES-GCM encryption of an in-memory buffer cannot fail");
+    let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ciphertext);
+    out
+}
+
+/// Opens what [`seal_with`] sealed under the same cipher and `aad`; `None` otherwise.
+pub(super) fn open_with(cipher: &Aes256Gcm, aad: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN + 16 {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    cipher
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
 }
 
 #[cfg(test)]
@@ -137,22 +127,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn proofs_bind_both_peers_and_the_secret() {
+    fn the_pake_password_depends_on_the_secret_and_is_no_other_key() {
         let keys = SwarmKeys::derive(&Secret::new("s3cret"), "");
         let other = SwarmKeys::derive(&Secret::new("other"), "");
-        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
-        let proof = keys.proof(&a, &b);
-        assert!(keys.verify_proof(&a, &b, &proof));
-        assert!(!keys.verify_proof(&b, &a, &proof), "direction matters");
-        assert!(
-            !keys.verify_proof(&a, &c, &proof),
-            "a proof for b is no proof for c"
+        assert_ne!(keys.pake_password(), other.pake_password());
+        assert_eq!(
+            keys.pake_password(),
+            SwarmKeys::derive(&Secret::new("s3cret"), "").pake_password()
         );
-        assert!(
-            !other.verify_proof(&a, &b, &proof),
-            "another secret cannot verify it"
+        assert_ne!(keys.pake_password(), &keys.key_id[..]);
+        assert_ne!(
+            keys.pake_password(),
+            Secret::new("s3cret").expose().as_bytes()
         );
-        assert!(!keys.verify_proof(&a, &b, &other.proof(&a, &b)));
     }
 
     #[test]
@@ -177,11 +164,10 @@ mod tests {
     }
 
     #[test]
-    fn key_ids_and_topics_depend_on_the_secret() {
+    fn key_ids_depend_on_the_secret() {
         let a = SwarmKeys::derive(&Secret::new("a"), "");
         let b = SwarmKeys::derive(&Secret::new("b"), "");
         assert_ne!(a.key_id("GET x"), b.key_id("GET x"));
-        assert_ne!(a.topic(), b.topic());
         assert_eq!(a.key_id("GET x"), a.key_id("GET x"));
     }
 
@@ -190,10 +176,8 @@ mod tests {
         let secret = Secret::new("one secret for both scopes");
         let repo = SwarmKeys::derive(&secret, "octo/repo");
         let owner = SwarmKeys::derive(&secret, "octo");
-        let (a, b) = (PeerId::random(), PeerId::random());
         assert_ne!(repo.key_id("GET x"), owner.key_id("GET x"));
-        assert_ne!(repo.topic(), owner.topic());
-        assert!(!owner.verify_proof(&a, &b, &repo.proof(&a, &b)));
+        assert_ne!(repo.pake_password(), owner.pake_password());
         assert!(owner.open(b"id", &repo.seal(b"id", b"body")).is_none());
         assert_ne!(
             SwarmKeys::derive(&secret, "").key_id("GET x"),

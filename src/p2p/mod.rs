@@ -1,6 +1,7 @@
 //! The swarm: a libp2p node that shares cache entries with the runners holding the same secret.
 //!
-//! - [`crypto`]: keys derived from the secret (membership proofs, key ids, seals, topic).
+//! - [`crypto`]: keys derived from the secret (the hello's password, key ids, seals).
+//! - [`pake`]: the hello's SPAKE2 run, which proves the secret without revealing anything to test.
 //! - [`protocol`]: the wire messages (`docs/protocol.md` describes the protocol).
 //! - [`node`]: the libp2p swarm and its event loop; [`Handle`] is how the rest of the daemon
 //!   talks to it.
@@ -9,6 +10,7 @@
 pub mod crypto;
 pub mod identity;
 mod node;
+pub mod pake;
 pub mod protocol;
 
 use std::time::Duration;

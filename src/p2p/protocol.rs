@@ -14,20 +14,31 @@ pub const MAX_REQUEST_BYTES: u64 = 16 * 1024;
 /// The largest response accepted: a sealed entry of up to 32 MiB.
 pub const MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024 + 64 * 1024;
 
+/// The gossipsub topic of every swarm. A constant: a name derived from the secret would hand
+/// every stranger that connects something to test guesses against. Swarms still cannot read
+/// each other, since every payload is sealed with the swarm's key.
+pub const ANNOUNCE_TOPIC: &str = "peercache/v1/announce";
 /// AAD of sealed gossip messages.
 pub const GOSSIP_AAD: &[u8] = b"peercache/v1/gossip";
-/// AAD of the sealed peer description in a hello.
-pub const HELLO_AAD: &[u8] = b"peercache/v1/hello-meta";
 
 /// A request over the exchange protocol (CBOR).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Request {
-    /// "I hold the secret": HMAC proof over (sender, receiver), and the sealed [`PeerMeta`].
+    /// A hello's first step: the initiator's SPAKE2 message ([`super::pake`]). Answered with
+    /// `HelloReply` (or `Denied` when it is malformed).
     Hello {
-        /// [`SwarmKeys::proof`] from the sender to the receiver.
+        /// [`super::pake::Initiator::start`]'s message.
         #[serde(with = "serde_bytes")]
-        proof: Vec<u8>,
-        /// Sealed JSON of [`PeerMeta`].
+        pake: Vec<u8>,
+    },
+    /// A hello's third step, once the responder's confirmation verified: the initiator's own
+    /// confirmation and its [`PeerMeta`], sealed under the run's key. Answered with `Welcome`,
+    /// or `Denied` when it does not verify.
+    HelloConfirm {
+        /// [`super::pake::Session::initiator_confirm`].
+        #[serde(with = "serde_bytes")]
+        confirm: Vec<u8>,
+        /// [`super::pake::Session::seal_meta`] of the JSON of [`PeerMeta`].
         #[serde(with = "serde_bytes")]
         meta: Vec<u8>,
     },
@@ -60,12 +71,19 @@ pub enum Request {
 /// A response over the exchange protocol (CBOR).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Response {
-    /// The receiver's own proof and sealed meta: both sides are now verified.
-    Hello {
-        /// [`SwarmKeys::proof`] from the responder to the requester.
+    /// A hello's second step: the responder's SPAKE2 message and its key confirmation.
+    HelloReply {
+        /// [`super::pake::respond`]'s message.
         #[serde(with = "serde_bytes")]
-        proof: Vec<u8>,
-        /// Sealed JSON of [`PeerMeta`].
+        pake: Vec<u8>,
+        /// The responder's confirmation of the run's key.
+        #[serde(with = "serde_bytes")]
+        confirm: Vec<u8>,
+    },
+    /// A hello's last step: the initiator is verified; the responder's [`PeerMeta`], sealed
+    /// under the run's key.
+    Welcome {
+        /// [`super::pake::Session::seal_meta`] of the JSON of [`PeerMeta`].
         #[serde(with = "serde_bytes")]
         meta: Vec<u8>,
     },
@@ -182,4 +200,46 @@ pub fn open_entry(
     let entry: Entry =
         serde_json::from_slice(json).map_err(|e| format!("the entry header is not valid: {e}"))?;
     Ok((entry, plain[4 + len..].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use libp2p::StreamProtocol;
+    use libp2p::request_response::Codec as _;
+    use libp2p::request_response::cbor::codec::Codec;
+
+    use super::*;
+
+    /// The wire fuzzer's seeds are messages of today's protocol, read by the node's codec.
+    #[test]
+    fn the_hello_seeds_of_the_wire_fuzzer_decode() {
+        let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/wire_cbor");
+        let protocol = StreamProtocol::new(EXCHANGE_PROTOCOL);
+        let read = |name: &str| std::fs::read(seeds.join(name)).unwrap();
+        let mut codec = Codec::<Request, Response>::default();
+        let request = |codec: &mut Codec<Request, Response>, name| {
+            block_on(codec.read_request(&protocol, &mut Cursor::new(read(name)))).unwrap()
+        };
+        assert!(matches!(
+            request(&mut codec, "hello.cbor"),
+            Request::Hello { pake } if pake.len() == 33
+        ));
+        assert!(matches!(
+            request(&mut codec, "hello_confirm.cbor"),
+            Request::HelloConfirm { confirm, .. } if confirm.len() == 32
+        ));
+        let response = |codec: &mut Codec<Request, Response>, name| {
+            block_on(codec.read_response(&protocol, &mut Cursor::new(read(name)))).unwrap()
+        };
+        assert!(matches!(
+            response(&mut codec, "hello_reply.cbor"),
+            Response::HelloReply { pake, confirm } if pake.len() == 33 && confirm.len() == 32
+        ));
+        assert!(matches!(
+            response(&mut codec, "welcome.cbor"),
+            Response::Welcome { .. }
+        ));
+    }
 }

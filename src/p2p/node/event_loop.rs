@@ -3,6 +3,7 @@
 use libp2p::relay;
 use libp2p::swarm::ConnectionId;
 
+use super::membership::{Hellos, Started};
 use super::*;
 
 pub(super) struct EventLoop {
@@ -11,7 +12,8 @@ pub(super) struct EventLoop {
     pub(super) commands: mpsc::UnboundedReceiver<Command>,
     pub(super) pending_requests:
         HashMap<OutboundRequestId, oneshot::Sender<Result<Response, String>>>,
-    pub(super) pending_hellos: HashSet<OutboundRequestId>,
+    /// The hellos under way (see [`super::membership`]).
+    pub(super) hellos: Hellos,
     /// Peers to keep connected: the bootstrap setting's, and those mDNS currently reports.
     pub(super) keep_connected: Vec<Redial>,
     /// Banned peers still connected, disconnected at the next tick so that the `Denied` they
@@ -140,15 +142,21 @@ impl EventLoop {
         self.rebootstrap_when_due();
     }
 
-    /// Sends `peer` this node's hello (its proof of the secret) and remembers the request.
+    /// Starts a hello to `peer` (a key-exchange run that proves the secret).
     fn send_hello(&mut self, peer: PeerId) {
-        let (proof, meta) = self.hello(&peer);
+        if let Some(step) = self.start_hello(&peer) {
+            self.send_hello_step(peer, step);
+        }
+    }
+
+    /// Sends a step of a hello this node started and remembers its request.
+    fn send_hello_step(&mut self, peer: PeerId, (request, step): (Request, Started)) {
         let id = self
             .swarm
             .behaviour_mut()
             .exchange
-            .send_request(&peer, Request::Hello { proof, meta });
-        self.pending_hellos.insert(id);
+            .send_request(&peer, request);
+        self.hellos.started.insert(id, step);
     }
 
     /// Closes relayed connections to peers that have had a direct one for [`RELAY_HANDOVER`].
@@ -403,23 +411,21 @@ impl EventLoop {
                     },
                 ..
             } => match request {
-                Request::Hello { proof, meta } => {
-                    if self.accept_hello(&peer, &proof, &meta) {
-                        let (proof, meta) = self.hello(&peer);
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .exchange
-                            .send_response(channel, Response::Hello { proof, meta });
-                    } else {
-                        let _ = self
-                            .swarm
-                            .behaviour_mut()
-                            .exchange
-                            .send_response(channel, Response::Denied);
-                        bump(&self.inner.counters.auth_failures);
-                        self.punish(peer);
-                    }
+                Request::Hello { pake } => {
+                    let response = self.answer_hello(peer, &pake);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_response(channel, response);
+                }
+                Request::HelloConfirm { confirm, meta } => {
+                    let response = self.answer_confirm(peer, &confirm, &meta);
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .exchange
+                        .send_response(channel, response);
                 }
                 Request::Claim { key_id, ttl_ms } => {
                     let me = self.inner.peer_id;
@@ -478,14 +484,9 @@ impl EventLoop {
                     },
                 ..
             } => {
-                if self.pending_hellos.remove(&request_id) {
-                    let accepted = match &response {
-                        Response::Hello { proof, meta } => self.accept_hello(&peer, proof, meta),
-                        _ => false,
-                    };
-                    if !accepted {
-                        bump(&self.inner.counters.auth_failures);
-                        self.punish(peer);
+                if let Some(step) = self.hellos.started.remove(&request_id) {
+                    if let Some(next) = self.on_hello_answer(peer, step, response) {
+                        self.send_hello_step(peer, next);
                     }
                 } else if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Ok(response));
@@ -499,7 +500,7 @@ impl EventLoop {
             } => {
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
-                } else if self.pending_hellos.remove(&request_id) {
+                } else if self.hellos.started.remove(&request_id).is_some() {
                     tracing::debug!("hello to {peer} failed: {error}");
                     // The hello rode a connection closed under it (a relayed one superseded
                     // by a direct one): say it again on what is left.

@@ -55,7 +55,7 @@ use self::swarm::*;
 use super::TestFault;
 use super::crypto::{KeyId, SwarmKeys};
 use super::protocol::{
-    EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, HELLO_AAD, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES,
+    ANNOUNCE_TOPIC, EXCHANGE_PROTOCOL, GOSSIP_AAD, Gossip, IDENTIFY_PROTOCOL, MAX_REQUEST_BYTES,
     MAX_RESPONSE_BYTES, PeerMeta, Request, Response, Stamped, open_entry, seal_entry,
 };
 use crate::cache::{Cache, CacheKey, Entry, Lookup, now_ms};
@@ -306,7 +306,7 @@ impl Node {
         };
         let mut swarm = build_swarm(&config.keypair, options)?;
         swarm.behaviour_mut().kad.set_mode(Some(kad::Mode::Server));
-        let topic = gossipsub::IdentTopic::new(inner.keys.topic());
+        let topic = gossipsub::IdentTopic::new(ANNOUNCE_TOPIC);
         swarm.behaviour_mut().gossipsub.subscribe(&topic)?;
 
         for addr in &config.listen {
@@ -364,7 +364,7 @@ impl Node {
             inner: inner.clone(),
             commands: receiver,
             pending_requests: HashMap::new(),
-            pending_hellos: HashSet::new(),
+            hellos: membership::Hellos::default(),
             keep_connected: bootstrap,
             to_disconnect: Vec::new(),
             topic,
