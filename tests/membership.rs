@@ -3,7 +3,7 @@
 //! offline — the test, knowing the real secret, tries. And members still find each other.
 //!
 //! The stranger is a bare libp2p client speaking the daemon's own wire format (CBOR on
-//! `/peercache/exchange/1`, gossipsub to learn the member's subscriptions), built from the
+//! `/peercache/exchange/2`, gossipsub to learn the member's subscriptions), built from the
 //! library's hello ([`peercache::p2p::pake`]) so that the same client holding the real secret is
 //! welcomed: the control that shows the checks below can fail.
 

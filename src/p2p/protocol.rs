@@ -6,7 +6,7 @@ use super::crypto::{KeyId, SwarmKeys};
 use crate::cache::Entry;
 
 /// The request-response protocol name.
-pub const EXCHANGE_PROTOCOL: &str = "/peercache/exchange/1";
+pub const EXCHANGE_PROTOCOL: &str = "/peercache/exchange/2";
 /// Identify's protocol version string.
 pub const IDENTIFY_PROTOCOL: &str = "/peercache/id/1";
 /// The largest request accepted (requests are tiny).
