@@ -36,15 +36,15 @@ pub(super) type Members = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
 /// Who is banned, readable from inside the swarm's behaviours.
 pub(super) type Banned = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
 
-/// How long a connected peer has to pass the hello. The hello is one request-response round
-/// trip on a connection that is already up (Noise and Yamux done): milliseconds on a LAN, under
-/// a second through a relay across continents. 10 s leaves a loaded 2-core CI machine and a
+/// How long a connected peer has to pass the hello. The hello is two request-response round
+/// trips on a connection that is already up (Noise and Yamux done; SPAKE2, then the
+/// confirmations): milliseconds on a LAN, about a second through a relay across continents. 10 s leaves a loaded 2-core CI machine and a
 /// relayed link ample slack, and equals the exchange's request timeout ([`PULL_TIMEOUT`]),
 /// after which a hello has failed anyway; a member cut off here re-dials (bootstrap peers,
 /// mDNS) or is dialed again by Kademlia, and its hello is sent afresh on the new connection.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 /// Unverified inbound connections at once, in all. Above it the oldest unverified one is
-/// closed. A member holds one only for its hello's round trip, so 128 lets 128 runners dial in
+/// closed. A member holds one only for its hello's two round trips, so 128 lets 128 runners dial in
 /// within the same few milliseconds.
 pub const MAX_UNVERIFIED: usize = 128;
 /// Unverified inbound connections at once from one remote address (IPv4) or one IPv6 /64 (what
