@@ -44,8 +44,8 @@ pub(super) type Banned = Arc<dyn Fn(&PeerId) -> bool + Send + Sync>;
 /// mDNS) or is dialed again by Kademlia, and its hello is sent afresh on the new connection.
 pub const HELLO_DEADLINE: Duration = Duration::from_secs(10);
 /// Unverified inbound connections at once, in all. Above it the oldest unverified one is
-/// closed. A member holds one only for its hello's two round trips, so 128 lets 128 runners dial in
-/// within the same few milliseconds.
+/// closed. A member holds one only for its hello's two round trips, so 128 lets 128 runners
+/// dial in within the same few milliseconds.
 pub const MAX_UNVERIFIED: usize = 128;
 /// Unverified inbound connections at once from one remote address (IPv4) or one IPv6 /64 (what
 /// one host gets). Tests and self-hosted fleets run tens of members behind one address, each
