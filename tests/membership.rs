@@ -665,11 +665,9 @@ fn members_of_one_secret_join_and_share_and_another_secret_never_joins() {
             || node.swarm()["auth_failures"].as_u64().unwrap() > *before,
         );
     }
-    wait_for(
-        "the other node to refuse them too",
-        Duration::from_secs(20),
-        || other.swarm()["auth_failures"].as_u64().unwrap() >= 3,
-    );
+    // The other node's own runs may or may not end before a member, having refused it, closes
+    // the connection (the two directions race), so its failure count is not checked: what must
+    // hold is that it verifies nobody, and nobody it.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(other.peer_count(), 0);
     for node in [&first, &second, &third] {
