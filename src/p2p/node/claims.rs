@@ -324,8 +324,10 @@ impl Handle {
         // Only a claimant this node is connected to can be seen leaving; one it does not know
         // (a member reached through others) is waited for until the deadline.
         let watched = claimant != self.inner.peer_id && self.inner.state().verified(&claimant);
+        // Set once per ask, not per turn of the loop: the membership check wakes it every
+        // 250 ms, and an ask time pushed back at each wake would never come.
+        let mut ask_at = (tokio::time::Instant::now() + pause).min(deadline);
         loop {
-            let ask_at = (tokio::time::Instant::now() + pause).min(deadline);
             tokio::select! {
                 announced = &mut rx => {
                     if announced.is_err() {
@@ -351,6 +353,7 @@ impl Handle {
                         return Waited::Nothing;
                     }
                     pause = (pause * 2).min(CLAIMANT_ASK_MAX_PAUSE);
+                    ask_at = (tokio::time::Instant::now() + pause).min(deadline);
                 }
             }
         }
