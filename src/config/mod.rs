@@ -37,6 +37,10 @@ pub const MAX_ENTRY_LIMIT: u64 = 32 * 1024 * 1024;
 /// [`MAX_ENTRY_LIMIT`] as people write it.
 pub const MAX_ENTRY_LIMIT_TEXT: &str = "32MiB";
 
+/// The full-mesh size when nothing else is set (`PEERCACHE_FULL_MESH`): up to 32 members
+/// everyone connects to everyone; a larger swarm keeps O(log n) connections per node.
+pub const DEFAULT_FULL_MESH: usize = 32;
+
 /// Where a setting's value came from; its `Display` is the name to show the user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
@@ -185,6 +189,8 @@ pub struct Settings {
     pub max_size: u64,
     /// The largest body stored and shared; larger answers are passed through.
     pub max_entry: u64,
+    /// Up to this many members the swarm is a full mesh; beyond, connections are bounded.
+    pub full_mesh: usize,
     /// Who shares the swarm.
     pub scope: Scope,
     /// This job's repository (`GITHUB_REPOSITORY`, lowercase): every request on this runner comes
@@ -385,6 +391,10 @@ impl Settings {
             Some(raw) => parse::max_entry(&raw)?,
             None => DEFAULT_MAX_ENTRY,
         };
+        let full_mesh = match r.pick(("", &None), &["PEERCACHE_FULL_MESH"], "full_mesh") {
+            Some(raw) => parse::full_mesh(&raw)?,
+            None => DEFAULT_FULL_MESH,
+        };
 
         let repository = Settings::repository(env)
             .map(|r| r.trim().to_ascii_lowercase())
@@ -409,6 +419,7 @@ impl Settings {
             log,
             max_size,
             max_entry,
+            full_mesh,
             scope,
             repository,
             hub,

@@ -65,6 +65,20 @@ pub fn max_entry(raw: &Raw) -> anyhow::Result<u64> {
     Ok(size)
 }
 
+/// `PEERCACHE_FULL_MESH`: how many members a swarm may have before connections are bounded.
+pub fn full_mesh(raw: &Raw) -> anyhow::Result<usize> {
+    match raw.value.trim().parse::<usize>() {
+        Ok(n) if (2..=1024).contains(&n) => Ok(n),
+        _ => Err(invalid(
+            raw,
+            &format!(
+                "expected a number of members from 2 to 1024 (up to it every member connects to every other; beyond, each keeps O(log n) connections); set {} to a number such as 32",
+                raw.origin
+            ),
+        )),
+    }
+}
+
 /// A size in bytes, with an optional unit: `536870912`, `512M`, `512MiB`, `1G`, `64KB`.
 ///
 /// Units are binary (1K = 1024) because the cache bound is about disk blocks, not marketing.

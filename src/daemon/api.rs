@@ -346,6 +346,8 @@ fn peers_json(
         "peer_count": list.len(),
         "reachability": node.map_or("unknown", crate::p2p::Handle::reachability),
         "relays": node.map(crate::p2p::Handle::relays).unwrap_or_default(),
+        "connections": node.map_or(0, crate::p2p::Handle::connections),
+        "overlay": if node.is_some_and(crate::p2p::Handle::bounded) { "bounded" } else { "full_mesh" },
         "peers": list,
     })
 }

@@ -166,6 +166,7 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
                     .token
                     .as_ref()
                     .map(|t| crate::cache::token_tag(Some(t.expose()))),
+                full_mesh: settings.full_mesh,
             };
             let node = crate::p2p::Node::start(config)
                 .await

@@ -65,6 +65,10 @@ pub enum Request {
         key_id: Vec<u8>,
         /// The requester's TTL in ms: holders older than this are of no use to it.
         ttl_ms: u64,
+        /// In a bounded overlay, a claim passed on towards the coordinator names the member
+        /// that asked first: it is the one granted the claim and waited for.
+        #[serde(default)]
+        on_behalf_of: Option<serde_bytes::ByteBuf>,
     },
 }
 

@@ -24,9 +24,12 @@ impl State {
         me: PeerId,
     ) -> Decision {
         let now = now_ms();
+        // Holders connected here first; in a bounded overlay, then those heard of through
+        // gossip, which the requester dials.
         let mut holders: Vec<PeerId> = self
             .fresh_holders(key_id, ttl, now)
             .into_iter()
+            .chain(self.far_holders(key_id, ttl, now))
             .filter(|p| *p != requester)
             .collect();
         if requester != me
@@ -38,20 +41,27 @@ impl State {
             holders.insert(0, me);
         }
         if !holders.is_empty() {
+            holders.truncate(MAX_HOLDERS_TRIED * 2);
             return Decision::Holders(holders);
         }
         match self.claims.get(key_id) {
             // A claimant that left (killed mid-fetch) will announce nothing: its claim is void.
-            Some((claimant, until))
-                if *until > now
-                    && *claimant != requester
-                    && (*claimant == me || self.verified(claimant)) =>
+            Some(claim)
+                if claim.until_ms > now
+                    && claim.claimant != requester
+                    && (claim.claimant == me
+                        || !claim.watched
+                        || self.verified(&claim.claimant)) =>
             {
-                Decision::Wait(*claimant)
+                Decision::Wait(claim.claimant)
             }
             _ => {
-                let until = now + CLAIM_TTL.as_millis() as u64;
-                self.claims.insert(*key_id, (requester, until));
+                let claim = Claim {
+                    claimant: requester,
+                    until_ms: now + CLAIM_TTL.as_millis() as u64,
+                    watched: requester == me || self.verified(&requester),
+                };
+                self.claims.insert(*key_id, claim);
                 tracing::debug!(
                     "coordinating key {}: claim granted to {requester}",
                     hex::encode(key_id)
@@ -61,6 +71,10 @@ impl State {
         }
     }
 }
+
+/// How long a waiter in a bounded overlay gives its neighbours to hold an announced key before
+/// it dials a holder it is not connected to.
+const NEIGHBOUR_GRACE: Duration = Duration::from_millis(600);
 
 /// How often a waiter checks that the claimant it waits for is still a member.
 const CLAIMANT_CHECK: Duration = Duration::from_millis(250);
@@ -144,7 +158,11 @@ impl Handle {
         let (holders, members) = {
             let state = self.inner.state();
             let members = state.peers.values().filter(|p| p.verified).count();
-            (state.fresh_holders(&key_id, ttl, now_ms()), members)
+            let now = now_ms();
+            // Neighbours first; in a bounded overlay, then members heard of holding it.
+            let mut holders = state.fresh_holders(&key_id, ttl, now);
+            holders.extend(state.far_holders(&key_id, ttl, now));
+            (holders, members)
         };
         if members == 0 {
             return Obtained::Nothing;
@@ -240,7 +258,7 @@ impl Handle {
         let me = self.inner.peer_id;
         let gossip = {
             let mut state = self.inner.state();
-            if state.claims.get(&key_id).is_some_and(|(p, _)| *p == me) {
+            if state.claims.get(&key_id).is_some_and(|c| c.claimant == me) {
                 state.claims.remove(&key_id);
             }
             match entry {
@@ -260,40 +278,98 @@ impl Handle {
         self.inner.send(Command::Publish(gossip));
     }
 
-    /// Sends a claim to the key's coordinator. If it cannot answer, this node fetches the key
-    /// itself: a slow or lost coordinator costs an extra upstream call, never a failed fetch.
+    /// Sends a claim to the key's coordinator (or the next hop towards it). If it cannot
+    /// answer, this node fetches the key itself: a slow or lost coordinator costs an extra
+    /// upstream call, never a failed fetch.
     pub(super) async fn claim_at(
         &self,
         coordinator: PeerId,
         key_id: &KeyId,
         ttl: Duration,
     ) -> Decision {
-        let request = Request::Claim {
-            key_id: key_id.to_vec(),
-            ttl_ms: ttl.as_millis() as u64,
-        };
-        match self.request(coordinator, request, CLAIM_TIMEOUT).await {
-            Ok(Response::Claim { granted: true, .. }) => Decision::Granted,
-            Ok(Response::Claim {
-                claimant: Some(claimant),
-                ..
-            }) => match PeerId::from_bytes(&claimant) {
-                Ok(claimant) => Decision::Wait(claimant),
-                Err(_) => Decision::Granted,
-            },
-            Ok(Response::Claim { holders, .. }) => Decision::Holders(
-                holders
-                    .iter()
-                    .filter_map(|h| PeerId::from_bytes(h).ok())
-                    .collect(),
-            ),
-            Ok(_) | Err(_) => {
+        match self
+            .claim_via(coordinator, key_id, ttl, None, CLAIM_TIMEOUT)
+            .await
+        {
+            Some(decision) => decision,
+            None => {
                 tracing::debug!(
                     "the coordinator {coordinator} did not answer a claim; fetching upstream"
                 );
                 Decision::Granted
             }
         }
+    }
+
+    /// Sends a claim (for `on_behalf_of` when passed on) to `next`; `None` without an answer.
+    pub(super) async fn claim_via(
+        &self,
+        next: PeerId,
+        key_id: &KeyId,
+        ttl: Duration,
+        on_behalf_of: Option<PeerId>,
+        limit: Duration,
+    ) -> Option<Decision> {
+        let request = Request::Claim {
+            key_id: key_id.to_vec(),
+            ttl_ms: ttl.as_millis() as u64,
+            on_behalf_of: on_behalf_of.map(|p| serde_bytes::ByteBuf::from(p.to_bytes())),
+        };
+        match self.request(next, request, limit).await {
+            Ok(Response::Claim { granted: true, .. }) => Some(Decision::Granted),
+            Ok(Response::Claim {
+                claimant: Some(claimant),
+                ..
+            }) => Some(match PeerId::from_bytes(&claimant) {
+                Ok(claimant) => Decision::Wait(claimant),
+                Err(_) => Decision::Granted,
+            }),
+            Ok(Response::Claim { holders, .. }) => Some(Decision::Holders(
+                holders
+                    .iter()
+                    .filter_map(|h| PeerId::from_bytes(h).ok())
+                    .collect(),
+            )),
+            Ok(_) | Err(_) => None,
+        }
+    }
+
+    /// Answers a claim from `via` (for `requester`) as the coordinator, or passes it on to the
+    /// neighbour closer to the key (a bounded overlay), off the loop.
+    pub(super) fn answer_claim(
+        &self,
+        key_id: KeyId,
+        ttl: Duration,
+        via: PeerId,
+        requester: PeerId,
+        channel: ResponseChannel<Response>,
+    ) {
+        let me = self.inner.peer_id;
+        let next = self.inner.state().coordinator(&key_id, me);
+        if next == me || next == via || next == requester {
+            let decision = self.inner.state().coordinate(&key_id, requester, ttl, me);
+            self.inner.send(Command::Respond {
+                channel,
+                response: decision_response(decision),
+            });
+            return;
+        }
+        // `next` is strictly closer to the key than this node: the claim ends at the member
+        // closest to it, in O(log n) hops, without a loop.
+        let handle = self.clone();
+        tokio::spawn(async move {
+            let passed = handle
+                .claim_via(next, &key_id, ttl, Some(requester), FORWARD_TIMEOUT)
+                .await;
+            let decision = passed.unwrap_or_else(|| {
+                tracing::debug!("{next} did not answer a claim passed on; deciding it here");
+                handle.inner.state().coordinate(&key_id, requester, ttl, me)
+            });
+            handle.inner.send(Command::Respond {
+                channel,
+                response: decision_response(decision),
+            });
+        });
     }
 
     /// Waits (bounded) for the claimant's announcement, then pulls from the holders. Gossip
@@ -334,7 +410,21 @@ impl Handle {
                         // The waiter list was dropped (too many tracked keys): ask directly.
                         return self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await.into();
                     }
-                    break;
+                    let (near, bounded) = {
+                        let state = self.inner.state();
+                        (!state.fresh_holders(key_id, ttl, now_ms()).is_empty(), state.bounded)
+                    };
+                    if near || !bounded {
+                        break;
+                    }
+                    // Announced by a member this node is not connected to. Its neighbours want
+                    // the key too, most likely, and will hold it in a moment: wait for one of
+                    // them rather than have every member dial the one holder; if none does, a
+                    // far holder is dialed at the next ask.
+                    let (tx, next) = oneshot::channel();
+                    self.inner.state().waiters.entry(*key_id).or_default().push(tx);
+                    rx = next;
+                    ask_at = ask_at.min(tokio::time::Instant::now() + NEIGHBOUR_GRACE);
                 }
                 _ = membership.tick() => {
                     // Gone (killed mid-fetch, its job ended): no announcement will come.
@@ -343,8 +433,22 @@ impl Handle {
                     }
                 }
                 () = tokio::time::sleep_until(ask_at) => {
-                    if let Some(hit) = self.pull(claimant, key_id, key, ttl, ASK_TIMEOUT).await {
+                    // Neighbours that hold it, then (a bounded overlay) a member that announced
+                    // it, then the claimant itself.
+                    let (near, far) = {
+                        let state = self.inner.state();
+                        let now = now_ms();
+                        (state.fresh_holders(key_id, ttl, now), state.far_holders(key_id, ttl, now))
+                    };
+                    if let Some(hit) = self.pull_any(&near, tried, key_id, key, ttl).await {
                         return Some(hit).into();
+                    }
+                    // The most recent far holder: one of many by now, so the dials spread.
+                    let far = far.into_iter().find(|p| !tried.contains(p) && *p != claimant);
+                    for peer in far.into_iter().chain(Some(claimant)) {
+                        if let Some(hit) = self.pull(peer, key_id, key, ttl, ASK_TIMEOUT).await {
+                            return Some(hit).into();
+                        }
                     }
                     if tokio::time::Instant::now() >= deadline {
                         tracing::info!(

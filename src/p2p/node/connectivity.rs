@@ -58,6 +58,8 @@ pub(super) struct Redial {
     /// Dial from the listen port (bootstrap peers: see `redial_lost`); mDNS peers, which may
     /// dial each other at the same moment, use a new port.
     pub(super) reuse_port: bool,
+    /// It is a hub (it was seen serving the relay): kept connected even in a bounded overlay.
+    pub(super) hub: bool,
 }
 
 impl EventLoop {
@@ -98,10 +100,27 @@ impl EventLoop {
                 .filter(|p| state.banned.contains(p))
                 .collect()
         };
+        // In a bounded overlay a bootstrap member is an entry point, not a neighbour for good:
+        // it is dialed again only while this node has too few members (hubs always are).
+        let (bounded, members, hubs): (bool, usize, HashSet<PeerId>) = {
+            let state = self.inner.state();
+            (
+                state.bounded,
+                state.peers.values().filter(|p| p.verified).count(),
+                state
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.is_hub)
+                    .map(|(id, _)| *id)
+                    .collect(),
+            )
+        };
         for redial in &mut self.keep_connected {
+            redial.hub |= hubs.contains(&redial.peer);
             if connected.contains(&redial.peer)
                 || redial.next_attempt > now
                 || banned.contains(&redial.peer)
+                || (bounded && !redial.hub && members >= super::overlay::PER_BUCKET)
             {
                 continue;
             }
@@ -121,6 +140,21 @@ impl EventLoop {
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!("cannot dial {}: {e}", redial.addr);
             }
+        }
+    }
+
+    /// Connects to a member for a pull: at the addresses heard of, else after a Kademlia lookup.
+    pub(super) fn reach(&mut self, peer: PeerId) {
+        if let Some(known) = self.overlay.known.get(&peer) {
+            let addrs = known.addrs.clone();
+            self.dial_peer(peer, addrs, "a pull");
+            return;
+        }
+        let now = Instant::now();
+        self.reaching
+            .retain(|_, since| now.duration_since(*since) < REACH_TIMEOUT);
+        if self.reaching.insert(peer, now).is_none() {
+            self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         }
     }
 
@@ -156,14 +190,18 @@ impl EventLoop {
         match event {
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {
-                self.dial_peer(peer, vec![address], "Kademlia");
+                self.heard_of(peer, vec![address], "Kademlia");
             }
             kad::Event::OutboundQueryProgressed {
                 result: kad::QueryResult::GetClosestPeers(Ok(found)),
                 ..
             } => {
                 for info in found.peers {
-                    self.dial_peer(info.peer_id, info.addrs, "Kademlia");
+                    let wanted = self.reaching.remove(&info.peer_id).is_some();
+                    if wanted {
+                        self.dial_peer(info.peer_id, info.addrs.clone(), "a pull");
+                    }
+                    self.heard_of(info.peer_id, info.addrs, "Kademlia");
                 }
             }
             _ => {}

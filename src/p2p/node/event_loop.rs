@@ -35,6 +35,12 @@ pub(super) struct EventLoop {
     pub(super) replay: ReplayGuard,
     /// The time stamped on this node's last gossip message (stamps strictly increase).
     pub(super) last_stamp_ms: u64,
+    /// The members heard of, and the connections kept (see [`super::overlay`]).
+    pub(super) overlay: Overlay,
+    /// The full-mesh size ([`NodeConfig::full_mesh`]).
+    pub(super) full_mesh: usize,
+    /// Members being looked up in Kademlia to pull from, and since when.
+    pub(super) reaching: HashMap<PeerId, Instant>,
 }
 
 impl EventLoop {
@@ -64,6 +70,7 @@ impl EventLoop {
                 request,
                 reply,
             } => {
+                self.touch(&peer);
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -125,7 +132,8 @@ impl EventLoop {
                     }
                 }
             },
-            Command::DialPeer(peer, addrs) => self.dial_peer(peer, addrs, "a registry"),
+            Command::DialPeer(peer, addrs) => self.heard_of(peer, addrs, "a registry"),
+            Command::Reach(peer) => self.reach(peer),
             Command::Punish(peer) => self.punish(peer),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
@@ -140,6 +148,14 @@ impl EventLoop {
         self.close_superseded_relays();
         self.redial_lost();
         self.rebootstrap_when_due();
+        self.look_after_overlay();
+    }
+
+    /// Notes an exchange with `peer` (an overlay closes idle connections only).
+    pub(super) fn touch(&mut self, peer: &PeerId) {
+        if let Some(p) = self.inner.state().peers.get_mut(peer) {
+            p.last_exchange = Some(Instant::now());
+        }
     }
 
     /// Starts a hello to `peer` (a key-exchange run that proves the secret).
@@ -199,7 +215,7 @@ impl EventLoop {
         let unbanned = {
             let mut state = self.inner.state();
             let now_ms = now_ms();
-            state.claims.retain(|_, (_, until)| *until > now_ms);
+            state.claims.retain(|_, c| c.until_ms > now_ms);
             state.banned.expire()
         };
         self.unblacklist(unbanned);
@@ -279,6 +295,7 @@ impl EventLoop {
                             remote,
                             relayed,
                             opened: Instant::now(),
+                            dialed: endpoint.is_dialer(),
                         },
                     );
                 }
@@ -304,12 +321,24 @@ impl EventLoop {
                 }
                 // Gone members leave the routing table: a hub would otherwise keep handing out
                 // runners whose jobs ended (and whose circuits are gone) to every newcomer.
-                self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                // In a bounded overlay connections close and open all the time (this node's and
+                // others' choices): a member that is not connected is not gone, and taking it
+                // out would make its return news, which sets Kademlia looking the whole swarm up
+                // again, which opens more connections to close. Kademlia drops the ones that
+                // stop answering.
+                let closed_here = self.overlay.closing.remove(&peer_id);
+                if !state.bounded && !closed_here {
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
                 if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
                     tracing::info!("peer {peer_id} left");
                 }
-                for holders in state.holders.values_mut() {
-                    holders.retain(|h| h.peer != peer_id);
+                // In a bounded overlay a member that is not connected may still hold keys
+                // (it is dialed to pull them); in a full mesh, it left.
+                if !state.bounded {
+                    for holders in state.holders.values_mut() {
+                        holders.retain(|h| h.peer != peer_id);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
@@ -337,6 +366,11 @@ impl EventLoop {
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 for (peer, addrs) in by_peer {
+                    if self.bounded() {
+                        // More members than a full mesh: a candidate neighbour, like any other.
+                        self.heard_of(peer, addrs, "mDNS");
+                        continue;
+                    }
                     // Keep dialing (with backoff) until connected: mDNS reports a peer once per
                     // record lifetime, so a failed first dial must not be the last.
                     for addr in addrs.iter().filter(|a| is_dialable(a)) {
@@ -352,6 +386,7 @@ impl EventLoop {
                                 backoff: Duration::from_secs(1),
                                 warned: false,
                                 reuse_port: false,
+                                hub: false,
                             });
                         }
                     }
@@ -400,6 +435,9 @@ impl EventLoop {
 
     pub(super) fn on_exchange(&mut self, event: request_response::Event<Request, Response>) {
         use request_response::{Event, Message};
+        if let Event::Message { peer, .. } = &event {
+            self.touch(peer);
+        }
         match event {
             Event::Message {
                 peer,
@@ -427,21 +465,32 @@ impl EventLoop {
                         .exchange
                         .send_response(channel, response);
                 }
-                Request::Claim { key_id, ttl_ms } => {
-                    let me = self.inner.peer_id;
-                    let response = match <KeyId>::try_from(key_id.as_slice()) {
-                        Ok(key_id) if self.inner.state().verified(&peer) => {
+                Request::Claim {
+                    key_id,
+                    ttl_ms,
+                    on_behalf_of,
+                } => {
+                    let verified = self.inner.state().verified(&peer);
+                    match <KeyId>::try_from(key_id.as_slice()) {
+                        Ok(key_id) if verified => {
                             let ttl = Duration::from_millis(ttl_ms);
-                            let decision = self.inner.state().coordinate(&key_id, peer, ttl, me);
-                            decision_response(decision)
+                            // Passed on by a member: the one that asked first fetches.
+                            let requester = on_behalf_of
+                                .and_then(|p| PeerId::from_bytes(&p).ok())
+                                .unwrap_or(peer);
+                            let handle = Handle {
+                                inner: self.inner.clone(),
+                            };
+                            handle.answer_claim(key_id, ttl, peer, requester, channel);
                         }
-                        _ => Response::Denied,
-                    };
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .exchange
-                        .send_response(channel, response);
+                        _ => {
+                            let _ = self
+                                .swarm
+                                .behaviour_mut()
+                                .exchange
+                                .send_response(channel, Response::Denied);
+                        }
+                    }
                 }
                 Request::Revalidate { key_id, ttl_ms } => {
                     let verified = self.inner.state().verified(&peer);
@@ -610,7 +659,11 @@ impl EventLoop {
                 let Some(key_id) = parse_key_id(&key_id) else {
                     return;
                 };
-                if state.claims.get(&key_id).is_some_and(|(p, _)| *p == source) {
+                if state
+                    .claims
+                    .get(&key_id)
+                    .is_some_and(|c| c.claimant == source)
+                {
                     state.claims.remove(&key_id);
                 }
                 state.wake(&key_id);

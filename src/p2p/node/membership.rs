@@ -253,6 +253,7 @@ impl EventLoop {
             self.swarm.behaviour_mut().gossipsub.admit(peer);
             self.swarm.behaviour_mut().kad.admit(peer);
             self.add_to_routing(peer);
+            self.overlay_verified(peer);
             self.maybe_reserve(*peer);
         }
     }
@@ -274,12 +275,17 @@ impl EventLoop {
         // A peer's loopback addresses are of use only to nodes on its host: handed to anyone
         // else (Kademlia answers carry them), they reach that node itself, and the whole dial
         // fails on the wrong peer id.
-        for addr in addrs
+        let addrs: Vec<Multiaddr> = addrs
             .into_iter()
             .filter(|a| is_dialable(a) && (on_loopback || !is_loopback(a)))
-        {
-            self.swarm.behaviour_mut().kad.add_address(peer, addr);
+            .collect();
+        for addr in &addrs {
+            self.swarm
+                .behaviour_mut()
+                .kad
+                .add_address(peer, addr.clone());
         }
+        self.overlay.hear(*peer, addrs);
     }
 }
 

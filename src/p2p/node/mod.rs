@@ -34,6 +34,7 @@ mod hub;
 mod members_only;
 mod membership;
 mod mirror;
+mod overlay;
 mod pull;
 mod reach;
 mod replay;
@@ -45,6 +46,7 @@ pub use self::claims::Obtained;
 use self::claims::*;
 use self::connectivity::*;
 use self::event_loop::*;
+use self::overlay::Overlay;
 use self::pull::*;
 use self::reach::*;
 use self::replay::ReplayGuard;
@@ -68,6 +70,11 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a claim may wait for the coordinator. Generous: a busy coordinator must not turn
 /// into a second upstream call; a dead one fails fast (its connection closes).
 const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a claim passed on towards the coordinator may wait for the next hop (less than
+/// [`CLAIM_TIMEOUT`], so that a lost hop is decided here before the asker gives up).
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(4);
+/// How long connecting to a member for a pull (a bounded overlay's far holder) may take.
+const REACH_TIMEOUT: Duration = Duration::from_secs(3);
 /// Peers asked at once when nobody announced the key.
 const ASK_FANOUT: usize = 8;
 /// Holders tried, newest first, before asking the others.
@@ -92,7 +99,9 @@ const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(60);
 const KAD_PROTOCOL: &str = "/peercache/kad/1";
 /// How often the routing table is refreshed. Kademlia also looks the swarm up by itself each
 /// time a member enters the table, which is how a node that knows one member finds the rest.
-const KAD_REFRESH: Duration = Duration::from_secs(60);
+/// Rarely: every lookup connects to members (a hello each way), and in a bounded overlay those
+/// connections are closed again; members joining later dial in themselves.
+const KAD_REFRESH: Duration = Duration::from_secs(300);
 /// Pulls a hub makes at once to keep announced entries (announcements come in bursts).
 const MAX_MIRRORS: usize = 8;
 /// Keys tracked in the holder table before old ones are dropped.
@@ -127,6 +136,9 @@ pub struct NodeConfig {
     pub external_addrs: Vec<Multiaddr>,
     /// The one-way tag of this node's own token, told to members (see [`Handle::set_revalidator`]).
     pub token_tag: Option<String>,
+    /// Up to this many members the swarm is a full mesh; beyond, each node keeps a bounded,
+    /// Kademlia-shaped set of neighbours (`PEERCACHE_FULL_MESH`).
+    pub full_mesh: usize,
 }
 
 /// A verified swarm member, as `/api/peers` shows it.
@@ -216,6 +228,8 @@ enum Command {
     Publish(Gossip),
     Dial(Multiaddr),
     DialPeer(PeerId, Vec<Multiaddr>),
+    /// Connect to a member for a pull: at its addresses heard of, or looked up in Kademlia.
+    Reach(PeerId),
     Punish(PeerId),
     Shutdown(oneshot::Sender<()>),
 }
@@ -351,6 +365,7 @@ impl Node {
                     backoff: Duration::from_secs(1),
                     warned: false,
                     reuse_port: true,
+                    hub: false,
                 });
             }
         }
@@ -376,6 +391,9 @@ impl Node {
             rebootstrap_at: None,
             replay: ReplayGuard::default(),
             last_stamp_ms: 0,
+            overlay: Overlay::default(),
+            full_mesh: config.full_mesh,
+            reaching: HashMap::new(),
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {
@@ -455,6 +473,17 @@ impl Handle {
             .collect();
         peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
         peers
+    }
+
+    /// The connections open at this moment, to members and to peers not verified yet.
+    pub fn connections(&self) -> usize {
+        let state = self.inner.state();
+        state.peers.values().map(|p| p.connections.len()).sum()
+    }
+
+    /// Whether the swarm is larger than a full mesh, so that connections are bounded.
+    pub fn bounded(&self) -> bool {
+        self.inner.state().bounded
     }
 
     /// Figures since start.

@@ -270,7 +270,47 @@ impl Handle {
         let request = Request::Pull {
             key_id: key_id.to_vec(),
         };
-        self.receive(peer, request, key_id, key, ttl, limit).await
+        let (verified, bounded) = {
+            let state = self.inner.state();
+            (state.verified(&peer), state.bounded)
+        };
+        if verified || !bounded {
+            return self.receive(peer, request, key_id, key, ttl, limit).await;
+        }
+        // A holder heard of in a bounded overlay: connected for this pull (the overlay closes
+        // the connection again once idle).
+        if !self.reach(peer).await {
+            tracing::debug!("could not reach {peer} to pull a key it holds");
+            return Pulled::Nothing;
+        }
+        match self
+            .receive(peer, request.clone(), key_id, key, ttl, limit)
+            .await
+        {
+            // It may verify this node a moment after this node verified it.
+            Pulled::Nothing => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                self.receive(peer, request, key_id, key, ttl, limit).await
+            }
+            pulled => pulled,
+        }
+    }
+
+    /// Connects to a member this node is not connected to (its addresses heard of, or looked up
+    /// in Kademlia) and waits until both hellos passed; `false` after [`REACH_TIMEOUT`].
+    pub(super) async fn reach(&self, peer: PeerId) -> bool {
+        if peer == self.inner.peer_id || self.inner.state().banned.contains(&peer) {
+            return false;
+        }
+        self.inner.send(Command::Reach(peer));
+        let deadline = tokio::time::Instant::now() + REACH_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if self.inner.state().verified(&peer) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// Sends `request` (a pull, or a revalidation) and verifies the entry it brings back.
@@ -353,7 +393,17 @@ impl Handle {
             local_id: key.id().to_string(),
             fetched_at_ms: entry.fetched_at_ms,
         };
-        self.inner.state().served.insert(*key_id, held);
+        let bounded = {
+            let mut state = self.inner.state();
+            state.served.insert(*key_id, held);
+            state.bounded
+        };
+        // In a bounded overlay most members are not connected to the first holder: each one that
+        // has a copy says so, and the entry spreads from neighbour to neighbour.
+        if bounded && body.is_some() {
+            self.inner
+                .send(Command::Publish(Gossip::announce(key_id, entry)));
+        }
         body
     }
 

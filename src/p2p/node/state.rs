@@ -23,6 +23,8 @@ pub(super) struct PeerState {
     pub(super) dialed_addr: Option<Multiaddr>,
     /// It serves circuit relay v2 (identify lists the hop protocol): a hub.
     pub(super) is_hub: bool,
+    /// The last request or answer exchanged with it (an overlay closes idle connections only).
+    pub(super) last_exchange: Option<std::time::Instant>,
 }
 
 impl PeerState {
@@ -41,6 +43,8 @@ pub(super) struct Link {
     pub(super) relayed: bool,
     /// When it was established.
     pub(super) opened: std::time::Instant,
+    /// This node dialed it (else the peer did).
+    pub(super) dialed: bool,
 }
 
 /// AutoNAT's verdict on this node's reachability.
@@ -73,6 +77,19 @@ pub(super) struct Held {
     /// When it was fetched or revalidated.
     pub(super) fetched_at_ms: u64,
 }
+/// A claim granted by this node as a key's coordinator.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Claim {
+    /// The node fetching the key.
+    pub(super) claimant: PeerId,
+    /// Until when the claim holds (ms since the epoch).
+    pub(super) until_ms: u64,
+    /// The claimant was connected here when it claimed: its leaving voids the claim. (A
+    /// claimant reached through others in a bounded overlay cannot be seen leaving; its claim
+    /// lasts until `until_ms`.)
+    pub(super) watched: bool,
+}
+
 /// What the loop has learnt, readable by handlers.
 #[derive(Default)]
 pub(super) struct State {
@@ -81,7 +98,7 @@ pub(super) struct State {
     pub(super) banned: Bans,
     pub(super) holders: HashMap<KeyId, Vec<Holder>>,
     /// As coordinator: the one node fetching each key, and until when its claim holds.
-    pub(super) claims: HashMap<KeyId, (PeerId, u64)>,
+    pub(super) claims: HashMap<KeyId, Claim>,
     pub(super) waiters: HashMap<KeyId, Vec<oneshot::Sender<()>>>,
     /// Every entry this node can serve, by wire key id.
     pub(super) served: HashMap<KeyId, Held>,
@@ -91,6 +108,8 @@ pub(super) struct State {
     pub(super) relays: HashMap<PeerId, Multiaddr>,
     /// `--external-addr`.
     pub(super) external_addrs: Vec<Multiaddr>,
+    /// The swarm is larger than a full mesh: connections are bounded (see `overlay.rs`).
+    pub(super) bounded: bool,
 }
 
 impl State {
@@ -119,14 +138,40 @@ impl State {
         holders.into_iter().map(|h| h.peer).collect()
     }
 
-    /// The key's coordinator: the member (this node included) with the lowest claim rank.
+    /// Holders fresh for `ttl` this node is not connected to (heard of through the gossip of a
+    /// bounded overlay), newest first: reached by dialing them.
+    pub(super) fn far_holders(&self, key_id: &KeyId, ttl: Duration, now: u64) -> Vec<PeerId> {
+        if !self.bounded {
+            return Vec::new();
+        }
+        let mut holders: Vec<&Holder> = self
+            .holders
+            .get(key_id)
+            .map(|h| {
+                h.iter()
+                    .filter(|h| {
+                        !self.verified(&h.peer)
+                            && !self.banned.contains(&h.peer)
+                            && is_fresh(h.fetched_at_ms, ttl, now)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        holders.sort_by_key(|h| std::cmp::Reverse(h.fetched_at_ms));
+        holders.into_iter().map(|h| h.peer).collect()
+    }
+
+    /// The next hop towards the key's coordinator: of the verified members connected and this
+    /// node, the one closest to the key by XOR distance. In a full mesh that is the coordinator
+    /// itself; in a bounded overlay a claim is passed on until no neighbour is closer (see
+    /// `overlay.rs`).
     pub(super) fn coordinator(&self, key_id: &KeyId, me: PeerId) -> PeerId {
         self.peers
             .iter()
             .filter(|(_, p)| p.verified)
             .map(|(id, _)| *id)
             .chain(Some(me))
-            .min_by_key(|p| claim_rank(key_id, p))
+            .min_by_key(|p| super::overlay::key_distance(p, key_id))
             .unwrap_or(me)
     }
 }

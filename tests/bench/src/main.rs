@@ -43,6 +43,13 @@ struct Args {
     /// Only these sections (comma-separated: budget, latency, throughput, gh, footprint, scale).
     #[arg(long, value_delimiter = ',', value_parser = ["budget", "revalidation", "latency", "throughput", "gh", "footprint", "scale"])]
     only: Vec<String>,
+    /// Daemons of the scale section.
+    #[arg(long, default_value_t = 200)]
+    scale_nodes: usize,
+    /// `PEERCACHE_FULL_MESH` for the scale section's daemons (unset: the default, 32); a
+    /// number above `--scale-nodes` measures a full mesh of that size instead.
+    #[arg(long)]
+    scale_full_mesh: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -159,7 +166,9 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     let scale = if quick {
         Outcome::skipped("--quick")
     } else {
-        section(args, "scale", || scale::run(&bench, 50, 20))
+        section(args, "scale", || {
+            scale::run(&bench, args.scale_nodes, 20, args.scale_full_mesh)
+        })
     };
     let date = std::process::Command::new("date")
         .args(["-u", "+%Y-%m-%dT%H:%M:%SZ"])

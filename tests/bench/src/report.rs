@@ -480,33 +480,66 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
     let mut scale = Vec::new();
     match report.scale.measured() {
         Some(s) => {
+            let mesh = match s.full_mesh {
+                Some(n) if n >= s.nodes => "a full mesh".to_string(),
+                Some(n) => format!("full mesh up to {n}"),
+                None => "the default overlay".to_string(),
+            };
             scale.push(line(
-                format!("{} daemons: all started and ready", s.nodes),
+                format!("{} daemons ({mesh}): all started and ready", s.nodes),
                 format!("{:.1} s", s.start_all_ms / 1000.0),
             ));
             scale.push(line(
-                "  then, until every node knows every other one",
-                match s.converge_ms {
+                "  then, until every node has a neighbour in every bucket holding members",
+                match s.settle_ms {
                     Some(ms) => format!("{:.1} s", ms / 1000.0),
-                    None => format!(
-                        "not within 180 s (fewest known: {} of {})",
-                        s.min_peers,
-                        s.nodes - 1
-                    ),
+                    None => format!("not within 300 s ({} nodes short)", s.unsettled),
                 },
             ));
+            if let Some(p) = &s.peers {
+                scale.push(line(
+                    "  verified neighbours per node, p50 / max",
+                    format!("{:.0} / {:.0} of {}", p.p50, p.max, s.nodes - 1),
+                ));
+            }
+            scale.push(judged(
+                format!(
+                    "{} nodes × {} endpoints, all at once: upstream calls",
+                    s.nodes, s.endpoints
+                ),
+                format!("{} of {}", s.upstream_calls, s.requests),
+                &format!("= {}", s.endpoints),
+                s.upstream_calls == s.endpoints as u64 && s.answered == s.requests,
+            ));
+            let sources: Vec<String> = s
+                .by_source
+                .iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
             scale.push(line(
-                "  announcement delivery, p50 / p99",
-                match &s.delivery {
-                    Some(d) => format!(
-                        "{} ({} of {} deliveries)",
-                        p50_p99(d),
-                        s.deliveries,
-                        s.announcements * (s.nodes - 1)
-                    ),
-                    None => "no deliveries".to_string(),
-                },
+                "  until the last answer; answers by source",
+                format!(
+                    "{:.1} s; {} ({} of {} right)",
+                    s.fetch_ms / 1000.0,
+                    sources.join(", "),
+                    s.answered,
+                    s.requests
+                ),
             ));
+            if let Some(c) = &s.connections {
+                scale.push(judged(
+                    "  connections per node, most at any moment: p50 / max",
+                    format!("{:.0} / {}", c.p50, s.max_connections),
+                    "max ≤ 64 (bounded)",
+                    s.max_connections <= 64,
+                ));
+            }
+            if let Some(r) = &s.rss_kb {
+                scale.push(line(
+                    "  daemon RSS per node after, p50 / max",
+                    format!("{} / {}", mb(r.p50 as u64), mb(r.max as u64)),
+                ));
+            }
         }
         None => scale.push(line("scale", report.scale.reason().unwrap_or_default())),
     }

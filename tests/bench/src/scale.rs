@@ -1,156 +1,284 @@
-//! Scale: many daemons on one machine. Each is given one address (the first node's, as a job
-//! that read one registry entry would be); Kademlia and the members' hellos do the rest. Then
-//! some nodes fetch a new endpoint each, and every daemon's log tells when the announcement
-//! reached it.
+//! Scale: a swarm far beyond a full mesh on one machine. Each daemon is given one address (the
+//! first node's, as a job that read one registry entry would be); Kademlia and the overlay do
+//! the rest. Once every node has a neighbour in every bucket that holds members (what routing a
+//! claim to a key's coordinator needs), every node asks for the same endpoints at once, and
+//! the stand-in GitHub API counts the calls.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::bench::{BODY, Bench, api_get};
 use crate::common::swarm::SwarmNode;
-use crate::stats::{Summary, summarize_ms};
 
-/// How long the swarm has to become a full mesh before the figure says it did not.
-const CONVERGENCE_LIMIT: Duration = Duration::from_secs(180);
+/// How long the overlay has to settle before the figure says it did not.
+const SETTLE_LIMIT: Duration = Duration::from_secs(300);
+/// How often every node's connections are sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(1000);
 
 /// The scale figures.
 #[derive(Debug, Clone, Serialize)]
 pub struct Scale {
     /// Daemons.
     pub nodes: usize,
+    /// Endpoints every node asks for.
+    pub endpoints: usize,
+    /// `PEERCACHE_FULL_MESH` the daemons ran with (`None`: the default).
+    pub full_mesh: Option<usize>,
     /// From the first start until the last daemon was ready.
     pub start_all_ms: f64,
-    /// From the last daemon's start until every node had verified every other one; `None`
-    /// when that did not happen within 180 s.
-    pub converge_ms: Option<f64>,
-    /// The fewest peers any node knew at the end of the wait.
-    pub min_peers: u64,
-    /// Endpoints fetched, one per origin node, each announced once.
-    pub announcements: usize,
-    /// (receiver, announcement) pairs heard, of `announcements × (nodes - 1)`.
-    pub deliveries: usize,
-    /// Time from the origin's "announcing" line to each receiver's "heard" line.
-    pub delivery: Option<Summary>,
+    /// From the last start until every node had a neighbour in every bucket that holds
+    /// members; `None` when that did not happen within [`SETTLE_LIMIT`].
+    pub settle_ms: Option<f64>,
+    /// Nodes with a bucket uncovered at the end of the wait.
+    pub unsettled: usize,
+    /// Verified members per node once settled.
+    pub peers: Option<Spread>,
+    /// Connections (all, verified or not) per node: the most any node had at any sample.
+    pub max_connections: u64,
+    /// The same, per node: the most each had, summarised over the nodes.
+    pub connections: Option<Spread>,
+    /// Requests made (nodes × endpoints), all at once.
+    pub requests: usize,
+    /// Of those, the ones answered 200 with the right body.
+    pub answered: usize,
+    /// Calls that reached the stand-in GitHub API.
+    pub upstream_calls: u64,
+    /// Answers by `x-peercache-source`.
+    pub by_source: BTreeMap<String, u64>,
+    /// From the first request until the last answer.
+    pub fetch_ms: f64,
+    /// Resident memory per daemon at the end, kB.
+    pub rss_kb: Option<Spread>,
 }
 
-/// `nodes` daemons; `announcements` of them each announce one new entry.
-pub fn run(bench: &Bench, nodes: usize, announcements: usize) -> anyhow::Result<Scale> {
-    let hub = bench.hub();
-    let started = Instant::now();
-    let first = bench.node(&hub, "scale-node0", Vec::new(), Vec::new());
-    let bootstrap = vec![first.bootstrap_addr()];
-    let mut swarm: Vec<SwarmNode> = vec![first];
-    for i in 1..nodes {
-        swarm.push(bench.node(
-            &hub,
-            &format!("scale-node{i}"),
-            bootstrap.clone(),
-            Vec::new(),
-        ));
-    }
-    let start_all_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let all_started = Instant::now();
-    let want = (nodes - 1) as u64;
-    let mut converge_ms = None;
-    let mut min_peers = 0;
-    while all_started.elapsed() < CONVERGENCE_LIMIT {
-        min_peers = swarm.iter().map(SwarmNode::peer_count).min().unwrap_or(0);
-        if min_peers == want {
-            converge_ms = Some(all_started.elapsed().as_secs_f64() * 1000.0);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// The middle and the top of per-node figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spread {
+    /// Median.
+    pub p50: f64,
+    /// Largest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+}
 
-    // Origins spread over the swarm, one at a time, so that each delivery is timed alone.
-    let step = (nodes / announcements.max(1)).max(1);
-    let origins: Vec<&SwarmNode> = swarm.iter().step_by(step).take(announcements).collect();
-    for (k, origin) in origins.iter().enumerate() {
-        let endpoint = format!("repos/octo/swarm/contents/scale{k}");
-        hub.put_json(&format!("/{endpoint}"), fakehub::repo_body(k, BODY));
-        let r = api_get(origin, &endpoint, None);
-        anyhow::ensure!(
-            r.status == 200,
-            "{endpoint} through {}: {}",
-            origin.name,
-            r.status
-        );
-        std::thread::sleep(Duration::from_millis(300));
+fn spread(values: &[f64]) -> Option<Spread> {
+    if values.is_empty() {
+        return None;
     }
-    std::thread::sleep(Duration::from_secs(3));
-
-    // Announcing and hearing lines, by key id, from every daemon's log.
-    let mut announced: HashMap<String, f64> = HashMap::new();
-    let mut heard: Vec<(usize, String, f64)> = Vec::new();
-    for (i, node) in swarm.iter().enumerate() {
-        for line in node.log().lines() {
-            let Some(at) = line.split_whitespace().next().and_then(log_time_ms) else {
-                continue;
-            };
-            if let Some(key) = after(line, "announcing key ") {
-                let first = announced.entry(key).or_insert(at);
-                *first = first.min(at);
-            } else if let Some(key) = after(line, "heard announcement of key ") {
-                heard.push((i, key, at));
-            }
-        }
-    }
-    let mut first_heard: HashMap<(usize, String), f64> = HashMap::new();
-    for (node, key, at) in heard {
-        if announced.contains_key(&key) {
-            let slot = first_heard.entry((node, key)).or_insert(at);
-            *slot = slot.min(at);
-        }
-    }
-    let delays: Vec<f64> = first_heard
-        .iter()
-        .map(|((_, key), at)| (at - announced[key]).max(0.0))
-        .collect();
-    Ok(Scale {
-        nodes,
-        start_all_ms,
-        converge_ms,
-        min_peers,
-        announcements: announced.len(),
-        deliveries: delays.len(),
-        delivery: summarize_ms(&delays),
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Some(Spread {
+        p50: sorted[sorted.len() / 2],
+        max: sorted[sorted.len() - 1],
+        mean: sorted.iter().sum::<f64>() / sorted.len() as f64,
     })
 }
 
-/// The word after `marker` in `line`.
-fn after(line: &str, marker: &str) -> Option<String> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    rest.split_whitespace().next().map(str::to_string)
+/// The hash Kademlia puts a peer id's bytes through.
+fn hashed(peer_id: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = bs58::decode(peer_id).into_vec()?;
+    Ok(Sha256::digest(bytes).into())
 }
 
-/// Milliseconds since the epoch of a log line's RFC 3339 UTC timestamp
-/// (`2026-11-21T10:17:03.492318Z`).
-fn log_time_ms(stamp: &str) -> Option<f64> {
-    let stamp = stamp.strip_suffix('Z')?;
-    let (date, time) = stamp.split_once('T')?;
-    let mut ymd = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (ymd.next()??, ymd.next()??, ymd.next()??);
-    let mut hms = time.splitn(3, ':');
-    let (h, min) = (
-        hms.next()?.parse::<f64>().ok()?,
-        hms.next()?.parse::<f64>().ok()?,
-    );
-    let s = hms.next()?.parse::<f64>().ok()?;
-    let days = days_from_civil(y, m, d) as f64;
-    Some((((days * 24.0 + h) * 60.0 + min) * 60.0 + s) * 1000.0)
+/// The index of the highest bit in which two hashed ids differ.
+fn bucket(a: &[u8; 32], b: &[u8; 32]) -> Option<u32> {
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        let d = x ^ y;
+        if d != 0 {
+            return Some(255 - (i as u32 * 8 + d.leading_zeros()));
+        }
+    }
+    None
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = (if y >= 0 { y } else { y - 399 }) / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+/// Buckets seen from `me` that hold members but none of `neighbours`.
+fn uncovered(me: &[u8; 32], all: &[[u8; 32]], neighbours: &[[u8; 32]]) -> usize {
+    let mut buckets: HashMap<u32, bool> = HashMap::new();
+    for other in all {
+        if let Some(b) = bucket(me, other) {
+            buckets.entry(b).or_insert(false);
+        }
+    }
+    for n in neighbours {
+        if let Some(b) = bucket(me, n) {
+            buckets.insert(b, true);
+        }
+    }
+    buckets.values().filter(|covered| !**covered).count()
+}
+
+fn peers_of(node: &SwarmNode) -> (Vec<String>, u64) {
+    let p = node.json("api/peers");
+    let ids = p["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["peer_id"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    (ids, p["connections"].as_u64().unwrap_or(0))
+}
+
+/// `nodes` daemons, each asking for the same `endpoints` at once.
+pub fn run(
+    bench: &Bench,
+    nodes: usize,
+    endpoints: usize,
+    full_mesh: Option<usize>,
+) -> anyhow::Result<Scale> {
+    let hub = bench.hub();
+    let env = || {
+        full_mesh
+            .map(|n| vec![("PEERCACHE_FULL_MESH", n.to_string())])
+            .unwrap_or_default()
+    };
+    let started = Instant::now();
+    let first = bench.node(&hub, "scale-node0", Vec::new(), env());
+    let bootstrap = vec![first.bootstrap_addr()];
+    let mut swarm: Vec<SwarmNode> = vec![first];
+    for i in 1..nodes {
+        swarm.push(bench.node(&hub, &format!("scale-node{i}"), bootstrap.clone(), env()));
+    }
+    let start_all_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let ids: Vec<[u8; 32]> = swarm
+        .iter()
+        .map(|n| hashed(&n.peer_id))
+        .collect::<anyhow::Result<_>>()?;
+    let index: HashMap<String, usize> = swarm
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.peer_id.clone(), i))
+        .collect();
+
+    // Connections are sampled from now until the end, on a thread of their own.
+    let most: Mutex<Vec<u64>> = Mutex::new(vec![0; nodes]);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| -> anyhow::Result<Scale> {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                for (i, node) in swarm.iter().enumerate() {
+                    let (_, connections) = peers_of(node);
+                    let mut most = most.lock().unwrap();
+                    most[i] = most[i].max(connections);
+                }
+                std::thread::sleep(SAMPLE_EVERY);
+            }
+        });
+        let result = measure(&hub, &swarm, &ids, &index, endpoints);
+        done.store(true, Ordering::Relaxed);
+        let (settle_ms, unsettled, peers, fetch) = result?;
+        let most = most.lock().unwrap().clone();
+        let rss: Vec<f64> = swarm.iter().map(|n| n.rss_kb() as f64).collect();
+        Ok(Scale {
+            nodes,
+            endpoints,
+            full_mesh,
+            start_all_ms,
+            settle_ms,
+            unsettled,
+            peers: spread(&peers),
+            max_connections: most.iter().copied().max().unwrap_or(0),
+            connections: spread(&most.iter().map(|c| *c as f64).collect::<Vec<_>>()),
+            requests: fetch.requests,
+            answered: fetch.answered,
+            upstream_calls: fetch.upstream_calls,
+            by_source: fetch.by_source,
+            fetch_ms: fetch.wall_ms,
+            rss_kb: spread(&rss),
+        })
+    })
+}
+
+/// What the fetch round gave.
+struct Fetched {
+    requests: usize,
+    answered: usize,
+    upstream_calls: u64,
+    by_source: BTreeMap<String, u64>,
+    wall_ms: f64,
+}
+
+type Settled = (Option<f64>, usize, Vec<f64>, Fetched);
+
+fn measure(
+    hub: &fakehub::FakeHub,
+    swarm: &[SwarmNode],
+    ids: &[[u8; 32]],
+    index: &HashMap<String, usize>,
+    endpoints: usize,
+) -> anyhow::Result<Settled> {
+    let waiting = Instant::now();
+    let mut settle_ms = None;
+    let mut unsettled = swarm.len();
+    let mut peers = Vec::new();
+    while waiting.elapsed() < SETTLE_LIMIT {
+        unsettled = 0;
+        peers.clear();
+        for (i, node) in swarm.iter().enumerate() {
+            let (neighbours, _) = peers_of(node);
+            peers.push(neighbours.len() as f64);
+            let hashed: Vec<[u8; 32]> = neighbours
+                .iter()
+                .filter_map(|p| index.get(p).map(|j| ids[*j]))
+                .collect();
+            if uncovered(&ids[i], ids, &hashed) > 0 {
+                unsettled += 1;
+            }
+        }
+        if unsettled == 0 {
+            settle_ms = Some(waiting.elapsed().as_secs_f64() * 1000.0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    for e in 0..endpoints {
+        hub.put_json(
+            &format!("/repos/octo/swarm/contents/scale{e}"),
+            fakehub::repo_body(e, BODY),
+        );
+    }
+    let by_source: Mutex<BTreeMap<String, u64>> = Mutex::default();
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    let began = Instant::now();
+    std::thread::scope(|s| {
+        for node in swarm {
+            let (by_source, answered) = (&by_source, &answered);
+            s.spawn(move || {
+                for e in 0..endpoints {
+                    let r = api_get(node, &format!("repos/octo/swarm/contents/scale{e}"), None);
+                    if r.status == 200 && r.body == fakehub::repo_body(e, BODY) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                    let source = r.header("x-peercache-source").unwrap_or("none").to_string();
+                    *by_source.lock().unwrap().entry(source).or_default() += 1;
+                }
+            });
+        }
+    });
+    let wall_ms = began.elapsed().as_secs_f64() * 1000.0;
+    let upstream_calls = (0..endpoints)
+        .map(|e| hub.count(&format!("/repos/octo/swarm/contents/scale{e}")))
+        .sum();
+    Ok((
+        settle_ms,
+        unsettled,
+        peers,
+        Fetched {
+            requests: swarm.len() * endpoints,
+            answered: answered.into_inner(),
+            upstream_calls,
+            by_source: by_source.into_inner().unwrap(),
+            wall_ms,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -158,22 +286,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_log_timestamps() {
-        assert_eq!(log_time_ms("1970-01-01T00:00:01.5Z"), Some(1500.0));
-        let a = log_time_ms("2026-11-21T23:59:59.999000Z").unwrap();
-        let b = log_time_ms("2026-11-22T00:00:00.001000Z").unwrap();
-        assert!((b - a - 2.0).abs() < 1e-3, "{}", b - a);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert!(log_time_ms("DEBUG").is_none());
+    fn buckets_are_the_highest_differing_bit() {
+        let a = [0u8; 32];
+        let mut b = [0u8; 32];
+        assert_eq!(bucket(&a, &b), None);
+        b[31] = 1;
+        assert_eq!(bucket(&a, &b), Some(0));
+        b[0] = 0x80;
+        assert_eq!(bucket(&a, &b), Some(255));
+        let mut c = [0u8; 32];
+        c[1] = 0x10;
+        assert_eq!(bucket(&a, &c), Some(255 - 11));
     }
 
     #[test]
-    fn finds_the_key_after_a_marker() {
-        let line = "2026-11-21T10:00:00.000001Z DEBUG heard announcement of key ab12 from 12D3";
-        assert_eq!(
-            after(line, "heard announcement of key ").as_deref(),
-            Some("ab12")
-        );
-        assert_eq!(after(line, "announcing key "), None);
+    fn a_member_without_neighbours_in_a_bucket_is_unsettled() {
+        let me = [0u8; 32];
+        let mut far = [0u8; 32];
+        far[0] = 0x80;
+        let mut near = [0u8; 32];
+        near[31] = 2;
+        assert_eq!(uncovered(&me, &[me, far, near], &[far]), 1);
+        assert_eq!(uncovered(&me, &[me, far, near], &[far, near]), 0);
+    }
+
+    #[test]
+    fn a_peer_id_is_hashed_from_its_bytes() {
+        // The identity multihash of an Ed25519 key: 38 bytes, base58 "12D3KooW…".
+        let id = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+        assert_eq!(bs58::decode(id).into_vec().unwrap().len(), 38);
+        assert_ne!(hashed(id).unwrap(), [0u8; 32]);
+        assert!(hashed("not base58 0OIl").is_err());
     }
 }

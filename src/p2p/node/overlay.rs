@@ -1,0 +1,382 @@
+//! The overlay: which members this node stays connected to, and which member coordinates a key.
+//!
+//! A swarm of up to [`NodeConfig::full_mesh`] members is a full mesh, as it always was: every
+//! member dials every other one it hears of. Beyond that size, connections are bounded the way
+//! Kademlia bounds its routing table: members are sorted into buckets by the XOR distance of
+//! their ids to this node's, and the node keeps [`PER_BUCKET`] verified connections in each
+//! bucket that has members, [`MAX_NEIGHBOURS`] at most. That is O(log n) connections per node,
+//! and it is enough to route: a node that is not the closest member to a key always has a
+//! neighbour closer to it (the one in the bucket where the closest member lies), so a claim
+//! passed on greedily reaches the key's coordinator — the member closest to the key — in
+//! O(log n) hops, whoever starts it (see `claims.rs`).
+//!
+//! Kademlia (members only) finds the members: its lookups connect to them. The idle
+//! connections this node dialed beyond its buckets' needs are closed again; those others dialed
+//! are theirs to keep (they need them for their own buckets), up to [`MAX_CONNECTED`].
+
+use libp2p::swarm::ConnectionId;
+
+use super::*;
+
+/// Verified neighbours kept in each bucket of a bounded overlay (Kademlia's `k`, kept small:
+/// routing needs one, the spares ride out a neighbour leaving).
+pub(super) const PER_BUCKET: usize = 2;
+/// Neighbours this node dials for, at most (besides one per bucket, which routing needs).
+const MAX_NEIGHBOURS: usize = 32;
+/// Verified members connected at once, others' choices included, before the youngest idle
+/// connections others dialed are closed too.
+const MAX_CONNECTED: usize = 64;
+/// How long a connection must have been without an exchange before it may be closed.
+const IDLE_BEFORE_CLOSE: Duration = Duration::from_secs(10);
+/// How long a connection must be open before it counts as settled enough to close.
+const YOUNGEST_CLOSED: Duration = Duration::from_secs(5);
+/// How often the overlay is looked after.
+const MAINTENANCE: Duration = Duration::from_secs(1);
+/// How long a member heard of stays a candidate without being heard of again.
+const KNOWN_FOR: Duration = Duration::from_secs(600);
+/// Dials of new neighbours at once.
+const DIALS_AT_ONCE: usize = 4;
+/// Members remembered as candidates, at most.
+const MAX_KNOWN: usize = 4096;
+
+/// A member heard of (from Kademlia, a registry, mDNS or the bootstrap setting).
+#[derive(Debug, Clone)]
+pub(super) struct Known {
+    pub(super) addrs: Vec<Multiaddr>,
+    pub(super) heard: Instant,
+    /// Not dialed again before this (a failed dial backs off).
+    pub(super) next_dial: Instant,
+    pub(super) failures: u32,
+}
+
+/// The overlay's own bookkeeping (the loop's, not shared).
+#[derive(Default)]
+pub(super) struct Overlay {
+    pub(super) known: HashMap<PeerId, Known>,
+    /// Members whose connections this node closed (alive: they stay in the routing table).
+    pub(super) closing: HashSet<PeerId>,
+    last_maintenance: Option<Instant>,
+}
+
+/// The bucket of `peer` seen from `me`: the index of the highest bit in which their ids' hashes
+/// differ (255 for half of all ids, 254 for a quarter, …).
+pub(super) fn bucket(me: &kad::KBucketKey<PeerId>, peer: &PeerId) -> u32 {
+    me.distance(&kad::KBucketKey::from(*peer))
+        .ilog2()
+        .unwrap_or(0)
+}
+
+/// The XOR distance between a member and a key id (both hashed as Kademlia hashes them).
+pub(super) fn key_distance(peer: &PeerId, key_id: &KeyId) -> kad::KBucketDistance {
+    kad::KBucketKey::from(*peer).distance(&kad::KBucketKey::new(key_id.to_vec()))
+}
+
+impl Overlay {
+    /// Remembers a member heard of, with where it listens.
+    pub(super) fn hear(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let now = Instant::now();
+        if self.known.len() >= MAX_KNOWN && !self.known.contains_key(&peer) {
+            let horizon = now.checked_sub(KNOWN_FOR).unwrap_or(now);
+            self.known.retain(|_, k| k.heard > horizon);
+            if self.known.len() >= MAX_KNOWN {
+                return;
+            }
+        }
+        let known = self.known.entry(peer).or_insert_with(|| Known {
+            addrs: Vec::new(),
+            heard: now,
+            next_dial: now,
+            failures: 0,
+        });
+        known.heard = now;
+        for addr in addrs {
+            if !known.addrs.contains(&addr) {
+                known.addrs.push(addr);
+            }
+        }
+        known.addrs.truncate(8);
+    }
+}
+
+impl EventLoop {
+    /// Whether the swarm is larger than a full mesh: more members known (connected or heard of)
+    /// than the full-mesh size.
+    pub(super) fn bounded(&self) -> bool {
+        let state = self.inner.state();
+        let connected = state.peers.iter().filter(|(_, p)| p.verified).count();
+        let heard_only = self
+            .overlay
+            .known
+            .keys()
+            .filter(|p| !state.peers.get(*p).is_some_and(|s| s.verified))
+            .count();
+        connected + heard_only > self.full_mesh
+    }
+
+    /// A member was heard of: a candidate neighbour. In a full mesh it is dialed at once.
+    pub(super) fn heard_of(&mut self, peer: PeerId, addrs: Vec<Multiaddr>, how: &str) {
+        if peer == self.inner.peer_id {
+            return;
+        }
+        self.overlay.hear(peer, addrs.clone());
+        let bounded = self.bounded();
+        self.inner.state().bounded = bounded;
+        if !bounded {
+            self.dial_peer(peer, addrs, how);
+        }
+    }
+
+    /// Once a second in a bounded overlay: dial a neighbour for every bucket short of
+    /// [`PER_BUCKET`], close the idle connections this node dialed beyond its needs.
+    pub(super) fn look_after_overlay(&mut self) {
+        let now = Instant::now();
+        if self
+            .overlay
+            .last_maintenance
+            .is_some_and(|at| now.duration_since(at) < MAINTENANCE)
+        {
+            return;
+        }
+        self.overlay.last_maintenance = Some(now);
+        let horizon = now.checked_sub(KNOWN_FOR).unwrap_or(now);
+        self.overlay.known.retain(|_, k| k.heard > horizon);
+        let bounded = self.bounded();
+        self.inner.state().bounded = bounded;
+        if !bounded {
+            return;
+        }
+        let me = kad::KBucketKey::from(self.inner.peer_id);
+        let plan = {
+            let state = self.inner.state();
+            plan(&me, &state, &self.overlay, now)
+        };
+        for (peer, addrs) in plan.dial {
+            if let Some(known) = self.overlay.known.get_mut(&peer) {
+                known.next_dial = now + Duration::from_secs(5u64 << known.failures.min(5));
+                known.failures += 1;
+            }
+            self.dial_peer(peer, addrs, "the overlay");
+        }
+        for (peer, id) in plan.close {
+            tracing::debug!("closing a connection to {peer}: the overlay does not need it");
+            self.overlay.closing.insert(peer);
+            self.swarm.close_connection(id);
+        }
+    }
+
+    /// A member became verified: it dialed or answered, so its dial backoff is over.
+    pub(super) fn overlay_verified(&mut self, peer: &PeerId) {
+        if let Some(known) = self.overlay.known.get_mut(peer) {
+            known.failures = 0;
+        }
+    }
+}
+
+/// What one round of maintenance does.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Plan {
+    pub(super) dial: Vec<(PeerId, Vec<Multiaddr>)>,
+    /// Connections to close (of these peers).
+    pub(super) close: Vec<(PeerId, ConnectionId)>,
+}
+
+/// One round of maintenance, decided from what the loop knows.
+///
+/// Each node answers for the connections it dialed and leaves those others dialed alone, so
+/// that one node's choice never undoes another's (which would have both dial again, and again).
+/// Of the members it dialed, it keeps the [`PER_BUCKET`] longest-standing in each bucket and
+/// closes the rest once idle (most are left over from Kademlia's lookups). A bucket with fewer
+/// than [`PER_BUCKET`] members connected either way is dialed for. Only above
+/// [`MAX_CONNECTED`] are the youngest idle connections that others dialed closed too.
+fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Instant) -> Plan {
+    struct Neighbour {
+        peer: PeerId,
+        dialed: Vec<ConnectionId>,
+        accepted: Vec<ConnectionId>,
+        closable: bool,
+        opened: Instant,
+    }
+    let mut by_bucket: std::collections::BTreeMap<u32, Vec<Neighbour>> = Default::default();
+    for (peer, p) in state.peers.iter().filter(|(_, p)| p.verified) {
+        let opened = p
+            .connections
+            .values()
+            .map(|l| l.opened)
+            .min()
+            .unwrap_or(now);
+        let idle = p
+            .last_exchange
+            .is_none_or(|at| now.duration_since(at) >= IDLE_BEFORE_CLOSE);
+        let (dialed, accepted): (Vec<_>, Vec<_>) =
+            p.connections.iter().partition(|(_, link)| link.dialed);
+        by_bucket
+            .entry(bucket(me, peer))
+            .or_default()
+            .push(Neighbour {
+                peer: *peer,
+                dialed: dialed.into_iter().map(|(id, _)| *id).collect(),
+                accepted: accepted.into_iter().map(|(id, _)| *id).collect(),
+                // Hubs (the relay, the swarm's cache) and relayed members are never closed.
+                closable: idle
+                    && !p.is_hub
+                    && p.is_direct()
+                    && now.duration_since(opened) >= YOUNGEST_CLOSED,
+                opened,
+            });
+    }
+    let connected: usize = by_bucket.values().map(Vec::len).sum();
+
+    let mut plan = Plan::default();
+    let mut dialed_kept = 0;
+    let mut closed_peers = 0;
+    let mut accepted_only = Vec::new();
+    for neighbours in by_bucket.values_mut() {
+        neighbours.sort_by_key(|n| n.opened);
+        let mut kept = 0;
+        for n in neighbours.iter() {
+            if n.dialed.is_empty() {
+                if n.closable {
+                    accepted_only.push((n.opened, n.peer, n.accepted.clone()));
+                }
+                continue;
+            }
+            if kept < PER_BUCKET || !n.closable {
+                kept += 1;
+                continue;
+            }
+            plan.close.extend(n.dialed.iter().map(|id| (n.peer, *id)));
+            if n.accepted.is_empty() {
+                closed_peers += 1;
+            }
+        }
+        dialed_kept += kept;
+    }
+    // Far too many: the youngest of what others dialed go too.
+    accepted_only.sort();
+    let mut over = (connected - closed_peers).saturating_sub(MAX_CONNECTED);
+    while over > 0 {
+        let Some((_, peer, ids)) = accepted_only.pop() else {
+            break;
+        };
+        plan.close.extend(ids.into_iter().map(|id| (peer, id)));
+        over -= 1;
+    }
+
+    let mut candidates: std::collections::BTreeMap<u32, Vec<(&PeerId, &Known)>> =
+        Default::default();
+    for (peer, known) in &overlay.known {
+        let connected = state
+            .peers
+            .get(peer)
+            .is_some_and(|p| !p.connections.is_empty());
+        if connected || state.banned.contains(peer) || known.next_dial > now {
+            continue;
+        }
+        candidates
+            .entry(bucket(me, peer))
+            .or_default()
+            .push((peer, known));
+    }
+    let mut dialing = dialed_kept;
+    for (bucket, found) in candidates.iter_mut() {
+        let have = by_bucket.get(bucket).map_or(0, Vec::len);
+        // One per bucket is what routing needs, whatever the count; spares up to the bound.
+        let want = if have == 0 {
+            1
+        } else if dialing < MAX_NEIGHBOURS {
+            PER_BUCKET.saturating_sub(have)
+        } else {
+            0
+        };
+        if want == 0 || plan.dial.len() >= DIALS_AT_ONCE {
+            continue;
+        }
+        // The closest to this node first: the near buckets are what routing needs most.
+        found.sort_by_key(|(peer, _)| me.distance(&kad::KBucketKey::from(**peer)));
+        for (peer, known) in found.iter().take(want) {
+            plan.dial.push((**peer, known.addrs.clone()));
+            dialing += 1;
+        }
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    /// Every member's neighbours: [`PER_BUCKET`] per non-empty bucket, picked as the overlay
+    /// picks them (closest first).
+    fn overlay_of(members: &[PeerId]) -> HashMap<PeerId, Vec<PeerId>> {
+        members
+            .iter()
+            .map(|me| {
+                let key = kad::KBucketKey::from(*me);
+                let mut by_bucket: std::collections::BTreeMap<u32, Vec<PeerId>> =
+                    Default::default();
+                for p in members.iter().filter(|p| *p != me) {
+                    by_bucket.entry(bucket(&key, p)).or_default().push(*p);
+                }
+                let mut chosen = Vec::new();
+                for (_, mut peers) in by_bucket {
+                    peers.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+                    chosen.extend(peers.into_iter().take(PER_BUCKET));
+                }
+                (*me, chosen)
+            })
+            .collect()
+    }
+
+    /// Greedy routing: the neighbour closest to the key, while it is closer than the holder.
+    fn route(overlay: &HashMap<PeerId, Vec<PeerId>>, from: PeerId, key: &KeyId) -> (PeerId, usize) {
+        let mut at = from;
+        let mut hops = 0;
+        loop {
+            let next = overlay[&at]
+                .iter()
+                .copied()
+                .chain(Some(at))
+                .min_by_key(|p| key_distance(p, key))
+                .unwrap();
+            if next == at {
+                return (at, hops);
+            }
+            at = next;
+            hops += 1;
+        }
+    }
+
+    #[test]
+    fn greedy_routing_over_the_buckets_finds_the_closest_member_from_everywhere() {
+        let members = ids(200);
+        let overlay = overlay_of(&members);
+        let most = overlay.values().map(Vec::len).max().unwrap();
+        assert!(most <= MAX_NEIGHBOURS, "{most} neighbours");
+        for k in 0..20u8 {
+            let key: KeyId = [k; 32];
+            let closest = *members
+                .iter()
+                .min_by_key(|p| key_distance(p, &key))
+                .unwrap();
+            for from in &members {
+                let (found, hops) = route(&overlay, *from, &key);
+                assert_eq!(found, closest, "from {from}, key {k}");
+                assert!(hops <= 12, "{hops} hops");
+            }
+        }
+    }
+
+    #[test]
+    fn a_bucket_tells_how_far_a_member_is() {
+        let me = PeerId::random();
+        let key = kad::KBucketKey::from(me);
+        let members = ids(1000);
+        let top = members.iter().filter(|p| bucket(&key, p) == 255).count();
+        // Half of all ids differ from ours in the top bit.
+        assert!((400..600).contains(&top), "{top}");
+    }
+}
