@@ -388,24 +388,26 @@ fn print_pages(pages: &[Resolved], output: &Output) -> anyhow::Result<Exit> {
         (merge_pages(pages)?, Exit::Ok)
     };
 
-    let mut out = io::stdout().lock();
-    let written = (|| -> io::Result<()> {
-        if include {
-            let shown = if last.is_success() { &pages[0] } else { last };
-            let reason = reqwest::StatusCode::from_u16(shown.status)
-                .ok()
-                .and_then(|s| s.canonical_reason())
-                .unwrap_or("");
-            writeln!(out, "HTTP/1.1 {} {reason}", shown.status)?;
-            for (name, value) in &shown.headers {
-                writeln!(out, "{name}: {value}")?;
-            }
-            writeln!(out, "x-peercache-source: {}", combined_source(pages))?;
-            writeln!(out)?;
+    // Head and body go out in one write: stdout is line-buffered, and a write per header line
+    // costs a syscall each and wakes the reader of the pipe each time.
+    let mut text = Vec::with_capacity(body.len() + 1024);
+    if include {
+        let shown = if last.is_success() { &pages[0] } else { last };
+        let reason = reqwest::StatusCode::from_u16(shown.status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
+            .unwrap_or("");
+        // Writing into a Vec cannot fail.
+        let _ = writeln!(text, "HTTP/1.1 {} {reason}", shown.status);
+        for (name, value) in &shown.headers {
+            let _ = writeln!(text, "{name}: {value}");
         }
-        out.write_all(&body)?;
-        out.flush()
-    })();
+        let _ = writeln!(text, "x-peercache-source: {}", combined_source(pages));
+        text.push(b'\n');
+    }
+    text.extend_from_slice(&body);
+    let mut out = io::stdout().lock();
+    let written = out.write_all(&text).and_then(|()| out.flush());
     match written {
         Ok(()) => Ok(exit),
         // A closed pipe (`| head`) is the reader's choice, not an error.

@@ -139,6 +139,39 @@ pub enum FetchIn<'a> {
     Alone(&'a Path),
 }
 
+/// The environment a whole-process sample runs in: cleared, then the place's dirs, the
+/// stand-in's URL and a token.
+fn sample_env(cmd: &mut Command, hub: &FakeHub, place: &FetchIn) {
+    let (home, cache, token) = match place {
+        FetchIn::Daemon(node) => (
+            node.home.clone(),
+            node.cache.clone(),
+            format!("token-of-{}", node.name),
+        ),
+        FetchIn::Alone(dir) => (dir.join("home"), dir.join("cache"), "token-alone".into()),
+    };
+    cmd.env_clear()
+        .env("HOME", home.parent().unwrap_or(&home))
+        .env("PEERCACHE_HOME", &home)
+        .env("PEERCACHE_CACHE_DIR", &cache)
+        // The daemon is used only when it calls the same upstream as this fetch would.
+        .env("PEERCACHE_API_URL", hub.url())
+        .env("PEERCACHE_TOKEN", token);
+}
+
+/// One whole-process `/bin/true`, spawned as [`fetch_process`] spawns `peercache fetch` (the
+/// same environment, output captured): what starting any process costs on this machine, the
+/// floor a whole-process `fetch` is judged against.
+pub fn true_process(hub: &FakeHub, place: &FetchIn) -> anyhow::Result<Duration> {
+    let mut cmd = Command::new("/bin/true");
+    sample_env(&mut cmd, hub, place);
+    let started = Instant::now();
+    let out = cmd.output()?;
+    let took = started.elapsed();
+    anyhow::ensure!(out.status.success(), "/bin/true failed: {}", out.status);
+    Ok(took)
+}
+
 /// One whole-process `peercache fetch -i ENDPOINT [--ttl T]`: how long it took, its source,
 /// and its body.
 pub fn fetch_process(
@@ -148,29 +181,14 @@ pub fn fetch_process(
     endpoint: &str,
     ttl_secs: Option<u64>,
 ) -> anyhow::Result<(Duration, String, Vec<u8>)> {
-    let (home, cache, token) = match place {
-        FetchIn::Daemon(node) => (
-            node.home.clone(),
-            node.cache.clone(),
-            format!("token-of-{}", node.name),
-        ),
-        FetchIn::Alone(dir) => (dir.join("home"), dir.join("cache"), "token-alone".into()),
-    };
     let mut cmd = Command::new(binary);
     cmd.args(["fetch", "-i", endpoint]);
     if let Some(ttl) = ttl_secs {
         cmd.args(["--ttl", &ttl.to_string()]);
     }
+    sample_env(&mut cmd, hub, place);
     let started = Instant::now();
-    let out = cmd
-        .env_clear()
-        .env("HOME", home.parent().unwrap_or(&home))
-        .env("PEERCACHE_HOME", &home)
-        .env("PEERCACHE_CACHE_DIR", &cache)
-        // The daemon is used only when it calls the same upstream as this fetch would.
-        .env("PEERCACHE_API_URL", hub.url())
-        .env("PEERCACHE_TOKEN", token)
-        .output()?;
+    let out = cmd.output()?;
     let took = started.elapsed();
     anyhow::ensure!(
         out.status.success(),

@@ -1,14 +1,16 @@
 //! Latency by source (local, peer, upstream, revalidated), three ways: a whole-process
 //! `peercache fetch` without a daemon, the same through a running daemon, and the daemon's local
 //! HTTP API. Two daemons: `holder` fetches what the measured node, `reader`, then gets as a peer
-//! hit.
+//! hit. Beside the local hits through the daemon, `/bin/true` is spawned the same way, one
+//! sample before each `fetch` sample, so that the start of a process is measured in the same
+//! run, under the same load.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::bench::{BODY, Bench, FetchIn, api_get, fetch_process};
+use crate::bench::{BODY, Bench, FetchIn, api_get, fetch_process, true_process};
 use crate::common::swarm::{SwarmNode, wait_for};
 use crate::stats::{Summary, summarize};
 
@@ -23,6 +25,9 @@ pub struct Row {
     pub fetch_via_daemon: Option<Summary>,
     /// One GET of the daemon's local HTTP API.
     pub api: Option<Summary>,
+    /// `/bin/true` spawned as `fetch` is, interleaved with the `fetch` via the daemon samples
+    /// (local hits only).
+    pub spawn_true: Option<Summary>,
     /// Samples that came from another source than this one (left out of the figures).
     pub other_sources: BTreeMap<String, u64>,
 }
@@ -95,6 +100,10 @@ pub fn run(bench: &Bench, samples: usize) -> anyhow::Result<Vec<Row>> {
         hub.put_json(&format!("/{endpoint}"), body.clone());
         measure(WARM_UP, way, &endpoint, None)?;
         for _ in 0..samples {
+            if matches!(way, Way::ViaDaemon) {
+                let took = true_process(&hub, &FetchIn::Daemon(reader))?;
+                results.entry(("local", "true")).or_default().push(took);
+            }
             if let Some(took) = measure("local", way, &endpoint, None)? {
                 results.entry(("local", name)).or_default().push(took);
             }
@@ -155,6 +164,7 @@ pub fn run(bench: &Bench, samples: usize) -> anyhow::Result<Vec<Row>> {
             fetch_alone: figures(source, "alone"),
             fetch_via_daemon: figures(source, "daemon"),
             api: figures(source, "api"),
+            spawn_true: figures(source, "true"),
             other_sources: other_sources.remove(source).unwrap_or_default(),
         })
         .collect())

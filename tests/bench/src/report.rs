@@ -350,6 +350,21 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
                         judged(figure, p50_p99(s), target, s.p50_ms < limit)
                     });
                 }
+                if let (Some(fetch), Some(floor)) = (&row.fetch_via_daemon, &row.spawn_true) {
+                    let ratio = fetch.p50_ms / floor.p50_ms;
+                    latency.push(judged(
+                        format!(
+                            "{}-hit `fetch` via the daemon p50 ≤ 2× `/bin/true` (same run, spawned alike)",
+                            row.source
+                        ),
+                        format!(
+                            "{:.2} ms / {:.2} ms = {ratio:.2}×",
+                            fetch.p50_ms, floor.p50_ms
+                        ),
+                        "≤ 2×",
+                        ratio <= 2.0,
+                    ));
+                }
                 if !row.other_sources.is_empty() {
                     latency.push(line(
                         format!(
