@@ -29,13 +29,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
 use crate::access::{AccessProofs, PROOF_LIFETIME, Verdict as Access};
 use crate::cache::{
-    Cache, CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, Entry, Lookup, ResponseMeta, now_ms,
-    token_tag,
+    Cache, CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, Entry, Lookup, ResponseMeta,
+    no_token_tag, now_ms, token_tag,
 };
 use crate::github::ratelimit::{RateLimits, Verdict};
 use crate::github::sharing::{self, Sharing};
@@ -111,9 +112,18 @@ impl Request {
         )
     }
 
-    /// The one-way tag of the request's token (or of "no token").
+    /// The one-way tag of the request's token (or of "no token"); the token's is worked out
+    /// once per request (a hit used to hash the token three times).
     pub fn token_tag(&self) -> String {
-        token_tag(self.token.as_ref().map(Secret::expose))
+        self.tag().to_string()
+    }
+
+    /// [`Request::token_tag`], borrowed.
+    pub fn tag(&self) -> &str {
+        match &self.token {
+            Some(token) => token.tag(),
+            None => no_token_tag(),
+        }
     }
 
     /// The first header that may ask for another representation than the stored one, if any
@@ -174,8 +184,9 @@ pub struct Resolved {
     pub status: u16,
     /// Headers to show with `-i` and to send from the local API (without `x-peercache-source`).
     pub headers: Vec<(String, String)>,
-    /// The body, byte-identical to what GitHub sent; with `overflow`, only its beginning.
-    pub body: Vec<u8>,
+    /// The body, byte-identical to what GitHub sent; with `overflow`, only its beginning. A
+    /// local hit's are the verified bytes in memory themselves, shared, not copied.
+    pub body: Bytes,
     /// The rest of an upstream body larger than the entry cap (only from
     /// [`Resolver::resolve_streamed`]): never stored, passed on as it arrives.
     pub overflow: Option<Overflow>,
@@ -197,7 +208,7 @@ impl Resolved {
             .map(|(_, v)| v.as_str())
     }
 
-    fn from_entry(source: Source, entry: Entry, body: Vec<u8>) -> Resolved {
+    fn from_entry(source: Source, entry: Entry, body: Bytes) -> Resolved {
         let mut headers = Vec::new();
         let fields = [
             ("content-type", &entry.content_type),
@@ -233,7 +244,7 @@ impl Resolved {
             source: Source::Upstream,
             status: response.status,
             headers,
-            body: response.body,
+            body: response.body.into(),
             overflow: response.overflow,
             entry,
         }
@@ -396,12 +407,14 @@ impl Resolver {
     pub async fn resolve(&self, request: &Request) -> Result<Resolved, ResolveError> {
         let mut resolved = self.resolve_streamed(request).await?;
         if let Some(overflow) = resolved.overflow.take() {
-            overflow.read_into(&mut resolved.body).await.map_err(|e| {
+            let mut body = Vec::from(std::mem::take(&mut resolved.body));
+            overflow.read_into(&mut body).await.map_err(|e| {
                 ResolveError::Unreachable(format!(
                     "GitHub's answer to {} broke off ({e})",
                     request.url
                 ))
             })?;
+            resolved.body = body.into();
         }
         Ok(resolved)
     }
@@ -448,8 +461,18 @@ impl Resolver {
         (sharing, keys)
     }
 
+    /// The first key [`Resolver::keys`] names, alone (`None`: passed through): a hit under it
+    /// needs no other key worked out.
+    fn first_key(request: &Request, sharing: &Sharing) -> Option<CacheKey> {
+        match sharing {
+            Sharing::PassThrough => None,
+            Sharing::PerToken(_) => Some(request.per_token_key()),
+            Sharing::Repository(_) | Sharing::Public => Some(request.key()),
+        }
+    }
+
     async fn resolve_uncounted(&self, request: &Request) -> Result<Resolved, ResolveError> {
-        let (sharing, keys) = self.keys(request);
+        let sharing = sharing::classify(&self.api_url, &request.url);
         if let Some(header) = request.representation_header() {
             tracing::debug!(
                 "{} passes through uncached: its {header} header asks for another representation",
@@ -457,21 +480,32 @@ impl Resolver {
             );
             return self.pass_through(request).await;
         }
-        if keys.is_empty() {
+        let Some(first) = Self::first_key(request, &sharing) else {
             return self.pass_through(request).await;
+        };
+        // The daemon's hot path: an entry it read before, unchanged on disk, still fresh. The
+        // per-token key of a repository answer is worked out only when the shared one misses.
+        if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(&first)
+            && entry.is_fresh(request.ttl, now_ms())
+        {
+            return self
+                .serve(request, &sharing, Source::Local, entry, body)
+                .await;
         }
-        let shared_key = keys[0].clone();
-
-        // The daemon's hot path: an entry it read before, unchanged on disk, still fresh.
-        for key in &keys {
-            if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(key)
+        let mut keys = vec![first];
+        if matches!(sharing, Sharing::Repository(_)) {
+            let own = request.per_token_key();
+            if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(&own)
                 && entry.is_fresh(request.ttl, now_ms())
             {
                 return self
                     .serve(request, &sharing, Source::Local, entry, body)
                     .await;
             }
+            keys.push(own);
         }
+        let shared_key = keys[0].clone();
+
         for key in &keys {
             if let Lookup::Hit { entry, body } = self.lookup(key).await?
                 && entry.is_fresh(request.ttl, now_ms())
@@ -510,7 +544,7 @@ impl Resolver {
         match peers.obtain(&shared_key, request.ttl).await {
             p2p::Obtained::Fresh(entry, body) => {
                 return self
-                    .serve(request, &sharing, Source::Peer, entry, body)
+                    .serve(request, &sharing, Source::Peer, entry, body.into())
                     .await;
             }
             p2p::Obtained::Stale(entry, body) if self.worth_revalidating(request, &cached) => {
@@ -518,7 +552,7 @@ impl Resolver {
                 // GET. The admission rules hold as for a local copy: it is served only after
                 // GitHub's 304 to this token, or as a stale stand-in where the token may have it.
                 cached = Some(
-                    self.keep_swarm_copy(request, &shared_key, entry, body)
+                    self.keep_swarm_copy(request, &shared_key, entry, body.into())
                         .await,
                 );
             }
@@ -538,7 +572,9 @@ impl Resolver {
             } else {
                 Source::Peer
             };
-            let result = self.serve(request, &sharing, source, entry, body).await;
+            let result = self
+                .serve(request, &sharing, source, entry, body.into())
+                .await;
             peers.finished(
                 &shared_key,
                 result.as_ref().ok().and_then(|r| r.entry.as_ref()),
@@ -643,13 +679,18 @@ impl Resolver {
         }
         let key = keys[0].clone();
         let resolved = self
-            .upstream(&request, &sharing, &keys, Some((key.clone(), entry, body)))
+            .upstream(
+                &request,
+                &sharing,
+                &keys,
+                Some((key.clone(), entry, body.into())),
+            )
             .await
             .ok()?;
         match resolved.source {
             Source::Revalidated | Source::Upstream if resolved.status == 200 => {
                 let entry = resolved.entry?;
-                (entry.key == key.canonical()).then_some((entry, resolved.body))
+                (entry.key == key.canonical()).then_some((entry, Vec::from(resolved.body)))
             }
             _ => {
                 tracing::info!(
@@ -669,7 +710,7 @@ impl Resolver {
     fn worth_revalidating(
         &self,
         request: &Request,
-        cached: &Option<(CacheKey, Entry, Vec<u8>)>,
+        cached: &Option<(CacheKey, Entry, Bytes)>,
     ) -> bool {
         let Some((_, entry, _)) = cached else {
             return true;
@@ -686,8 +727,8 @@ impl Resolver {
         request: &Request,
         key: &CacheKey,
         entry: Entry,
-        body: Vec<u8>,
-    ) -> (CacheKey, Entry, Vec<u8>) {
+        body: Bytes,
+    ) -> (CacheKey, Entry, Bytes) {
         let cache = self.cache.clone();
         let (id, stored, stored_body) = (key.id().to_string(), entry.clone(), body.clone());
         let outcome =
@@ -717,7 +758,7 @@ impl Resolver {
         sharing: &Sharing,
         source: Source,
         entry: Entry,
-        body: Vec<u8>,
+        body: Bytes,
     ) -> Result<Resolved, ResolveError> {
         match self.admit(request, sharing, &entry).await? {
             Admission::Allowed => Ok(Resolved::from_entry(source, entry, body)),
@@ -737,15 +778,15 @@ impl Resolver {
         let Sharing::Repository(repo) = sharing else {
             return Some(Admission::Allowed);
         };
-        let tag = request.token_tag();
+        let tag = request.tag();
         let fetched_by = entry.etag_token.as_deref();
-        if fetched_by == Some(tag.as_str()) || fetched_by == Some(token_tag(None).as_str()) {
+        if fetched_by == Some(tag) || fetched_by == Some(no_token_tag()) {
             return Some(Admission::Allowed);
         }
         if self.home_repository.as_deref() == Some(repo.as_str()) {
             return Some(Admission::Allowed);
         }
-        match self.proofs.lookup(&tag, repo)? {
+        match self.proofs.lookup(tag, repo)? {
             Access::Allowed | Access::Public => Some(Admission::Allowed),
             Access::Denied {
                 status,
@@ -757,7 +798,7 @@ impl Resolver {
                 headers: content_type
                     .map(|ct| vec![("content-type".to_string(), ct)])
                     .unwrap_or_default(),
-                body: body.into_bytes(),
+                body: body.into_bytes().into(),
                 overflow: None,
                 entry: None,
             }))),
@@ -904,7 +945,7 @@ impl Resolver {
         request: &Request,
         sharing: &Sharing,
         keys: &[CacheKey],
-        cached: Option<(CacheKey, Entry, Vec<u8>)>,
+        cached: Option<(CacheKey, Entry, Bytes)>,
     ) -> Result<Resolved, ResolveError> {
         // A stale copy may stand in for GitHub only where the requester may have it anyway.
         let stale = cached.as_ref().and_then(|(_, entry, body)| {
@@ -1083,7 +1124,7 @@ impl Resolver {
 
 /// The stale entry marked as such, or the error when nothing is cached.
 fn stale_or(
-    cached: Option<(Entry, Vec<u8>)>,
+    cached: Option<(Entry, Bytes)>,
     why: String,
     otherwise: impl FnOnce() -> Result<Resolved, ResolveError>,
 ) -> Result<Resolved, ResolveError> {

@@ -1,20 +1,36 @@
 //! A string that must never be printed: tokens and the swarm secret.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 /// A secret value whose `Debug` and `Display` never reveal it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+#[derive(Clone)]
+pub struct Secret(String, OnceLock<String>);
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Secret) -> bool {
+        self.0 == other.0
+    }
+}
+
+impl Eq for Secret {}
 
 impl Secret {
     /// Wraps a secret value.
     pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
+        Secret(value.into(), OnceLock::new())
     }
 
     /// The secret itself; call only where it is sent or used as key material.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// The token's one-way tag ([`crate::cache::token_tag`]), worked out on first use and kept:
+    /// one request asks for it several times (its key, its admission, its rate-limit figures).
+    pub fn tag(&self) -> &str {
+        self.1
+            .get_or_init(|| crate::cache::token_tag(Some(&self.0)))
     }
 }
 
@@ -141,6 +157,18 @@ pub fn check_strength(value: &str) -> Result<(), f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kept_tag_is_the_token_tag_and_equality_ignores_it() {
+        let a = Secret::new("Bearer ghp_x");
+        assert_eq!(a.tag(), crate::cache::token_tag(Some("Bearer ghp_x")));
+        assert_eq!(a.tag(), crate::cache::token_tag(Some("ghp_x")));
+        // `b` has not worked its tag out: still the same secret.
+        let b = Secret::new("Bearer ghp_x");
+        assert_eq!(a, b);
+        assert_ne!(a, Secret::new("Bearer ghp_y"));
+        assert_eq!(crate::cache::no_token_tag(), crate::cache::token_tag(None));
+    }
 
     #[test]
     fn weak_secrets_are_refused_and_random_ones_pass() {

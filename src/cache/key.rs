@@ -88,6 +88,10 @@ impl CacheKey {
 
 /// The URL with its query in canonical order (see the module docs) and no fragment.
 pub fn normalize_url(url: &Url) -> String {
+    if url.query().is_none() && url.fragment().is_none() {
+        // Nothing to sort or drop: the parsed URL is already in its normal form.
+        return url.as_str().to_string();
+    }
     let mut url = url.clone();
     url.set_fragment(None);
     let mut pairs: Vec<(String, String)> = url
@@ -114,6 +118,10 @@ pub fn normalize_url(url: &Url) -> String {
 /// `vnd.github.v3.raw` like `vnd.github.raw`. Other formats (`.raw`, `.html`, `.diff`, …) and
 /// previews stay distinct.
 pub fn normalize_accept(accept: &str) -> String {
+    if accept == DEFAULT_ACCEPT {
+        // What almost every request sends (or gets when it sends none): its own normal form.
+        return DEFAULT_ACCEPT.to_string();
+    }
     let types: Vec<String> = accept
         .split(',')
         .map(|t| {

@@ -23,7 +23,9 @@ mod store;
 mod verified;
 
 pub use key::{CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, normalize_url};
-pub use store::{Cache, Counters, Entry, KeyLock, Lookup, ResponseMeta, Usage, token_tag};
+pub use store::{
+    Cache, Counters, Entry, KeyLock, Lookup, ResponseMeta, Usage, no_token_tag, token_tag,
+};
 
 /// Milliseconds since the Unix epoch, the cache's clock.
 pub fn now_ms() -> u64 {

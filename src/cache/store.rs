@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -78,8 +79,8 @@ pub struct ResponseMeta {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Lookup {
-    /// The entry and its verified body.
-    Hit { entry: Entry, body: Vec<u8> },
+    /// The entry and its verified body (shared with the verified bodies in memory, when held).
+    Hit { entry: Entry, body: Bytes },
     /// Nothing stored under the key.
     Miss,
     /// Something was stored but failed verification; it has been removed and counted.
@@ -264,7 +265,7 @@ impl Cache {
         }
         let object = self.object_path(&entry.digest);
         let body = match fs::read(&object) {
-            Ok(body) => body,
+            Ok(body) => Bytes::from(body),
             Err(e) => {
                 return self.discard(
                     &path,
@@ -393,13 +394,17 @@ impl Cache {
             return None;
         }
         let body = self.held_body(&entry)?;
-        Some(Lookup::Hit { entry, body })
+        Some(Lookup::Hit {
+            entry: Entry::clone(&entry),
+            body,
+        })
     }
 
-    /// The body of `entry` from the verified bodies in memory, when held.
-    fn held_body(&self, entry: &Entry) -> Option<Vec<u8>> {
+    /// The body of `entry` from the verified bodies in memory, when held: the same bytes, not a
+    /// copy.
+    fn held_body(&self, entry: &Entry) -> Option<Bytes> {
         let body = self.verified.as_ref()?.get(&entry.digest)?;
-        (body.len() as u64 == entry.size).then(|| body.to_vec())
+        (body.len() as u64 == entry.size).then_some(body)
     }
 
     /// Removes a record (and a bad object), counts the failure and reports it.
@@ -499,7 +504,7 @@ impl Cache {
     ) {
         if let Some(verified) = &self.verified {
             if let Some(body) = body {
-                verified.insert(&entry.digest, body);
+                verified.insert_copy(&entry.digest, body);
             }
             verified.remember_record(key_id, RecordStamp::of(record), entry);
         }
@@ -803,6 +808,12 @@ pub fn token_tag(token: Option<&str>) -> String {
     hex::encode(&hasher.finalize()[..16])
 }
 
+/// [`token_tag`] of no token, worked out once.
+pub fn no_token_tag() -> &'static str {
+    static TAG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| token_tag(None));
+    &TAG
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -855,7 +866,7 @@ mod tests {
             .unwrap();
         match cache.get(&key("a")) {
             Lookup::Hit { body, entry } => {
-                assert_eq!(body, b"same body");
+                assert_eq!(body, &b"same body"[..]);
                 assert!(entry.is_fresh(Duration::from_secs(60), now_ms()));
                 assert!(!entry.is_fresh(Duration::ZERO, now_ms()));
             }
@@ -887,7 +898,7 @@ mod tests {
             .put(&key("a"), "u", &meta(), b"first body", ttl)
             .unwrap();
         match daemon.get_remembered(&key("a")) {
-            Some(Lookup::Hit { body, .. }) => assert_eq!(body, b"first body"),
+            Some(Lookup::Hit { body, .. }) => assert_eq!(body, &b"first body"[..]),
             other => panic!("expected a remembered hit, got {other:?}"),
         }
         assert!(
@@ -901,11 +912,11 @@ mod tests {
             .unwrap();
         assert!(daemon.get_remembered(&key("a")).is_none());
         match daemon.get(&key("a")) {
-            Lookup::Hit { body, .. } => assert_eq!(body, b"second body"),
+            Lookup::Hit { body, .. } => assert_eq!(body, &b"second body"[..]),
             other => panic!("expected a hit, got {other:?}"),
         }
         match daemon.get_remembered(&key("a")) {
-            Some(Lookup::Hit { body, .. }) => assert_eq!(body, b"second body"),
+            Some(Lookup::Hit { body, .. }) => assert_eq!(body, &b"second body"[..]),
             other => panic!("expected the new body remembered, got {other:?}"),
         }
 

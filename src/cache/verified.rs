@@ -14,6 +14,8 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use bytes::Bytes;
+
 use super::Entry;
 
 /// Index records remembered at most (a record is ~0.5 KB in memory).
@@ -49,11 +51,12 @@ pub struct VerifiedBodies {
 
 #[derive(Debug, Default)]
 struct Held {
-    bodies: HashMap<String, Arc<[u8]>>,
+    /// Shared bytes: a hit hands out a reference, never a copy.
+    bodies: HashMap<String, Bytes>,
     /// Digests in the order they came in.
     order: VecDeque<String>,
     bytes: u64,
-    records: HashMap<String, (RecordStamp, Entry)>,
+    records: HashMap<String, (RecordStamp, Arc<Entry>)>,
     /// Key ids in the order they came in.
     record_order: VecDeque<String>,
 }
@@ -68,17 +71,33 @@ impl VerifiedBodies {
     }
 
     /// The body whose SHA-256 is `digest`, if held.
-    pub fn get(&self, digest: &str) -> Option<Arc<[u8]>> {
+    pub fn get(&self, digest: &str) -> Option<Bytes> {
         self.lock().bodies.get(digest).cloned()
     }
 
-    /// Keeps `body`, which the caller verified hashes to `digest`. Bodies over a quarter of the
-    /// budget are not kept: one of them would push out many small hot ones.
-    pub fn insert(&self, digest: &str, body: &[u8]) {
-        let size = body.len() as u64;
-        if size > self.budget / 4 {
-            return;
+    /// Keeps `body`, which the caller verified hashes to `digest` (a reference to the same
+    /// bytes, not a copy). Bodies over a quarter of the budget are not kept: one of them would
+    /// push out many small hot ones.
+    pub fn insert(&self, digest: &str, body: &Bytes) {
+        if self.keeps(body.len()) {
+            self.keep(digest, body.clone());
         }
+    }
+
+    /// Like [`VerifiedBodies::insert`] for bytes the caller keeps: copied only when kept.
+    pub fn insert_copy(&self, digest: &str, body: &[u8]) {
+        if self.keeps(body.len()) {
+            self.keep(digest, Bytes::copy_from_slice(body));
+        }
+    }
+
+    /// Whether a body of `size` bytes is small enough to keep.
+    fn keeps(&self, size: usize) -> bool {
+        size as u64 <= self.budget / 4
+    }
+
+    fn keep(&self, digest: &str, body: Bytes) {
+        let size = body.len() as u64;
         let mut held = self.lock();
         if held.bodies.contains_key(digest) {
             return;
@@ -91,7 +110,7 @@ impl VerifiedBodies {
                 held.bytes -= gone.len() as u64;
             }
         }
-        held.bodies.insert(digest.to_string(), Arc::from(body));
+        held.bodies.insert(digest.to_string(), body);
         held.order.push_back(digest.to_string());
         held.bytes += size;
     }
@@ -101,7 +120,7 @@ impl VerifiedBodies {
         let mut held = self.lock();
         let known = held
             .records
-            .insert(key_id.to_string(), (stamp, entry.clone()))
+            .insert(key_id.to_string(), (stamp, Arc::new(entry.clone())))
             .is_some();
         if !known {
             held.record_order.push_back(key_id.to_string());
@@ -114,8 +133,9 @@ impl VerifiedBodies {
         }
     }
 
-    /// The record remembered for `key_id`, with the stamp of the file it was read from.
-    pub fn record(&self, key_id: &str) -> Option<(RecordStamp, Entry)> {
+    /// The record remembered for `key_id`, with the stamp of the file it was read from (shared:
+    /// a hit clones no strings under the lock).
+    pub fn record(&self, key_id: &str) -> Option<(RecordStamp, Arc<Entry>)> {
         self.lock().records.get(key_id).cloned()
     }
 
@@ -138,17 +158,21 @@ mod tests {
     #[test]
     fn keeps_bodies_up_to_the_budget_oldest_out_first() {
         let memo = VerifiedBodies::new(100);
-        memo.insert("a", &[1; 20]);
-        memo.insert("b", &[2; 20]);
-        memo.insert("c", &[3; 20]);
-        memo.insert("d", &[4; 20]);
-        memo.insert("e", &[5; 20]);
+        let body = |b: u8, n: usize| Bytes::from(vec![b; n]);
+        memo.insert("a", &body(1, 20));
+        memo.insert("b", &body(2, 20));
+        memo.insert("c", &body(3, 20));
+        memo.insert("d", &body(4, 20));
+        memo.insert("e", &body(5, 20));
         assert_eq!(memo.bytes(), 100);
-        memo.insert("f", &[6; 20]);
+        let f = body(6, 20);
+        memo.insert("f", &f);
         assert!(memo.get("a").is_none(), "the oldest body left");
-        assert_eq!(memo.get("f").as_deref(), Some(&[6u8; 20][..]));
+        let held = memo.get("f").unwrap();
+        assert_eq!(held, f);
+        assert_eq!(held.as_ptr(), f.as_ptr(), "the same bytes, not a copy");
         assert_eq!(memo.bytes(), 100);
-        memo.insert("big", &[0; 26]);
+        memo.insert("big", &body(0, 26));
         assert!(memo.get("big").is_none(), "over a quarter of the budget");
     }
 }

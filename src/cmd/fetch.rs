@@ -366,7 +366,7 @@ fn print_pages(pages: &[Resolved], output: &Output) -> anyhow::Result<Exit> {
         eprintln!("peercache: {}", http_error_line(last));
         (last.body.clone(), Exit::Http)
     } else if output.silent {
-        (Vec::new(), Exit::Ok)
+        (bytes::Bytes::new(), Exit::Ok)
     } else if let Some(filter) = &output.filter {
         // As gh does: the filter runs on each page.
         let mut out = Vec::new();
@@ -379,13 +379,13 @@ fn print_pages(pages: &[Resolved], output: &Output) -> anyhow::Result<Exit> {
                 }
             }
         }
-        (out, Exit::Ok)
+        (out.into(), Exit::Ok)
     } else if output.slurp {
-        (slurp_pages(pages)?, Exit::Ok)
+        (slurp_pages(pages)?.into(), Exit::Ok)
     } else if pages.len() == 1 {
         (last.body.clone(), Exit::Ok)
     } else {
-        (merge_pages(pages)?, Exit::Ok)
+        (merge_pages(pages)?.into(), Exit::Ok)
     };
 
     // Head and body go out in one write: stdout is line-buffered, and a write per header line

@@ -75,6 +75,10 @@ pub struct Api {
     pub observer: Observer,
     /// Each token's rate-limit figures for cached answers.
     pub limit_figures: super::gh::LimitFigures,
+    /// The base URLs answers point at, worked out once.
+    pub bases: Bases,
+    /// Bodies as sent, their URLs rewritten once per body and base.
+    pub sent: super::gh::SentBodies,
     /// libp2p's own metrics (empty when sharing is off).
     pub libp2p_registry: prometheus_client::registry::Registry,
 }
@@ -136,15 +140,14 @@ async fn dispatch(State(api): State<Arc<Api>>, request: axum::extract::Request) 
         Some((first, rest)) => (first, Some(rest)),
         None => (path, None),
     };
-    let origin = client_origin(&api, &parts.headers);
     let (rest, base) = if constant_time_eq(first.as_bytes(), api.capability.as_bytes()) {
-        (rest, format!("{origin}/{}", api.capability))
+        (rest, api.bases.of(&parts.headers, true))
     } else if parts
         .headers
         .get(CAPABILITY_HEADER)
         .is_some_and(|v| constant_time_eq(v.as_bytes(), api.capability.as_bytes()))
     {
-        (Some(path), origin)
+        (Some(path), api.bases.of(&parts.headers, false))
     } else {
         return not_found();
     };
@@ -163,7 +166,7 @@ async fn dispatch(State(api): State<Arc<Api>>, request: axum::extract::Request) 
         Some(_) => return not_found(),
     };
     if let Route::GitHub(endpoint) = route {
-        return super::gh::handle(&api, &base, endpoint, &parts, body).await;
+        return super::gh::handle(&api, base, endpoint, &parts, body).await;
     }
     let allowed = match route {
         Route::Connect => Method::POST,
@@ -203,20 +206,43 @@ async fn dispatch(State(api): State<Arc<Api>>, request: axum::extract::Request) 
     }
 }
 
-/// `http://HOST:PORT` as the client addressed the daemon, when that is a loopback name for
-/// this very port (so that URLs in answers keep working for a client configured with
-/// `localhost`); anything else gets the daemon's own address, never a name a client made up.
-fn client_origin(api: &Api, headers: &HeaderMap) -> String {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    let port = api.origin.rsplit(':').next().unwrap_or_default();
-    if let Some(host) = host
-        && let Some((name, their_port)) = host.rsplit_once(':')
-        && their_port == port
-        && matches!(name, "127.0.0.1" | "localhost" | "[::1]")
-    {
-        return format!("http://{host}");
+/// The base URLs answers point at: `http://HOST:PORT` as the client addressed the daemon, when
+/// that is a loopback name for this very port (so that URLs in answers keep working for a
+/// client configured with `localhost`), else the daemon's own address, never a name a client
+/// made up; with the capability prefix, or without it for a client that sends the capability
+/// header. They are few, so they are worked out once and a request only picks one.
+pub struct Bases {
+    /// `(Host, origin, origin/capability)`; the first, the daemon's own, has no Host.
+    by_host: Vec<(String, String, String)>,
+}
+
+impl Bases {
+    /// The bases of an API at `origin` (`http://127.0.0.1:PORT`) behind `capability`.
+    pub fn new(origin: &str, capability: &str) -> Bases {
+        let port = origin.rsplit(':').next().unwrap_or_default();
+        let mut by_host = vec![(
+            String::new(),
+            origin.to_string(),
+            format!("{origin}/{capability}"),
+        )];
+        for name in ["127.0.0.1", "localhost", "[::1]"] {
+            let host = format!("{name}:{port}");
+            let origin = format!("http://{host}");
+            let prefixed = format!("{origin}/{capability}");
+            by_host.push((host, origin, prefixed));
+        }
+        Bases { by_host }
     }
-    api.origin.clone()
+
+    /// The base for a request with these headers, with the capability prefix or without.
+    fn of(&self, headers: &HeaderMap, prefixed: bool) -> &str {
+        let host = headers.get(header::HOST).map(HeaderValue::as_bytes);
+        let (_, origin, with_capability) = self.by_host[1..]
+            .iter()
+            .find(|(name, _, _)| host == Some(name.as_bytes()))
+            .unwrap_or(&self.by_host[0]);
+        if prefixed { with_capability } else { origin }
+    }
 }
 
 enum Route<'a> {
@@ -635,6 +661,33 @@ pub fn last_seen_text(last_seen: u64, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bases_follow_loopback_names_of_this_port_only() {
+        let bases = Bases::new("http://127.0.0.1:4000", "cap");
+        let host = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::HOST, HeaderValue::from_str(value).unwrap());
+            headers
+        };
+        assert_eq!(
+            bases.of(&host("localhost:4000"), true),
+            "http://localhost:4000/cap"
+        );
+        assert_eq!(bases.of(&host("[::1]:4000"), false), "http://[::1]:4000");
+        assert_eq!(
+            bases.of(&host("localhost:4001"), true),
+            "http://127.0.0.1:4000/cap"
+        );
+        assert_eq!(
+            bases.of(&host("evil.example:4000"), false),
+            "http://127.0.0.1:4000"
+        );
+        assert_eq!(
+            bases.of(&HeaderMap::new(), true),
+            "http://127.0.0.1:4000/cap"
+        );
+    }
 
     #[test]
     fn capabilities_are_128_random_bits_in_hex() {

@@ -17,9 +17,10 @@
 //! peers, entries it receives while answering a request, and announcements it hears are swarm
 //! figures (`peercache_swarm_*`), never hits.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
 
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
@@ -71,22 +72,53 @@ pub struct EndpointCounts {
     pub errors: u64,
 }
 
-impl EndpointCounts {
-    fn add(&mut self, outcome: Outcome) {
-        self.requests += 1;
+/// [`EndpointCounts`] as atomics: a request for a known endpoint counts itself under a shared
+/// read lock of the map, so concurrent hits never wait on each other.
+#[derive(Debug, Default)]
+struct EndpointCounters {
+    requests: AtomicU64,
+    hits: AtomicU64,
+    local_hits: AtomicU64,
+    peer_hits: AtomicU64,
+    revalidated: AtomicU64,
+    stale_served: AtomicU64,
+    upstream: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl EndpointCounters {
+    fn add(&self, outcome: Outcome) {
+        let bump = |counter: &AtomicU64| {
+            counter.fetch_add(1, Ordering::Relaxed);
+        };
+        bump(&self.requests);
         match outcome {
             Outcome::Answered(Source::Local) => {
-                self.local_hits += 1;
-                self.hits += 1;
+                bump(&self.local_hits);
+                bump(&self.hits);
             }
             Outcome::Answered(Source::Peer) => {
-                self.peer_hits += 1;
-                self.hits += 1;
+                bump(&self.peer_hits);
+                bump(&self.hits);
             }
-            Outcome::Answered(Source::Revalidated) => self.revalidated += 1,
-            Outcome::Answered(Source::Stale) => self.stale_served += 1,
-            Outcome::Answered(Source::Upstream) => self.upstream += 1,
-            Outcome::Failed => self.errors += 1,
+            Outcome::Answered(Source::Revalidated) => bump(&self.revalidated),
+            Outcome::Answered(Source::Stale) => bump(&self.stale_served),
+            Outcome::Answered(Source::Upstream) => bump(&self.upstream),
+            Outcome::Failed => bump(&self.errors),
+        }
+    }
+
+    fn load(&self) -> EndpointCounts {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EndpointCounts {
+            requests: get(&self.requests),
+            hits: get(&self.hits),
+            local_hits: get(&self.local_hits),
+            peer_hits: get(&self.peer_hits),
+            revalidated: get(&self.revalidated),
+            stale_served: get(&self.stale_served),
+            upstream: get(&self.upstream),
+            errors: get(&self.errors),
         }
     }
 }
@@ -116,16 +148,16 @@ pub struct RateSeen {
 
 #[derive(Default)]
 struct Endpoints {
-    by_path: HashMap<String, EndpointCounts>,
+    by_path: HashMap<String, EndpointCounters>,
     /// Requests for endpoints beyond [`MAX_ENDPOINTS`].
-    untracked: u64,
+    untracked: AtomicU64,
 }
 
 /// What the daemon observes as it answers requests: counts per endpoint (a bounded map), the
 /// outcomes the resolver does not count, and the last rate-limit figures.
 pub struct Observer {
     started_at: u64,
-    endpoints: Mutex<Endpoints>,
+    endpoints: RwLock<Endpoints>,
     upstream: AtomicU64,
     errors: AtomicU64,
     rate: Mutex<Option<RateSeen>>,
@@ -142,7 +174,7 @@ impl Observer {
     pub fn new() -> Observer {
         Observer {
             started_at: super::state::now_secs(),
-            endpoints: Mutex::default(),
+            endpoints: RwLock::default(),
             upstream: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             rate: Mutex::new(None),
@@ -166,17 +198,30 @@ impl Observer {
             Outcome::Answered(_) => {}
         }
         let endpoint = clip(endpoint);
-        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
-        let tracked = endpoints.by_path.len();
-        match endpoints.by_path.get_mut(endpoint.as_str()) {
-            Some(counts) => counts.add(outcome),
-            None if tracked < MAX_ENDPOINTS => {
-                let mut counts = EndpointCounts::default();
+        {
+            let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(counts) = endpoints.by_path.get(endpoint.as_ref()) {
                 counts.add(outcome);
-                endpoints.by_path.insert(endpoint, counts);
+                return;
             }
-            None => endpoints.untracked += 1,
+            if endpoints.by_path.len() >= MAX_ENDPOINTS {
+                endpoints.untracked.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
+        let mut endpoints = self.endpoints.write().unwrap_or_else(|e| e.into_inner());
+        // Another request may have added it (or filled the map) since the read.
+        if !endpoints.by_path.contains_key(endpoint.as_ref())
+            && endpoints.by_path.len() >= MAX_ENDPOINTS
+        {
+            endpoints.untracked.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        endpoints
+            .by_path
+            .entry(endpoint.into_owned())
+            .or_default()
+            .add(outcome);
     }
 
     /// Keeps the rate-limit figures GitHub sent last (ignored when they name no remaining).
@@ -211,13 +256,13 @@ impl Observer {
     /// The `n` endpoints with the most hits (then the most requests, then by name), how many are
     /// tracked, and how many requests went to untracked ones.
     pub fn top_endpoints(&self, n: usize) -> (Vec<EndpointFigures>, usize, u64) {
-        let endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let endpoints = self.endpoints.read().unwrap_or_else(|e| e.into_inner());
         let mut all: Vec<EndpointFigures> = endpoints
             .by_path
             .iter()
             .map(|(endpoint, counts)| EndpointFigures {
                 endpoint: endpoint.clone(),
-                counts: *counts,
+                counts: counts.load(),
             })
             .collect();
         all.sort_by(|a, b| {
@@ -228,17 +273,22 @@ impl Observer {
                 .then_with(|| a.endpoint.cmp(&b.endpoint))
         });
         all.truncate(n);
-        (all, endpoints.by_path.len(), endpoints.untracked)
+        (
+            all,
+            endpoints.by_path.len(),
+            endpoints.untracked.load(Ordering::Relaxed),
+        )
     }
 }
 
-fn clip(endpoint: &str) -> String {
-    if endpoint.chars().count() <= MAX_ENDPOINT_CHARS {
-        return endpoint.to_string();
+/// The endpoint as tracked: itself (borrowed), or cut to [`MAX_ENDPOINT_CHARS`] with `…`.
+fn clip(endpoint: &str) -> Cow<'_, str> {
+    if endpoint.len() <= MAX_ENDPOINT_CHARS || endpoint.chars().count() <= MAX_ENDPOINT_CHARS {
+        return Cow::Borrowed(endpoint);
     }
     let mut cut: String = endpoint.chars().take(MAX_ENDPOINT_CHARS - 1).collect();
     cut.push('…');
-    cut
+    Cow::Owned(cut)
 }
 
 /// Every figure of the daemon at one moment.

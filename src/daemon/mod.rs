@@ -225,9 +225,12 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
     let local = listener.local_addr()?;
     let capability = api::new_capability();
     let api_url = format!("http://{local}/{capability}");
+    let origin = format!("http://{local}");
     let api = Arc::new(api::Api {
+        bases: api::Bases::new(&origin, &capability),
+        sent: gh::SentBodies::default(),
         capability,
-        origin: format!("http://{local}"),
+        origin,
         upstream: settings.api_url.clone(),
         resolver,
         github,

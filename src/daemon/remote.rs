@@ -163,7 +163,7 @@ impl Remote {
             source,
             status: response.status,
             headers,
-            body: response.body,
+            body: response.body.into(),
             overflow: None,
             entry: None,
         }))

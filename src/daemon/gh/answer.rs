@@ -2,7 +2,7 @@
 //! client's validators still match, the headers of a GitHub answer on cached ones, and URLs
 //! pointing back at the daemon; or, for `fetch`, GitHub's bytes and headers as they are.
 
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use sha2::{Digest, Sha256};
@@ -60,9 +60,7 @@ fn body_of(resolved: &mut Resolved) -> Body {
     match resolved.overflow.take() {
         None => Body::from(head),
         Some(rest) => {
-            let head = futures::stream::once(futures::future::ready(Ok::<_, std::io::Error>(
-                axum::body::Bytes::from(head),
-            )));
+            let head = futures::stream::once(futures::future::ready(Ok::<_, std::io::Error>(head)));
             Body::from_stream(futures::StreamExt::chain(head, rest.into_stream()))
         }
     }
@@ -71,9 +69,13 @@ fn body_of(resolved: &mut Resolved) -> Body {
 /// The daemon's ETag for a body: the same whoever asks and whichever member stored it (GitHub's
 /// own depends on the token).
 fn etag_of(resolved: &Resolved) -> String {
+    let hashed;
     let digest = match &resolved.entry {
-        Some(entry) => entry.digest.clone(),
-        None => hex::encode(Sha256::digest(&resolved.body)),
+        Some(entry) => entry.digest.as_str(),
+        None => {
+            hashed = hex::encode(Sha256::digest(&resolved.body));
+            hashed.as_str()
+        }
     };
     format!("W/\"pc-{}\"", &digest[..digest.len().min(40)])
 }
@@ -112,19 +114,19 @@ pub(super) fn respond(
 
     let mut out = HeaderMap::new();
     for (name, value) in &resolved.headers {
-        let lower = name.to_ascii_lowercase();
-        if NOT_FORWARDED.contains(&lower.as_str()) || (success && lower == "etag") {
+        let is = |other: &str| name.eq_ignore_ascii_case(other);
+        if NOT_FORWARDED.iter().any(|n| is(n)) || (success && is("etag")) {
             continue;
         }
-        if not_modified && lower == "content-type" {
+        if not_modified && is("content-type") {
             continue;
         }
-        let value = if lower == "link" {
-            rewrite::link(value, &api.upstream, base)
+        // `append` lowercases the name as HTTP/1.1 sends it anyway.
+        if is("link") {
+            append(&mut out, name, &rewrite::link(value, &api.upstream, base));
         } else {
-            value.clone()
-        };
-        append(&mut out, &lower, &value);
+            append(&mut out, name, value);
+        }
     }
     if let Some(etag) = &etag {
         append(&mut out, "etag", etag);
@@ -136,12 +138,20 @@ pub(super) fn respond(
         SOURCE_HEADER,
         HeaderValue::from_static(resolved.source.as_str()),
     );
+    let rewrite = |body: &[u8]| rewrite::urls(body, &api.upstream, base);
     let body = if not_modified {
-        Vec::new()
-    } else if is_json {
-        rewrite::urls(&resolved.body, &api.upstream, base).unwrap_or(resolved.body)
-    } else {
+        Bytes::new()
+    } else if !is_json {
         resolved.body
+    } else {
+        match &resolved.entry {
+            // A stored body: rewritten once for this base, then the same bytes every hit.
+            Some(entry) if entry.size == resolved.body.len() as u64 => {
+                api.sent
+                    .get_or_rewrite(base, &entry.digest, &resolved.body, rewrite)
+            }
+            _ => rewrite(&resolved.body).map_or(resolved.body, Bytes::from),
+        }
     };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = if not_modified {

@@ -1,9 +1,10 @@
 //! Rate-limit figures on answers: the caller's `x-ratelimit-*` on cached answers (with
 //! GitHub's `cache-control` and `vary`), and GitHub's own 403/429 during a block.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -13,13 +14,17 @@ use crate::github::ratelimit::LimitState;
 use crate::resolver::Request;
 use crate::secret::Secret;
 
-/// The rate-limit figures of each token's bucket as last read from the cache dir, re-read at
+/// The rate-limit headers of each token's bucket as last read from the cache dir, re-read at
 /// most once a second: cached answers carry them, and reading the state file for every hit
-/// would cost more than the hit itself.
+/// would cost more than the hit itself. They are kept as header values, so that a hit only
+/// clones references to them.
 #[derive(Debug, Default)]
 pub struct LimitFigures {
-    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, LimitState)>>,
+    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Figures)>>,
 }
+
+/// A bucket's `x-ratelimit-*` headers (and the mark), ready to send; empty when none were seen.
+type Figures = Arc<[(HeaderName, HeaderValue)]>;
 
 /// How old the figures on a cached answer may be.
 const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
@@ -27,24 +32,30 @@ const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
 const FIGURES_MAX_BUCKETS: usize = 1024;
 
 impl LimitFigures {
-    /// The bucket's figures, at most [`FIGURES_MAX_AGE`] old.
-    fn get(&self, api: &Api, token: Option<&Secret>) -> LimitState {
-        let tag = crate::cache::token_tag(token.map(Secret::expose));
+    /// The bucket's headers, at most [`FIGURES_MAX_AGE`] old (`tag`: the token's one-way tag).
+    fn get(&self, api: &Api, token: Option<&Secret>, tag: &str) -> Figures {
         let now = std::time::Instant::now();
         if let Ok(seen) = self.seen.lock()
-            && let Some((at, state)) = seen.get(&tag)
+            && let Some((at, figures)) = seen.get(tag)
             && now.duration_since(*at) < FIGURES_MAX_AGE
         {
-            return state.clone();
+            return Arc::clone(figures);
         }
-        let state = limits_of(api, token).state();
+        let mut headers = HeaderMap::new();
+        if ratelimit_headers(&limits_of(api, token).state(), &mut headers) {
+            append(&mut headers, RATELIMIT_MARK_HEADER, "cached");
+        }
+        let figures: Figures = headers
+            .into_iter()
+            .filter_map(|(name, value)| Some((name?, value)))
+            .collect();
         if let Ok(mut seen) = self.seen.lock() {
             if seen.len() >= FIGURES_MAX_BUCKETS {
                 seen.clear();
             }
-            seen.insert(tag, (now, state.clone()));
+            seen.insert(tag.to_string(), (now, Arc::clone(&figures)));
         }
-        state
+        figures
     }
 }
 
@@ -54,24 +65,24 @@ const GITHUB_VARY: &str = "Accept, Authorization, Cookie, X-GitHub-OTP";
 /// What GitHub sends with every answer and the cache does not store: `cache-control`, `vary`,
 /// and the caller's rate-limit figures as last seen (marked as such).
 pub(super) fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) {
-    if !out.contains_key("cache-control") {
-        let scope = if request.token.is_some() {
-            "private"
-        } else {
-            "public"
-        };
-        append(
-            out,
-            "cache-control",
-            &format!("{scope}, max-age=60, s-maxage=60"),
+    if !out.contains_key(header::CACHE_CONTROL) {
+        out.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(if request.token.is_some() {
+                "private, max-age=60, s-maxage=60"
+            } else {
+                "public, max-age=60, s-maxage=60"
+            }),
         );
     }
-    if !out.contains_key("vary") {
-        append(out, "vary", GITHUB_VARY);
+    if !out.contains_key(header::VARY) {
+        out.insert(header::VARY, HeaderValue::from_static(GITHUB_VARY));
     }
-    let state = api.limit_figures.get(api, request.token.as_ref());
-    if ratelimit_headers(&state, out) {
-        append(out, RATELIMIT_MARK_HEADER, "cached");
+    let figures = api
+        .limit_figures
+        .get(api, request.token.as_ref(), request.tag());
+    for (name, value) in figures.iter() {
+        out.append(name.clone(), value.clone());
     }
 }
 

@@ -12,9 +12,12 @@ mod answer;
 mod limits;
 mod passthrough;
 pub mod rewrite;
+mod sent;
 
 pub use limits::LimitFigures;
+pub use sent::SentBodies;
 
+use std::borrow::Cow;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -123,15 +126,16 @@ fn limits_of(api: &Api, token: Option<&Secret>) -> RateLimits {
 }
 
 /// The path of `url` under the API base, with a leading `/` and without the query:
-/// `/repos/octo/hello` for `https://ghe.example/api/v3/repos/octo/hello?page=2`.
-fn endpoint_path(upstream: &Url, url: &Url) -> String {
+/// `/repos/octo/hello` for `https://ghe.example/api/v3/repos/octo/hello?page=2` (borrowed from
+/// the URL but for that `/`).
+fn endpoint_path<'a>(upstream: &Url, url: &'a Url) -> Cow<'a, str> {
     let base = upstream.path().trim_end_matches('/');
     let path = url.path();
     let relative = path.strip_prefix(base).unwrap_or(path);
     if relative.starts_with('/') {
-        relative.to_string()
+        Cow::Borrowed(relative)
     } else {
-        format!("/{relative}")
+        Cow::Owned(format!("/{relative}"))
     }
 }
 

@@ -51,7 +51,7 @@ async fn revalidated(
     let cache = inner.cache.clone();
     let (entry, body) =
         match tokio::task::spawn_blocking(move || cache.get_by_id(&local_id, None)).await {
-            Ok(Lookup::Hit { entry, body }) => (entry, body),
+            Ok(Lookup::Hit { entry, body }) => (entry, Vec::from(body)),
             _ => return None,
         };
     // Renewed within the requester's TTL (or the last second: a member may not make this node

@@ -151,7 +151,8 @@ fn run(args: &Args) -> anyhow::Result<Report> {
     } else if let Err(why) = have("wrk").and(have("nginx")) {
         Outcome::skipped(why)
     } else {
-        section(args, "throughput", || versus::throughput(&bench, 10))
+        // Five interleaved rounds of 5 s per server, best of each.
+        section(args, "throughput", || versus::throughput(&bench, 5, 5))
     };
     let gh = if quick {
         Outcome::skipped("--quick")

@@ -32,7 +32,9 @@ pub struct WrkRun {
     pub errors: u64,
 }
 
-/// The throughput comparison.
+/// The throughput comparison: `rounds` rounds of the three runs, interleaved, and the best
+/// run of each (best of n takes out the other load of a shared machine, which only ever slows a
+/// run down; interleaving gives both servers the same spells of it).
 #[derive(Debug, Clone, Serialize)]
 pub struct Throughput {
     /// `wrk -v`'s first line.
@@ -45,19 +47,39 @@ pub struct Throughput {
     pub connections: usize,
     /// Seconds each measured run lasted.
     pub seconds: u64,
-    /// The daemon's local API, cached hits.
+    /// Measured rounds (each: the daemon, the daemon with rewritten URLs, nginx).
+    pub rounds: usize,
+    /// The daemon's local API, cached hits: the best round.
     pub peercache_api: WrkRun,
     /// The same with bodies whose URLs are on the API host, rewritten to the daemon on every
-    /// answer (what octokit and PyGithub get for real GitHub objects).
+    /// answer (what octokit and PyGithub get for real GitHub objects): the best round.
     pub peercache_api_rewritten: WrkRun,
-    /// nginx, the same bodies as static files.
+    /// nginx, the same bodies as static files: the best round.
     pub nginx_static: WrkRun,
-    /// `peercache_api / nginx_static` requests per second.
+    /// Requests per second of every round, in the order they ran.
+    pub runs: Vec<Round>,
+    /// Best-of-n `peercache_api` over best-of-n `nginx_static` requests per second.
     pub ratio: f64,
+    /// The same for `peercache_api_rewritten`.
+    pub ratio_rewritten: f64,
 }
 
-/// Runs wrk against the daemon's API and against nginx, `seconds` each after a warm-up.
-pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
+/// Requests per second of one round's three runs.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Round {
+    /// The daemon, cached hits.
+    pub peercache_api: f64,
+    /// The daemon, cached hits with rewritten URLs.
+    pub peercache_api_rewritten: f64,
+    /// nginx.
+    pub nginx_static: f64,
+}
+
+/// Runs wrk against the daemon's API and against nginx after a warm-up: `rounds` rounds of
+/// `seconds` each per server, interleaved (the order alternates from round to round, so that
+/// neither server always runs right after the other).
+pub fn throughput(bench: &Bench, seconds: u64, rounds: usize) -> anyhow::Result<Throughput> {
+    anyhow::ensure!(rounds > 0, "at least one round");
     let tool = version(Command::new("wrk").arg("-v"))?;
     let nginx_version = version(Command::new("nginx").arg("-v"))?;
     let hub = bench.hub();
@@ -98,18 +120,32 @@ pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
     };
     let calls_before = hub.total();
     run(&api_origin, &prefix, "hot", 2)?;
+    run(&api_origin, &prefix, "rewritten", 2)?;
     run(&nginx.origin, "", "hot", 2)?;
-    let peercache_api = run(&api_origin, &prefix, "hot", seconds)?;
-    let peercache_api_rewritten = run(&api_origin, &prefix, "rewritten", seconds)?;
-    let nginx_static = run(&nginx.origin, "", "hot", seconds)?;
+    let mut hot = Vec::new();
+    let mut rewritten = Vec::new();
+    let mut plain = Vec::new();
+    for round in 0..rounds {
+        let peercache = |hot: &mut Vec<WrkRun>, rewritten: &mut Vec<WrkRun>| {
+            hot.push(run(&api_origin, &prefix, "hot", seconds)?);
+            rewritten.push(run(&api_origin, &prefix, "rewritten", seconds)?);
+            anyhow::Ok(())
+        };
+        if round % 2 == 0 {
+            peercache(&mut hot, &mut rewritten)?;
+            plain.push(run(&nginx.origin, "", "hot", seconds)?);
+        } else {
+            plain.push(run(&nginx.origin, "", "hot", seconds)?);
+            peercache(&mut hot, &mut rewritten)?;
+        }
+    }
+    let errors = |runs: &[WrkRun]| runs.iter().map(|r| r.errors).sum::<u64>();
     anyhow::ensure!(
-        peercache_api.errors == 0
-            && peercache_api_rewritten.errors == 0
-            && nginx_static.errors == 0,
+        errors(&hot) == 0 && errors(&rewritten) == 0 && errors(&plain) == 0,
         "wrk saw error answers: peercache {} and {}, nginx {}",
-        peercache_api.errors,
-        peercache_api_rewritten.errors,
-        nginx_static.errors
+        errors(&hot),
+        errors(&rewritten),
+        errors(&plain)
     );
     drop(nginx);
     anyhow::ensure!(node.alive(), "the daemon died under load");
@@ -117,17 +153,36 @@ pub fn throughput(bench: &Bench, seconds: u64) -> anyhow::Result<Throughput> {
         hub.total() == calls_before,
         "cached hits reached the stand-in GitHub API during the load"
     );
+    let runs = (0..rounds)
+        .map(|i| Round {
+            peercache_api: hot[i].requests_per_sec,
+            peercache_api_rewritten: rewritten[i].requests_per_sec,
+            nginx_static: plain[i].requests_per_sec,
+        })
+        .collect();
+    let (peercache_api, peercache_api_rewritten, nginx_static) =
+        (best(hot), best(rewritten), best(plain));
     Ok(Throughput {
         tool,
         nginx: nginx_version,
         threads: WRK_THREADS,
         connections: WRK_CONNECTIONS,
         seconds,
+        rounds,
         ratio: peercache_api.requests_per_sec / nginx_static.requests_per_sec,
+        ratio_rewritten: peercache_api_rewritten.requests_per_sec / nginx_static.requests_per_sec,
         peercache_api,
         peercache_api_rewritten,
         nginx_static,
+        runs,
     })
+}
+
+/// The run with the most requests per second.
+fn best(runs: Vec<WrkRun>) -> WrkRun {
+    runs.into_iter()
+        .max_by(|a, b| a.requests_per_sec.total_cmp(&b.requests_per_sec))
+        .expect("at least one round")
 }
 
 /// Cycles through `/repos/octo/swarm/contents/<name>0..N` under a path prefix, with the job's token.
