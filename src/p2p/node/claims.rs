@@ -159,9 +159,10 @@ impl Handle {
             let state = self.inner.state();
             let members = state.peers.values().filter(|p| p.verified).count();
             let now = now_ms();
-            // Neighbours first; in a bounded overlay, then members heard of holding it.
+            // Neighbours first; in a bounded overlay, then the newest member heard of holding
+            // it (one: each one not reached costs the wait for a connection).
             let mut holders = state.fresh_holders(&key_id, ttl, now);
-            holders.extend(state.far_holders(&key_id, ttl, now));
+            holders.extend(state.far_holders(&key_id, ttl, now).into_iter().take(1));
             (holders, members)
         };
         if members == 0 {

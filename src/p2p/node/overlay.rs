@@ -370,6 +370,78 @@ mod tests {
         }
     }
 
+    /// A verified member with one direct connection, opened `age` ago, dialed by us or not.
+    fn member(state: &mut State, peer: PeerId, dialed: bool, age: Duration, now: Instant) {
+        let mut p = PeerState {
+            verified: true,
+            ..PeerState::default()
+        };
+        p.connections.insert(
+            ConnectionId::new_unchecked(state.peers.len() + 1),
+            Link {
+                remote: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+                relayed: false,
+                opened: now - age,
+                dialed,
+            },
+        );
+        state.peers.insert(peer, p);
+    }
+
+    #[test]
+    fn a_node_closes_only_what_it_dialed_beyond_its_buckets_needs() {
+        let me = PeerId::random();
+        let key = kad::KBucketKey::from(me);
+        // Members in the top bucket (half of all ids): four this node dialed, two others did.
+        let top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+            .filter(|p| bucket(&key, p) == 255)
+            .take(6)
+            .collect();
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut state = State::default();
+        for (i, peer) in top.iter().enumerate() {
+            let age = Duration::from_secs(100 - i as u64 * 10);
+            member(&mut state, *peer, i < 4, age, now);
+        }
+        let plan = plan(&key, &state, &Overlay::default(), now);
+        let closed: Vec<PeerId> = plan.close.iter().map(|(p, _)| *p).collect();
+        // The two longest-standing it dialed stay; the two youngest it dialed go; what others
+        // dialed is theirs.
+        assert_eq!(closed.len(), 2, "{closed:?}");
+        assert!(
+            closed.contains(&top[2]) && closed.contains(&top[3]),
+            "{closed:?}"
+        );
+
+        // Busy connections stay, whatever the count.
+        state.peers.get_mut(&top[3]).unwrap().last_exchange = Some(now);
+        let plan = super::plan(&key, &state, &Overlay::default(), now);
+        assert_eq!(
+            plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            vec![top[2]]
+        );
+    }
+
+    #[test]
+    fn a_bucket_without_a_neighbour_is_dialed_for() {
+        let me = PeerId::random();
+        let key = kad::KBucketKey::from(me);
+        let far = std::iter::repeat_with(PeerId::random)
+            .find(|p| bucket(&key, p) == 255)
+            .unwrap();
+        let mut overlay = Overlay::default();
+        overlay.hear(far, vec!["/ip4/127.0.0.1/tcp/2".parse().unwrap()]);
+        let now = Instant::now();
+        let plan = plan(
+            &key,
+            &State::default(),
+            &overlay,
+            now + Duration::from_secs(1),
+        );
+        assert_eq!(plan.dial.len(), 1);
+        assert_eq!(plan.dial[0].0, far);
+    }
+
     #[test]
     fn a_bucket_tells_how_far_a_member_is() {
         let me = PeerId::random();

@@ -281,6 +281,11 @@ impl Handle {
         // the connection again once idle).
         if !self.reach(peer).await {
             tracing::debug!("could not reach {peer} to pull a key it holds");
+            // Most likely gone (its job ended): its announcements would cost every later
+            // lookup the same wait.
+            for holders in self.inner.state().holders.values_mut() {
+                holders.retain(|h| h.peer != peer);
+            }
             return Pulled::Nothing;
         }
         match self
