@@ -128,7 +128,8 @@ fn a_swarm_beyond_the_full_mesh_keeps_few_connections_and_calls_github_once_per_
     let mut peers: HashMap<String, usize> = HashMap::new();
     for node in &nodes {
         let p = node.json("api/peers");
-        assert_eq!(p["overlay"], "bounded", "{}: {p}", node.name);
+        let swarm = node.swarm();
+        assert_eq!(swarm["overlay"], "bounded", "{}: {swarm}", node.name);
         peers.insert(
             node.name.clone(),
             p["peer_count"].as_u64().unwrap() as usize,

@@ -314,8 +314,12 @@ fn connect(api: &Api, body: &[u8]) -> Response {
 /// sharing is off.
 fn swarm(api: &Api) -> serde_json::Value {
     let stats = api.peers.as_ref().map(|h| h.stats()).unwrap_or_default();
+    let node = api.peers.as_ref();
     json!({
         "enabled": api.peers.is_some(),
+        // Connections open now, and whether the swarm outgrew the full mesh (see overlay.rs).
+        "connections": node.map_or(0, crate::p2p::Handle::connections),
+        "overlay": if node.is_some_and(crate::p2p::Handle::bounded) { "bounded" } else { "full_mesh" },
         "entries_received": stats.entries_received,
         "entries_rejected": stats.entries_rejected,
         "entries_served": stats.entries_served,
@@ -372,8 +376,6 @@ fn peers_json(
         "peer_count": list.len(),
         "reachability": node.map_or("unknown", crate::p2p::Handle::reachability),
         "relays": node.map(crate::p2p::Handle::relays).unwrap_or_default(),
-        "connections": node.map_or(0, crate::p2p::Handle::connections),
-        "overlay": if node.is_some_and(crate::p2p::Handle::bounded) { "bounded" } else { "full_mesh" },
         "peers": list,
     })
 }

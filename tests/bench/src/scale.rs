@@ -123,7 +123,7 @@ fn peers_of(node: &SwarmNode) -> (Vec<String>, u64) {
                 .collect()
         })
         .unwrap_or_default();
-    (ids, p["connections"].as_u64().unwrap_or(0))
+    (ids, node.swarm()["connections"].as_u64().unwrap_or(0))
 }
 
 /// `nodes` daemons, each asking for the same `endpoints` at once.
