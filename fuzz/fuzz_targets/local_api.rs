@@ -73,6 +73,8 @@ fn world() -> &'static World {
                 peer_id: "fuzz".into(),
                 observer: metrics::Observer::new(),
                 limit_figures: gh::LimitFigures::default(),
+                bases: api::Bases::new("http://127.0.0.1:1", CAPABILITY),
+                sent: gh::SentBodies::default(),
                 libp2p_registry: Default::default(),
             }))
         });
