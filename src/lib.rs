@@ -15,6 +15,7 @@ pub mod error;
 pub mod github;
 pub mod jq;
 pub mod logging;
+pub mod memo;
 pub mod p2p;
 pub mod registry;
 pub mod resolver;

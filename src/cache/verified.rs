@@ -17,9 +17,12 @@ use std::time::SystemTime;
 use bytes::Bytes;
 
 use super::Entry;
+use crate::memo::Memo;
 
 /// Index records remembered at most (a record is ~0.5 KB in memory).
 const MAX_RECORDS: usize = 4096;
+/// Bodies remembered at most (the byte budget is the bound that matters).
+const MAX_BODIES: usize = 1 << 16;
 
 /// Which file a record was read from, and its state then.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,93 +45,62 @@ impl RecordStamp {
     }
 }
 
-/// Verified bodies up to a byte budget, the oldest dropped first.
+/// Verified bodies up to a byte budget, the oldest dropped first, and the records that point
+/// at them.
 #[derive(Debug)]
 pub struct VerifiedBodies {
-    budget: u64,
-    held: Mutex<Held>,
+    bodies: Memo<String>,
+    records: Mutex<Records>,
 }
 
 #[derive(Debug, Default)]
-struct Held {
-    /// Shared bytes: a hit hands out a reference, never a copy.
-    bodies: HashMap<String, Bytes>,
-    /// Digests in the order they came in.
-    order: VecDeque<String>,
-    bytes: u64,
-    records: HashMap<String, (RecordStamp, Arc<Entry>)>,
+struct Records {
+    by_key: HashMap<String, (RecordStamp, Arc<Entry>)>,
     /// Key ids in the order they came in.
-    record_order: VecDeque<String>,
+    order: VecDeque<String>,
 }
 
 impl VerifiedBodies {
     /// An empty set holding at most `budget` bytes of bodies.
     pub fn new(budget: u64) -> VerifiedBodies {
         VerifiedBodies {
-            budget,
-            held: Mutex::new(Held::default()),
+            bodies: Memo::new(budget, MAX_BODIES),
+            records: Mutex::default(),
         }
     }
 
     /// The body whose SHA-256 is `digest`, if held.
     pub fn get(&self, digest: &str) -> Option<Bytes> {
-        self.lock().bodies.get(digest).cloned()
+        self.bodies.get(digest).flatten()
     }
 
     /// Keeps `body`, which the caller verified hashes to `digest` (a reference to the same
-    /// bytes, not a copy). Bodies over a quarter of the budget are not kept: one of them would
-    /// push out many small hot ones.
+    /// bytes, not a copy). Bodies over a quarter of the budget are not kept.
     pub fn insert(&self, digest: &str, body: &Bytes) {
-        if self.keeps(body.len()) {
-            self.keep(digest, body.clone());
-        }
+        self.bodies.insert(digest.to_string(), Some(body.clone()));
     }
 
     /// Like [`VerifiedBodies::insert`] for bytes the caller keeps: copied only when kept.
     pub fn insert_copy(&self, digest: &str, body: &[u8]) {
-        if self.keeps(body.len()) {
-            self.keep(digest, Bytes::copy_from_slice(body));
+        if self.bodies.keeps(body.len()) {
+            self.insert(digest, &Bytes::copy_from_slice(body));
         }
-    }
-
-    /// Whether a body of `size` bytes is small enough to keep.
-    fn keeps(&self, size: usize) -> bool {
-        size as u64 <= self.budget / 4
-    }
-
-    fn keep(&self, digest: &str, body: Bytes) {
-        let size = body.len() as u64;
-        let mut held = self.lock();
-        if held.bodies.contains_key(digest) {
-            return;
-        }
-        while held.bytes + size > self.budget {
-            let Some(oldest) = held.order.pop_front() else {
-                break;
-            };
-            if let Some(gone) = held.bodies.remove(&oldest) {
-                held.bytes -= gone.len() as u64;
-            }
-        }
-        held.bodies.insert(digest.to_string(), body);
-        held.order.push_back(digest.to_string());
-        held.bytes += size;
     }
 
     /// Remembers the record read for `key_id` and the stamp of its file.
     pub fn remember_record(&self, key_id: &str, stamp: RecordStamp, entry: &Entry) {
-        let mut held = self.lock();
-        let known = held
-            .records
+        let mut records = self.lock_records();
+        let known = records
+            .by_key
             .insert(key_id.to_string(), (stamp, Arc::new(entry.clone())))
             .is_some();
         if !known {
-            held.record_order.push_back(key_id.to_string());
-            while held.records.len() > MAX_RECORDS {
-                let Some(oldest) = held.record_order.pop_front() else {
+            records.order.push_back(key_id.to_string());
+            while records.by_key.len() > MAX_RECORDS {
+                let Some(oldest) = records.order.pop_front() else {
                     break;
                 };
-                held.records.remove(&oldest);
+                records.by_key.remove(&oldest);
             }
         }
     }
@@ -136,18 +108,18 @@ impl VerifiedBodies {
     /// The record remembered for `key_id`, with the stamp of the file it was read from (shared:
     /// a hit clones no strings under the lock).
     pub fn record(&self, key_id: &str) -> Option<(RecordStamp, Arc<Entry>)> {
-        self.lock().records.get(key_id).cloned()
+        self.lock_records().by_key.get(key_id).cloned()
     }
 
     /// Bytes held.
     #[cfg(test)]
     fn bytes(&self) -> u64 {
-        self.lock().bytes
+        self.bodies.bytes()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
+    fn lock_records(&self) -> std::sync::MutexGuard<'_, Records> {
         // A panic while holding the lock leaves consistent maps (every step is complete).
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -156,23 +128,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keeps_bodies_up_to_the_budget_oldest_out_first() {
+    fn holds_verified_bodies_by_digest_within_the_budget() {
         let memo = VerifiedBodies::new(100);
-        let body = |b: u8, n: usize| Bytes::from(vec![b; n]);
-        memo.insert("a", &body(1, 20));
-        memo.insert("b", &body(2, 20));
-        memo.insert("c", &body(3, 20));
-        memo.insert("d", &body(4, 20));
-        memo.insert("e", &body(5, 20));
-        assert_eq!(memo.bytes(), 100);
-        let f = body(6, 20);
-        memo.insert("f", &f);
-        assert!(memo.get("a").is_none(), "the oldest body left");
-        let held = memo.get("f").unwrap();
-        assert_eq!(held, f);
-        assert_eq!(held.as_ptr(), f.as_ptr(), "the same bytes, not a copy");
-        assert_eq!(memo.bytes(), 100);
-        memo.insert("big", &body(0, 26));
+        let body = Bytes::from(vec![1u8; 20]);
+        memo.insert("a", &body);
+        assert_eq!(memo.get("a").unwrap().as_ptr(), body.as_ptr(), "not a copy");
+        memo.insert_copy("b", &[2u8; 25]);
+        assert_eq!(memo.get("b").unwrap(), vec![2u8; 25]);
+        memo.insert_copy("big", &[3u8; 26]);
         assert!(memo.get("big").is_none(), "over a quarter of the budget");
+        assert_eq!(memo.bytes(), 45);
+        assert!(memo.get("c").is_none());
     }
 }

@@ -6,10 +6,11 @@
 //! stale; the base is one of the few the daemon answers under (its address or a loopback name,
 //! with or without the capability prefix).
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::hash::{Hash, Hasher};
 
 use bytes::Bytes;
+
+use crate::memo::{Equivalent, Memo};
 
 /// Bytes of rewritten bodies kept at most (oldest out first); bodies without URLs to rewrite
 /// cost only their names.
@@ -18,18 +19,34 @@ const BUDGET: u64 = 8 << 20;
 const MAX_BODIES: usize = 4096;
 
 /// The bodies as sent, by base and digest.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SentBodies {
-    held: Mutex<Held>,
+    /// By (base, body digest): the rewritten body, or `None` when nothing changes.
+    memo: Memo<(String, String)>,
 }
 
-#[derive(Debug, Default)]
-struct Held {
-    /// By base, then by body digest: the rewritten body, or `None` when nothing changes.
-    by_base: HashMap<String, HashMap<String, Option<Bytes>>>,
-    /// (base, digest) in the order they came in.
-    order: VecDeque<(String, String)>,
-    bytes: u64,
+impl Default for SentBodies {
+    fn default() -> SentBodies {
+        SentBodies {
+            memo: Memo::new(BUDGET, MAX_BODIES),
+        }
+    }
+}
+
+/// A (base, digest) looked up without building the owned key; hashes as the tuple does.
+struct Named<'a>(&'a str, &'a str);
+
+impl Hash for Named<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+        self.1.hash(state);
+    }
+}
+
+impl Equivalent<(String, String)> for Named<'_> {
+    fn equivalent(&self, key: &(String, String)) -> bool {
+        self.0 == key.0 && self.1 == key.1
+    }
 }
 
 impl SentBodies {
@@ -42,53 +59,19 @@ impl SentBodies {
         body: &Bytes,
         rewrite: impl FnOnce(&[u8]) -> Option<Vec<u8>>,
     ) -> Bytes {
-        if let Some(known) = self
-            .lock()
-            .by_base
-            .get(base)
-            .and_then(|bodies| bodies.get(digest))
-        {
-            return known.clone().unwrap_or_else(|| body.clone());
+        if let Some(known) = self.memo.get(&Named(base, digest)) {
+            return known.unwrap_or_else(|| body.clone());
         }
         let rewritten = rewrite(body).map(Bytes::from);
-        let size = rewritten.as_ref().map_or(0, |b| b.len() as u64);
-        if size <= BUDGET / 4 {
-            self.keep(base, digest, rewritten.clone(), size);
-        }
+        self.memo
+            .insert((base.to_string(), digest.to_string()), rewritten.clone());
         rewritten.unwrap_or_else(|| body.clone())
-    }
-
-    fn keep(&self, base: &str, digest: &str, rewritten: Option<Bytes>, size: u64) {
-        let mut held = self.lock();
-        while held.bytes + size > BUDGET || held.order.len() >= MAX_BODIES {
-            let Some((old_base, old_digest)) = held.order.pop_front() else {
-                break;
-            };
-            let gone = held
-                .by_base
-                .get_mut(&old_base)
-                .and_then(|bodies| bodies.remove(&old_digest))
-                .flatten();
-            if let Some(gone) = gone {
-                held.bytes -= gone.len() as u64;
-            }
-        }
-        let bodies = held.by_base.entry(base.to_string()).or_default();
-        if bodies.insert(digest.to_string(), rewritten).is_none() {
-            held.bytes += size;
-            held.order.push_back((base.to_string(), digest.to_string()));
-        }
     }
 
     /// Bytes of rewritten bodies held.
     #[cfg(test)]
     fn bytes(&self) -> u64 {
-        self.lock().bytes
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Held> {
-        // Every step leaves the maps consistent, so a panic elsewhere leaves them usable.
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
+        self.memo.bytes()
     }
 }
 
