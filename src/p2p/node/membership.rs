@@ -254,6 +254,7 @@ impl EventLoop {
             self.swarm.behaviour_mut().kad.admit(peer);
             self.add_to_routing(peer);
             self.overlay_verified(peer);
+            self.inner.member_verified.notify_waiters();
             self.maybe_reserve(*peer);
         }
     }

@@ -250,6 +250,8 @@ struct Inner {
     mirrors: tokio::sync::Semaphore,
     /// Entries being sent to members, within a byte budget.
     serving: Arc<Serving>,
+    /// Woken whenever a member is verified (what a pull that dialed a far holder waits for).
+    member_verified: tokio::sync::Notify,
 }
 
 impl Inner {
@@ -294,6 +296,7 @@ impl Node {
             adoptions: tokio::sync::Mutex::new(()),
             mirrors: tokio::sync::Semaphore::new(MAX_MIRRORS),
             serving: Arc::default(),
+            member_verified: tokio::sync::Notify::new(),
         });
         // Weak: the swarm lives inside the loop, which holds the `Inner` itself.
         let members: gate::Members = {

@@ -309,13 +309,18 @@ impl Handle {
         }
         self.inner.send(Command::Reach(peer));
         let deadline = tokio::time::Instant::now() + REACH_TIMEOUT;
-        while tokio::time::Instant::now() < deadline {
+        loop {
+            // Registered before the check, so that a verification between the two still wakes it.
+            let verified = self.inner.member_verified.notified();
+            tokio::pin!(verified);
+            verified.as_mut().enable();
             if self.inner.state().verified(&peer) {
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tokio::time::timeout_at(deadline, verified).await.is_err() {
+                return false;
+            }
         }
-        false
     }
 
     /// Sends `request` (a pull, or a revalidation) and verifies the entry it brings back.
