@@ -78,13 +78,7 @@ impl EventLoop {
                     .send_request(&peer, request);
                 self.pending_requests.insert(id, reply);
             }
-            Command::Respond { channel, response } => {
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .exchange
-                    .send_response(channel, response);
-            }
+            Command::Respond { channel, response } => self.respond(channel, response),
             Command::Publish(gossip) => {
                 // The benchmark's announcement delivery figure pairs this line with the
                 // receivers' "heard announcement" lines by key id (scripts/bench.sh).
@@ -366,7 +360,7 @@ impl EventLoop {
                     by_peer.entry(peer).or_default().push(addr);
                 }
                 for (peer, addrs) in by_peer {
-                    if self.bounded() {
+                    if self.inner.state().bounded {
                         // More members than a full mesh: a candidate neighbour, like any other.
                         self.heard_of(peer, addrs, "mDNS");
                         continue;
@@ -451,78 +445,41 @@ impl EventLoop {
             } => match request {
                 Request::Hello { pake } => {
                     let response = self.answer_hello(peer, &pake);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .exchange
-                        .send_response(channel, response);
+                    self.respond(channel, response);
                 }
                 Request::HelloConfirm { confirm, meta } => {
                     let response = self.answer_confirm(peer, &confirm, &meta);
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .exchange
-                        .send_response(channel, response);
+                    self.respond(channel, response);
                 }
                 Request::Claim {
                     key_id,
                     ttl_ms,
                     on_behalf_of,
-                } => {
-                    let verified = self.inner.state().verified(&peer);
-                    match <KeyId>::try_from(key_id.as_slice()) {
-                        Ok(key_id) if verified => {
-                            let ttl = Duration::from_millis(ttl_ms);
-                            // Passed on by a member: the one that asked first fetches.
-                            let requester = on_behalf_of
-                                .and_then(|p| PeerId::from_bytes(&p).ok())
-                                .unwrap_or(peer);
-                            let handle = Handle {
-                                inner: self.inner.clone(),
-                            };
-                            handle.answer_claim(key_id, ttl, peer, requester, channel);
-                        }
-                        _ => {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .exchange
-                                .send_response(channel, Response::Denied);
-                        }
+                } => match self.member_key(&peer, &key_id) {
+                    Some(key_id) => {
+                        let ttl = Duration::from_millis(ttl_ms);
+                        // Passed on by a member: the one that asked first fetches.
+                        let requester = on_behalf_of
+                            .and_then(|p| PeerId::from_bytes(&p).ok())
+                            .unwrap_or(peer);
+                        let handle = Handle {
+                            inner: self.inner.clone(),
+                        };
+                        handle.answer_claim(key_id, ttl, peer, requester, channel);
                     }
-                }
-                Request::Revalidate { key_id, ttl_ms } => {
-                    let verified = self.inner.state().verified(&peer);
-                    match <KeyId>::try_from(key_id.as_slice()) {
-                        Ok(key_id) if verified => {
-                            let ttl = Duration::from_millis(ttl_ms);
-                            serve_revalidation(self.inner.clone(), key_id, ttl, channel)
-                        }
-                        _ => {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .exchange
-                                .send_response(channel, Response::Denied);
-                        }
+                    None => self.respond(channel, Response::Denied),
+                },
+                Request::Revalidate { key_id, ttl_ms } => match self.member_key(&peer, &key_id) {
+                    Some(key_id) => {
+                        let ttl = Duration::from_millis(ttl_ms);
+                        serve_revalidation(self.inner.clone(), key_id, ttl, channel)
                     }
-                }
-                Request::Pull { key_id } => {
-                    let verified = self.inner.state().verified(&peer);
-                    match <KeyId>::try_from(key_id.as_slice()) {
-                        Ok(key_id) if verified => {
-                            serve_pull(self.inner.clone(), key_id, request_id, channel)
-                        }
-                        _ => {
-                            let _ = self
-                                .swarm
-                                .behaviour_mut()
-                                .exchange
-                                .send_response(channel, Response::Denied);
-                        }
-                    }
-                }
+                    None => self.respond(channel, Response::Denied),
+                },
+                Request::Pull { key_id } => match self.member_key(&peer, &key_id) {
+                    Some(key_id) => serve_pull(self.inner.clone(), key_id, request_id, channel),
+                    None => self.respond(channel, Response::Denied),
+                },
             },
             Event::Message {
                 peer,
@@ -576,6 +533,28 @@ impl EventLoop {
     /// Takes a gossip message from `via` (a member: see `MembersOnly`) written by `author`:
     /// accepted (and forwarded by gossipsub) only when it opens with the swarm key and is no
     /// replay; rejected when it does not open.
+    /// The key a request names, when it comes from a verified member and is well formed;
+    /// anyone else is answered `Denied`.
+    fn member_key(&self, peer: &PeerId, key_id: &[u8]) -> Option<KeyId> {
+        if !self.inner.state().verified(peer) {
+            return None;
+        }
+        KeyId::try_from(key_id).ok()
+    }
+
+    /// Answers a request; a peer that has gone meanwhile misses nothing it could use.
+    fn respond(
+        &mut self,
+        channel: request_response::ResponseChannel<Response>,
+        response: Response,
+    ) {
+        let _ = self
+            .swarm
+            .behaviour_mut()
+            .exchange
+            .send_response(channel, response);
+    }
+
     pub(super) fn on_gossip(
         &mut self,
         via: PeerId,

@@ -100,8 +100,8 @@ impl Overlay {
 
 impl EventLoop {
     /// Whether the swarm is larger than a full mesh: more members known (connected or heard of)
-    /// than the full-mesh size.
-    pub(super) fn bounded(&self) -> bool {
+    /// than the full-mesh size. Counted afresh; [`State::bounded`] holds the last count.
+    fn count_bounded(&self) -> bool {
         let state = self.inner.state();
         let connected = state.peers.iter().filter(|(_, p)| p.verified).count();
         let heard_only = self
@@ -118,9 +118,17 @@ impl EventLoop {
         if peer == self.inner.peer_id {
             return;
         }
+        // Only a member not heard of before can change the count (a second's staleness
+        // otherwise is corrected by the next maintenance round).
+        let new = !self.overlay.known.contains_key(&peer);
         self.overlay.hear(peer, addrs.clone());
-        let bounded = self.bounded();
-        self.inner.state().bounded = bounded;
+        let bounded = if new {
+            let bounded = self.count_bounded();
+            self.inner.state().bounded = bounded;
+            bounded
+        } else {
+            self.inner.state().bounded
+        };
         if !bounded {
             self.dial_peer(peer, addrs, how);
         }
@@ -140,7 +148,7 @@ impl EventLoop {
         self.overlay.last_maintenance = Some(now);
         let horizon = now.checked_sub(KNOWN_FOR).unwrap_or(now);
         self.overlay.known.retain(|_, k| k.heard > horizon);
-        let bounded = self.bounded();
+        let bounded = self.count_bounded();
         self.inner.state().bounded = bounded;
         if !bounded {
             return;
@@ -157,9 +165,26 @@ impl EventLoop {
             }
             self.dial_peer(peer, addrs, "the overlay");
         }
+        // A member is noted as closed here only when its last connection goes: one that
+        // keeps a connection it dialed is still connected, and a later loss of that one is a
+        // departure like any other.
+        let last_ones: Vec<PeerId> = {
+            let state = self.inner.state();
+            let closing = |peer: &PeerId, id: &ConnectionId| plan.close.contains(&(*peer, *id));
+            plan.close
+                .iter()
+                .map(|(peer, _)| *peer)
+                .filter(|peer| {
+                    state
+                        .peers
+                        .get(peer)
+                        .is_some_and(|p| p.connections.keys().all(|id| closing(peer, id)))
+                })
+                .collect()
+        };
+        self.overlay.closing.extend(last_ones);
         for (peer, id) in plan.close {
             tracing::debug!("closing a connection to {peer}: the overlay does not need it");
-            self.overlay.closing.insert(peer);
             self.swarm.close_connection(id);
         }
     }
