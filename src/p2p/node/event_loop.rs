@@ -313,6 +313,11 @@ impl EventLoop {
                     }
                     return;
                 }
+                let dialed_here = state
+                    .peers
+                    .get(&peer_id)
+                    .and_then(|p| p.connections.get(&connection_id))
+                    .is_some_and(|link| link.dialed);
                 // Gone members leave the routing table: a hub would otherwise keep handing out
                 // runners whose jobs ended (and whose circuits are gone) to every newcomer.
                 // In a bounded overlay connections close and open all the time (this node's and
@@ -323,6 +328,9 @@ impl EventLoop {
                 let closed_here = self.overlay.closing.remove(&peer_id);
                 if !state.bounded && !closed_here {
                     self.swarm.behaviour_mut().kad.remove_peer(&peer_id);
+                }
+                if state.bounded && dialed_here && !closed_here {
+                    self.overlay.closed_by_peer(&peer_id, Instant::now());
                 }
                 if state.peers.remove(&peer_id).is_some_and(|p| p.verified) {
                     tracing::info!("peer {peer_id} left");

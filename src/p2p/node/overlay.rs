@@ -38,6 +38,9 @@ const KNOWN_FOR: Duration = Duration::from_secs(600);
 const DIALS_AT_ONCE: usize = 4;
 /// Members remembered as candidates, at most.
 const MAX_KNOWN: usize = 4096;
+/// How long a member that closed a connection this node dialed is not dialed again by the
+/// overlay (a pull may still reach it).
+const CLOSED_BY_PEER_BACKOFF: Duration = Duration::from_secs(120);
 
 /// A member heard of (from Kademlia, a registry, mDNS or the bootstrap setting).
 #[derive(Debug, Clone)]
@@ -95,6 +98,17 @@ impl Overlay {
             }
         }
         known.addrs.truncate(8);
+    }
+
+    /// The last connection to `peer`, which this node dialed and did not close itself, was
+    /// closed: `peer` has more connections than it keeps (the first member every job is given,
+    /// most often), or it left. Either way another member of its bucket is dialed in its place.
+    /// Dialing it again at once had every member that bootstrapped through it come back to it,
+    /// keeping it above the bound and both sides busy with handshakes.
+    pub(super) fn closed_by_peer(&mut self, peer: &PeerId, now: Instant) {
+        if let Some(known) = self.known.get_mut(peer) {
+            known.next_dial = known.next_dial.max(now + CLOSED_BY_PEER_BACKOFF);
+        }
     }
 }
 
@@ -465,6 +479,49 @@ mod tests {
         );
         assert_eq!(plan.dial.len(), 1);
         assert_eq!(plan.dial[0].0, far);
+    }
+
+    #[test]
+    fn a_member_that_closed_our_connection_is_not_dialed_again_for_its_bucket() {
+        let me = PeerId::random();
+        let key = kad::KBucketKey::from(me);
+        let top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+            .filter(|p| bucket(&key, p) == 255)
+            .take(2)
+            .collect();
+        let (crowded, other) = if key.distance(&kad::KBucketKey::from(top[0]))
+            < key.distance(&kad::KBucketKey::from(top[1]))
+        {
+            (top[0], top[1])
+        } else {
+            (top[1], top[0])
+        };
+        let mut overlay = Overlay::default();
+        for peer in [crowded, other] {
+            overlay.hear(peer, vec!["/ip4/127.0.0.1/tcp/2".parse().unwrap()]);
+        }
+        let now = Instant::now() + Duration::from_secs(1);
+        // The closest member of the bucket first…
+        let plan = plan(&key, &State::default(), &overlay, now);
+        assert_eq!(
+            plan.dial.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vec![crowded]
+        );
+        // …but not once it closed our connection: the other one instead, and the crowded one
+        // again only after the backoff.
+        overlay.closed_by_peer(&crowded, now);
+        let plan = super::plan(&key, &State::default(), &overlay, now);
+        assert_eq!(
+            plan.dial.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vec![other]
+        );
+        overlay.closed_by_peer(&other, now);
+        let later = now + CLOSED_BY_PEER_BACKOFF;
+        let plan = super::plan(&key, &State::default(), &overlay, later);
+        assert_eq!(
+            plan.dial.iter().map(|d| d.0).collect::<Vec<_>>(),
+            vec![crowded]
+        );
     }
 
     #[test]
