@@ -245,6 +245,11 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
         "announcements_received",
         "claims_won",
         "claims_waited",
+        "claims_granted",
+        "claims_unanswered",
+        "claims_decided_on_the_way",
+        "holders_unreached",
+        "claim_waits_expired",
     ] {
         expected_metrics.push((
             format!("peercache_swarm_{field}_total"),

@@ -266,6 +266,21 @@ fn a_waiter_gets_the_claimants_entry_when_its_announcement_is_lost() {
         .map(|n| n.swarm()["claims_waited"].as_u64().unwrap())
         .sum();
     assert_eq!(waited, 1, "one node waited for the other's claim");
+    let counter = |field: &str| -> u64 {
+        [&first, &second]
+            .iter()
+            .map(|n| n.swarm()[field].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(counter("claims_granted"), 1, "one grant for one key");
+    for fallback in [
+        "claims_unanswered",
+        "claims_decided_on_the_way",
+        "holders_unreached",
+        "claim_waits_expired",
+    ] {
+        assert_eq!(counter(fallback), 0, "{fallback}");
+    }
 }
 
 #[test]

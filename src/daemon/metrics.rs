@@ -532,6 +532,31 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
             w.claims_waited,
         ),
         (
+            "peercache_swarm_claims_granted",
+            "Claims this node granted as a key's coordinator (its own included)",
+            w.claims_granted,
+        ),
+        (
+            "peercache_swarm_claims_unanswered",
+            "Claims whose coordinator did not answer in time (this node then called GitHub)",
+            w.claims_unanswered,
+        ),
+        (
+            "peercache_swarm_claims_decided_on_the_way",
+            "Claims passed on whose next hop did not answer in time, decided here instead",
+            w.claims_decided_on_the_way,
+        ),
+        (
+            "peercache_swarm_holders_unreached",
+            "Lookups whose named holders could not be pulled from (this node then called GitHub)",
+            w.holders_unreached,
+        ),
+        (
+            "peercache_swarm_claim_waits_expired",
+            "Waits for a claimant that ended without its entry (this node then called GitHub)",
+            w.claim_waits_expired,
+        ),
+        (
             "peercache_swarm_revalidations_for_others",
             "Revalidations this node did with its own token because a member asked",
             w.revalidations_for_others,

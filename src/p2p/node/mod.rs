@@ -175,6 +175,16 @@ pub struct P2pStats {
     pub claims_won: u64,
     /// Times this node waited for another node's claim.
     pub claims_waited: u64,
+    /// Claims this node granted as a key's coordinator (its own included).
+    pub claims_granted: u64,
+    /// Claims whose coordinator did not answer in time: this node then called upstream.
+    pub claims_unanswered: u64,
+    /// Claims passed on whose next hop did not answer in time, decided here instead.
+    pub claims_decided_on_the_way: u64,
+    /// Lookups whose named holders could not be pulled from: this node then called upstream.
+    pub holders_unreached: u64,
+    /// Waits for a claimant that ended without its entry: this node then called upstream.
+    pub claim_waits_expired: u64,
     /// Revalidations this node did with its own token because a member asked.
     pub revalidations_for_others: u64,
     /// Revalidations this node asked the owner of an entry's ETag to do.
@@ -202,6 +212,11 @@ struct Counters {
     announcements_received: AtomicU64,
     claims_won: AtomicU64,
     claims_waited: AtomicU64,
+    claims_granted: AtomicU64,
+    claims_unanswered: AtomicU64,
+    claims_decided_on_the_way: AtomicU64,
+    holders_unreached: AtomicU64,
+    claim_waits_expired: AtomicU64,
     revalidations_for_others: AtomicU64,
     revalidations_asked: AtomicU64,
     revalidations_unchanged: AtomicU64,
@@ -501,6 +516,11 @@ impl Handle {
             announcements_received: get(&c.announcements_received),
             claims_won: get(&c.claims_won),
             claims_waited: get(&c.claims_waited),
+            claims_granted: get(&c.claims_granted),
+            claims_unanswered: get(&c.claims_unanswered),
+            claims_decided_on_the_way: get(&c.claims_decided_on_the_way),
+            holders_unreached: get(&c.holders_unreached),
+            claim_waits_expired: get(&c.claim_waits_expired),
             revalidations_for_others: get(&c.revalidations_for_others),
             revalidations_asked: get(&c.revalidations_asked),
             revalidations_unchanged: get(&c.revalidations_unchanged),
