@@ -129,6 +129,26 @@ pub(super) fn claim_rank(key_id: &KeyId, peer: &PeerId) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// Orders the holders this node may pull a key from: those it is connected to first, then
+/// the others by a hash of the key, this node and the holder. Members that want one key at once
+/// then dial different holders; any order shared by all (newest first, the coordinator's) has
+/// every one of them dial the same holder, which then takes a connection from each.
+pub(super) fn dial_order(state: &State, holders: &mut [PeerId], key_id: &KeyId, me: &PeerId) {
+    holders.sort_by_cached_key(|peer| {
+        let mut hasher = Sha256::new();
+        hasher.update(key_id);
+        hasher.update(me.to_bytes());
+        hasher.update(peer.to_bytes());
+        let spread: [u8; 32] = hasher.finalize().into();
+        (!state.verified(peer), spread)
+    });
+}
+
+/// How long a waiter in a bounded overlay leaves a claimant it is not connected to undialed:
+/// every other waiter would dial it too, all at once, while its neighbours hold the entry a
+/// moment later.
+const CLAIMANT_DIAL_AFTER: Duration = Duration::from_secs(3);
+
 /// What the swarm offers a lookup that found nothing fresh locally.
 #[derive(Debug)]
 pub enum Obtained {
@@ -162,7 +182,9 @@ impl Handle {
             // Neighbours first; in a bounded overlay, then the newest member heard of holding
             // it (one: each one not reached costs the wait for a connection).
             let mut holders = state.fresh_holders(&key_id, ttl, now);
-            holders.extend(state.far_holders(&key_id, ttl, now).into_iter().take(1));
+            let mut far = state.far_holders(&key_id, ttl, now);
+            dial_order(&state, &mut far, &key_id, &me);
+            holders.extend(far.into_iter().take(1));
             (holders, members)
         };
         if members == 0 {
@@ -185,7 +207,7 @@ impl Handle {
         loop {
             let coordinator = self.inner.state().coordinator(&key_id, me);
             let decision = if coordinator == me {
-                self.inner.state().coordinate(&key_id, me, ttl, me)
+                self.coordinate_here(&key_id, me, ttl)
             } else if tried.contains(&coordinator) {
                 // It just failed a pull (a stalled or lossy link, most likely): a claim would
                 // wait on the same link. One possible extra upstream call beats a second timeout.
@@ -197,8 +219,13 @@ impl Handle {
                 self.claim_at(coordinator, &key_id, ttl).await
             };
             let claimant = match decision {
-                Decision::Holders(holders) => {
-                    return found(self.pull_any(&holders, &mut tried, &key_id, key, ttl).await);
+                Decision::Holders(mut holders) => {
+                    dial_order(&self.inner.state(), &mut holders, &key_id, &me);
+                    let hit = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await;
+                    if hit.is_none() {
+                        bump(&self.inner.counters.holders_unreached);
+                    }
+                    return found(hit);
                 }
                 Decision::Wait(claimant) => claimant,
                 Decision::Granted => break,
@@ -219,7 +246,10 @@ impl Handle {
                     // it see the connection close before it is asked again.
                     tokio::time::sleep(CLAIMANT_CHECK).await;
                 }
-                Waited::ClaimantLeft | Waited::Nothing => return Obtained::Nothing,
+                Waited::ClaimantLeft | Waited::Nothing => {
+                    bump(&self.inner.counters.claim_waits_expired);
+                    return Obtained::Nothing;
+                }
             }
         }
         // Granted: this node fetches the key.
@@ -297,9 +327,22 @@ impl Handle {
                 tracing::debug!(
                     "the coordinator {coordinator} did not answer a claim; fetching upstream"
                 );
+                bump(&self.inner.counters.claims_unanswered);
                 Decision::Granted
             }
         }
+    }
+
+    /// Decides `requester`'s claim at this node, counting the grants.
+    fn coordinate_here(&self, key_id: &KeyId, requester: PeerId, ttl: Duration) -> Decision {
+        let decision = self
+            .inner
+            .state()
+            .coordinate(key_id, requester, ttl, self.inner.peer_id);
+        if decision == Decision::Granted {
+            bump(&self.inner.counters.claims_granted);
+        }
+        decision
     }
 
     /// Sends a claim (for `on_behalf_of` when passed on) to `next`; `None` without an answer.
@@ -348,7 +391,7 @@ impl Handle {
         let me = self.inner.peer_id;
         let next = self.inner.state().coordinator(&key_id, me);
         if next == me || next == via || next == requester {
-            let decision = self.inner.state().coordinate(&key_id, requester, ttl, me);
+            let decision = self.coordinate_here(&key_id, requester, ttl);
             self.inner.send(Command::Respond {
                 channel,
                 response: decision_response(decision),
@@ -364,7 +407,8 @@ impl Handle {
                 .await;
             let decision = passed.unwrap_or_else(|| {
                 tracing::debug!("{next} did not answer a claim passed on; deciding it here");
-                handle.inner.state().coordinate(&key_id, requester, ttl, me)
+                bump(&handle.inner.counters.claims_decided_on_the_way);
+                handle.coordinate_here(&key_id, requester, ttl)
             });
             handle.inner.send(Command::Respond {
                 channel,
@@ -395,7 +439,8 @@ impl Handle {
                 let _ = tx.send(());
             }
         }
-        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
+        let began = tokio::time::Instant::now();
+        let deadline = began + CLAIM_WAIT;
         let mut pause = CLAIMANT_FIRST_ASK;
         let mut membership = tokio::time::interval(CLAIMANT_CHECK);
         // Only a claimant this node is connected to can be seen leaving; one it does not know
@@ -436,17 +481,25 @@ impl Handle {
                 () = tokio::time::sleep_until(ask_at) => {
                     // Neighbours that hold it, then (a bounded overlay) a member that announced
                     // it, then the claimant itself.
-                    let (near, far) = {
+                    let me = self.inner.peer_id;
+                    let (near, far, dial_claimant) = {
                         let state = self.inner.state();
                         let now = now_ms();
-                        (state.fresh_holders(key_id, ttl, now), state.far_holders(key_id, ttl, now))
+                        let mut far = state.far_holders(key_id, ttl, now);
+                        dial_order(&state, &mut far, key_id, &me);
+                        let dial_claimant = !state.bounded
+                            || state.verified(&claimant)
+                            || began.elapsed() >= CLAIMANT_DIAL_AFTER;
+                        (state.fresh_holders(key_id, ttl, now), far, dial_claimant)
                     };
                     if let Some(hit) = self.pull_any(&near, tried, key_id, key, ttl).await {
                         return Some(hit).into();
                     }
-                    // The most recent far holder: one of many by now, so the dials spread.
+                    // One far holder, this node's own pick of them (see `dial_order`), then the
+                    // claimant, unless every waiter would be dialing it.
                     let far = far.into_iter().find(|p| !tried.contains(p) && *p != claimant);
-                    for peer in far.into_iter().chain(Some(claimant)) {
+                    let ask_claimant = Some(claimant).filter(|_| dial_claimant);
+                    for peer in far.into_iter().chain(ask_claimant) {
                         if let Some(hit) = self.pull(peer, key_id, key, ttl, ASK_TIMEOUT).await {
                             return Some(hit).into();
                         }
