@@ -557,6 +557,20 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
                     s.requests
                 ),
             ));
+            let claims: Vec<String> = s
+                .claims
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            scale.push(line(
+                "  claim counters, summed over the nodes",
+                if claims.is_empty() {
+                    "none".to_string()
+                } else {
+                    claims.join(", ")
+                },
+            ));
             if let Some(c) = &s.connections {
                 scale.push(judged(
                     "  connections per node, most at any moment: p50 / max",

@@ -50,11 +50,25 @@ pub struct Scale {
     pub upstream_calls: u64,
     /// Answers by `x-peercache-source`.
     pub by_source: BTreeMap<String, u64>,
+    /// The claim counters of `/api/swarm`, summed over the nodes: how the upstream calls
+    /// came about (grants, and the fallbacks that call upstream without one).
+    pub claims: BTreeMap<String, u64>,
     /// From the first request until the last answer.
     pub fetch_ms: f64,
     /// Resident memory per daemon at the end, kB.
     pub rss_kb: Option<Spread>,
 }
+
+/// The fields of `/api/swarm` that say how a node's lookups ended.
+const CLAIM_COUNTERS: [&str; 7] = [
+    "claims_won",
+    "claims_waited",
+    "claims_granted",
+    "claims_unanswered",
+    "claims_decided_on_the_way",
+    "holders_unreached",
+    "claim_waits_expired",
+];
 
 /// The middle and the top of per-node figures.
 #[derive(Debug, Clone, Serialize)]
@@ -134,10 +148,15 @@ pub fn run(
     full_mesh: Option<usize>,
 ) -> anyhow::Result<Scale> {
     let hub = bench.hub();
+    // Logged as a user's daemon logs (the tests' `peercache=debug` costs 200 daemons a share of
+    // two cores); `PEERCACHE_BENCH_LOG` sets another filter to look into a run.
+    let log = std::env::var("PEERCACHE_BENCH_LOG").unwrap_or_else(|_| "info".to_string());
     let env = || {
-        full_mesh
-            .map(|n| vec![("PEERCACHE_FULL_MESH", n.to_string())])
-            .unwrap_or_default()
+        let mut env = vec![("PEERCACHE_LOG", log.clone())];
+        if let Some(n) = full_mesh {
+            env.push(("PEERCACHE_FULL_MESH", n.to_string()));
+        }
+        env
     };
     let started = Instant::now();
     let first = bench.node(&hub, "scale-node0", Vec::new(), env());
@@ -176,6 +195,14 @@ pub fn run(
         let (settle_ms, unsettled, peers, fetch) = result?;
         let most = most.lock().unwrap().clone();
         let rss: Vec<f64> = swarm.iter().map(|n| n.rss_kb() as f64).collect();
+        let mut claims = BTreeMap::new();
+        for node in &swarm {
+            let figures = node.swarm();
+            for counter in CLAIM_COUNTERS {
+                *claims.entry(counter.to_string()).or_default() +=
+                    figures[counter].as_u64().unwrap_or(0);
+            }
+        }
         Ok(Scale {
             nodes,
             endpoints,
@@ -190,6 +217,7 @@ pub fn run(
             answered: fetch.answered,
             upstream_calls: fetch.upstream_calls,
             by_source: fetch.by_source,
+            claims,
             fetch_ms: fetch.wall_ms,
             rss_kb: spread(&rss),
         })
@@ -314,8 +342,22 @@ mod tests {
     fn a_peer_id_is_hashed_from_its_bytes() {
         // The identity multihash of an Ed25519 key: 38 bytes, base58 "12D3KooW…".
         let id = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
-        assert_eq!(bs58::decode(id).into_vec().unwrap().len(), 38);
-        assert_ne!(hashed(id).unwrap(), [0u8; 32]);
+        let bytes = bs58::decode(id).into_vec().unwrap();
+        assert_eq!(bytes.len(), 38);
+        assert_eq!(
+            &bytes[..6],
+            [0x00, 0x24, 0x08, 0x01, 0x12, 0x20],
+            "identity multihash"
+        );
+        // SHA-256 of those 38 bytes, worked out apart (Python's hashlib): what libp2p's
+        // `KBucketKey::from(PeerId)` hashes a peer id to.
+        let expected = "a9fb3b592b9e6cee5658eaf7de67433434163a081d97cc77e303b300c816251e";
+        let got: String = hashed(id)
+            .unwrap()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(got, expected);
         assert!(hashed("not base58 0OIl").is_err());
     }
 }
