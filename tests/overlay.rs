@@ -184,9 +184,28 @@ fn a_swarm_beyond_the_full_mesh_keeps_few_connections_and_calls_github_once_per_
         .map(|e| hub.count(&format!("/repos/octo/swarm/contents/o{e}")))
         .collect();
     let from_peers = answers.iter().filter(|a| a.4 == "peer").count();
+    // How the lookups ended, summed over the members: said when the count is wrong.
+    let counters: Vec<String> = [
+        "claims_granted",
+        "claims_unanswered",
+        "claims_decided_on_the_way",
+        "holders_unreached",
+        "claim_waits_expired",
+    ]
+    .iter()
+    .map(|field| {
+        let sum: u64 = nodes
+            .iter()
+            .map(|n| n.swarm()[*field].as_u64().unwrap_or(0))
+            .sum();
+        format!("{field} {sum}")
+    })
+    .collect();
     assert_eq!(
         calls,
         vec![1; ENDPOINTS],
-        "upstream calls per endpoint for {NODES} members ({from_peers} answers came from peers)"
+        "upstream calls per endpoint for {NODES} members ({from_peers} answers came from peers; \
+         {})",
+        counters.join(", ")
     );
 }

@@ -129,26 +129,6 @@ pub(super) fn claim_rank(key_id: &KeyId, peer: &PeerId) -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Orders the holders this node may pull a key from: those it is connected to first, then
-/// the others by a hash of the key, this node and the holder. Members that want one key at once
-/// then dial different holders; any order shared by all (newest first, the coordinator's) has
-/// every one of them dial the same holder, which then takes a connection from each.
-pub(super) fn dial_order(state: &State, holders: &mut [PeerId], key_id: &KeyId, me: &PeerId) {
-    holders.sort_by_cached_key(|peer| {
-        let mut hasher = Sha256::new();
-        hasher.update(key_id);
-        hasher.update(me.to_bytes());
-        hasher.update(peer.to_bytes());
-        let spread: [u8; 32] = hasher.finalize().into();
-        (!state.verified(peer), spread)
-    });
-}
-
-/// How long a waiter in a bounded overlay leaves a claimant it is not connected to undialed:
-/// every other waiter would dial it too, all at once, while its neighbours hold the entry a
-/// moment later.
-const CLAIMANT_DIAL_AFTER: Duration = Duration::from_secs(3);
-
 /// What the swarm offers a lookup that found nothing fresh locally.
 #[derive(Debug)]
 pub enum Obtained {
@@ -182,9 +162,7 @@ impl Handle {
             // Neighbours first; in a bounded overlay, then the newest member heard of holding
             // it (one: each one not reached costs the wait for a connection).
             let mut holders = state.fresh_holders(&key_id, ttl, now);
-            let mut far = state.far_holders(&key_id, ttl, now);
-            dial_order(&state, &mut far, &key_id, &me);
-            holders.extend(far.into_iter().take(1));
+            holders.extend(state.far_holders(&key_id, ttl, now).into_iter().take(1));
             (holders, members)
         };
         if members == 0 {
@@ -219,8 +197,7 @@ impl Handle {
                 self.claim_at(coordinator, &key_id, ttl).await
             };
             let claimant = match decision {
-                Decision::Holders(mut holders) => {
-                    dial_order(&self.inner.state(), &mut holders, &key_id, &me);
+                Decision::Holders(holders) => {
                     let hit = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await;
                     if hit.is_none() {
                         bump(&self.inner.counters.holders_unreached);
@@ -439,8 +416,7 @@ impl Handle {
                 let _ = tx.send(());
             }
         }
-        let began = tokio::time::Instant::now();
-        let deadline = began + CLAIM_WAIT;
+        let deadline = tokio::time::Instant::now() + CLAIM_WAIT;
         let mut pause = CLAIMANT_FIRST_ASK;
         let mut membership = tokio::time::interval(CLAIMANT_CHECK);
         // Only a claimant this node is connected to can be seen leaving; one it does not know
@@ -481,25 +457,17 @@ impl Handle {
                 () = tokio::time::sleep_until(ask_at) => {
                     // Neighbours that hold it, then (a bounded overlay) a member that announced
                     // it, then the claimant itself.
-                    let me = self.inner.peer_id;
-                    let (near, far, dial_claimant) = {
+                    let (near, far) = {
                         let state = self.inner.state();
                         let now = now_ms();
-                        let mut far = state.far_holders(key_id, ttl, now);
-                        dial_order(&state, &mut far, key_id, &me);
-                        let dial_claimant = !state.bounded
-                            || state.verified(&claimant)
-                            || began.elapsed() >= CLAIMANT_DIAL_AFTER;
-                        (state.fresh_holders(key_id, ttl, now), far, dial_claimant)
+                        (state.fresh_holders(key_id, ttl, now), state.far_holders(key_id, ttl, now))
                     };
                     if let Some(hit) = self.pull_any(&near, tried, key_id, key, ttl).await {
                         return Some(hit).into();
                     }
-                    // One far holder, this node's own pick of them (see `dial_order`), then the
-                    // claimant, unless every waiter would be dialing it.
+                    // The most recent far holder: one of many by now, so the dials spread.
                     let far = far.into_iter().find(|p| !tried.contains(p) && *p != claimant);
-                    let ask_claimant = Some(claimant).filter(|_| dial_claimant);
-                    for peer in far.into_iter().chain(ask_claimant) {
+                    for peer in far.into_iter().chain(Some(claimant)) {
                         if let Some(hit) = self.pull(peer, key_id, key, ttl, ASK_TIMEOUT).await {
                             return Some(hit).into();
                         }
