@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::time::Duration;
 
-use common::swarm::{NodeSpec, SwarmNode, serial, start_node};
+use common::swarm::{LOOKUP_FALLBACKS, NodeSpec, SwarmNode, serial, start_node, swarm_sums};
 use fakehub::FakeHub;
 use libp2p::PeerId;
 use libp2p::kad::KBucketKey;
@@ -185,22 +185,13 @@ fn a_swarm_beyond_the_full_mesh_keeps_few_connections_and_calls_github_once_per_
         .collect();
     let from_peers = answers.iter().filter(|a| a.4 == "peer").count();
     // How the lookups ended, summed over the members: said when the count is wrong.
-    let counters: Vec<String> = [
-        "claims_granted",
-        "claims_unanswered",
-        "claims_decided_on_the_way",
-        "holders_unreached",
-        "claim_waits_expired",
-    ]
-    .iter()
-    .map(|field| {
-        let sum: u64 = nodes
-            .iter()
-            .map(|n| n.swarm()[*field].as_u64().unwrap_or(0))
-            .sum();
-        format!("{field} {sum}")
-    })
-    .collect();
+    let fields: Vec<&str> = std::iter::once("claims_granted")
+        .chain(LOOKUP_FALLBACKS)
+        .collect();
+    let counters: Vec<String> = swarm_sums(&nodes, &fields)
+        .iter()
+        .map(|(field, sum)| format!("{field} {sum}"))
+        .collect();
     assert_eq!(
         calls,
         vec![1; ENDPOINTS],

@@ -141,6 +141,35 @@ pub fn start_node(root: &Path, name: &str, hub: &FakeHub, spec: NodeSpec) -> Swa
     }
 }
 
+/// The `/api/swarm` counters of lookups that called GitHub without a grant (a coordinator or
+/// a hop that did not answer in time, holders that could not be pulled from, a wait that
+/// expired).
+pub const LOOKUP_FALLBACKS: [&str; 4] = [
+    "claims_unanswered",
+    "claims_decided_on_the_way",
+    "holders_unreached",
+    "claim_waits_expired",
+];
+
+/// These `/api/swarm` fields summed over `nodes`, each node asked once.
+pub fn swarm_sums<'a>(
+    nodes: impl IntoIterator<Item = &'a SwarmNode>,
+    fields: &[&str],
+) -> std::collections::BTreeMap<String, u64> {
+    let mut sums: std::collections::BTreeMap<String, u64> =
+        fields.iter().map(|f| (f.to_string(), 0)).collect();
+    for node in nodes {
+        let figures = node.swarm();
+        for field in fields {
+            let value = figures[*field]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{}: /api/swarm has no counter {field}", node.name));
+            *sums.get_mut(*field).unwrap() += value;
+        }
+    }
+    sums
+}
+
 impl SwarmNode {
     /// Its TCP address with `/p2p/<peer id>`, for others' bootstrap setting.
     pub fn bootstrap_addr(&self) -> String {

@@ -13,7 +13,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::bench::{BODY, Bench, api_get};
-use crate::common::swarm::SwarmNode;
+use crate::common::swarm::{LOOKUP_FALLBACKS, SwarmNode, swarm_sums};
 
 /// How long the overlay has to settle before the figure says it did not.
 const SETTLE_LIMIT: Duration = Duration::from_secs(300);
@@ -59,16 +59,8 @@ pub struct Scale {
     pub rss_kb: Option<Spread>,
 }
 
-/// The fields of `/api/swarm` that say how a node's lookups ended.
-const CLAIM_COUNTERS: [&str; 7] = [
-    "claims_won",
-    "claims_waited",
-    "claims_granted",
-    "claims_unanswered",
-    "claims_decided_on_the_way",
-    "holders_unreached",
-    "claim_waits_expired",
-];
+/// The fields of `/api/swarm` that say how a node's lookups ended, besides the fallbacks.
+const CLAIM_COUNTERS: [&str; 3] = ["claims_won", "claims_waited", "claims_granted"];
 
 /// The middle and the top of per-node figures.
 #[derive(Debug, Clone, Serialize)]
@@ -195,14 +187,8 @@ pub fn run(
         let (settle_ms, unsettled, peers, fetch) = result?;
         let most = most.lock().unwrap().clone();
         let rss: Vec<f64> = swarm.iter().map(|n| n.rss_kb() as f64).collect();
-        let mut claims = BTreeMap::new();
-        for node in &swarm {
-            let figures = node.swarm();
-            for counter in CLAIM_COUNTERS {
-                *claims.entry(counter.to_string()).or_default() +=
-                    figures[counter].as_u64().unwrap_or(0);
-            }
-        }
+        let counters: Vec<&str> = CLAIM_COUNTERS.into_iter().chain(LOOKUP_FALLBACKS).collect();
+        let claims = swarm_sums(&swarm, &counters);
         Ok(Scale {
             nodes,
             endpoints,
