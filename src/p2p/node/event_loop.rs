@@ -538,9 +538,6 @@ impl EventLoop {
         }
     }
 
-    /// Takes a gossip message from `via` (a member: see `MembersOnly`) written by `author`:
-    /// accepted (and forwarded by gossipsub) only when it opens with the swarm key and is no
-    /// replay; rejected when it does not open.
     /// The key a request names, when it comes from a verified member and is well formed;
     /// anyone else is answered `Denied`.
     fn member_key(&self, peer: &PeerId, key_id: &[u8]) -> Option<KeyId> {
@@ -563,6 +560,9 @@ impl EventLoop {
             .send_response(channel, response);
     }
 
+    /// Takes a gossip message from `via` (a member: see `MembersOnly`) written by `author`:
+    /// accepted (and forwarded by gossipsub) only when it opens with the swarm key and is no
+    /// replay; rejected when it does not open.
     pub(super) fn on_gossip(
         &mut self,
         via: PeerId,
