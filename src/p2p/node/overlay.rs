@@ -481,46 +481,43 @@ mod tests {
         assert_eq!(plan.dial[0].0, far);
     }
 
+    /// The members a plan dials, in its order.
+    fn dialed(plan: Plan) -> Vec<PeerId> {
+        plan.dial.into_iter().map(|(peer, _)| peer).collect()
+    }
+
     #[test]
     fn a_member_that_closed_our_connection_is_not_dialed_again_for_its_bucket() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
-        let top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
             .filter(|p| bucket(&key, p) == 255)
             .take(2)
             .collect();
-        let (crowded, other) = if key.distance(&kad::KBucketKey::from(top[0]))
-            < key.distance(&kad::KBucketKey::from(top[1]))
-        {
-            (top[0], top[1])
-        } else {
-            (top[1], top[0])
-        };
+        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let (crowded, other) = (top[0], top[1]);
         let mut overlay = Overlay::default();
         for peer in [crowded, other] {
             overlay.hear(peer, vec!["/ip4/127.0.0.1/tcp/2".parse().unwrap()]);
         }
         let now = Instant::now() + Duration::from_secs(1);
         // The closest member of the bucket first…
-        let plan = plan(&key, &State::default(), &overlay, now);
         assert_eq!(
-            plan.dial.iter().map(|d| d.0).collect::<Vec<_>>(),
-            vec![crowded]
+            dialed(plan(&key, &State::default(), &overlay, now)),
+            [crowded]
         );
         // …but not once it closed our connection: the other one instead, and the crowded one
         // again only after the backoff.
         overlay.closed_by_peer(&crowded, now);
-        let plan = super::plan(&key, &State::default(), &overlay, now);
         assert_eq!(
-            plan.dial.iter().map(|d| d.0).collect::<Vec<_>>(),
-            vec![other]
+            dialed(plan(&key, &State::default(), &overlay, now)),
+            [other]
         );
         overlay.closed_by_peer(&other, now);
         let later = now + CLOSED_BY_PEER_BACKOFF;
-        let plan = super::plan(&key, &State::default(), &overlay, later);
         assert_eq!(
-            plan.dial.iter().map(|d| d.0).collect::<Vec<_>>(),
-            vec![crowded]
+            dialed(plan(&key, &State::default(), &overlay, later)),
+            [crowded]
         );
     }
 
