@@ -223,8 +223,12 @@ pub(super) struct Plan {
 ///
 /// Each node answers for the connections it dialed and leaves those others dialed alone, so
 /// that one node's choice never undoes another's (which would have both dial again, and again).
-/// Of the members it dialed, it keeps the [`PER_BUCKET`] longest-standing in each bucket and
-/// closes the rest once idle (most are left over from Kademlia's lookups). A bucket with fewer
+/// Of the members it dialed, it keeps the [`PER_BUCKET`] closest to itself in each bucket (the
+/// ones it dials first) and closes the rest once idle (most are left over from Kademlia's
+/// lookups). Closest, not longest-standing as Kademlia keeps: every node's Kademlia lookups
+/// meet the first members to join first, so keeping the oldest connections has every node
+/// keep the same few members, and those end up connected to everyone. The closest members
+/// differ from node to node. A bucket with fewer
 /// than [`PER_BUCKET`] members connected either way is dialed for. Only above
 /// [`MAX_CONNECTED`] are the youngest idle connections that others dialed closed too.
 fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Instant) -> Plan {
@@ -270,7 +274,7 @@ fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Ins
     let mut closed_peers = 0;
     let mut accepted_only = Vec::new();
     for neighbours in by_bucket.values_mut() {
-        neighbours.sort_by_key(|n| n.opened);
+        neighbours.sort_by_key(|n| me.distance(&kad::KBucketKey::from(n.peer)));
         let mut kept = 0;
         for n in neighbours.iter() {
             if n.dialed.is_empty() {
@@ -431,21 +435,23 @@ mod tests {
     fn a_node_closes_only_what_it_dialed_beyond_its_buckets_needs() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
-        // Members in the top bucket (half of all ids): four this node dialed, two others did.
-        let top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+        // Members in the top bucket (half of all ids), closest first: four this node dialed,
+        // the farthest two of them the longest-standing; two others dialed.
+        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
             .filter(|p| bucket(&key, p) == 255)
             .take(6)
             .collect();
+        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
         let now = Instant::now() + Duration::from_secs(3600);
         let mut state = State::default();
         for (i, peer) in top.iter().enumerate() {
-            let age = Duration::from_secs(100 - i as u64 * 10);
+            let age = Duration::from_secs(50 + i as u64 * 10);
             member(&mut state, *peer, i < 4, age, now);
         }
         let plan = plan(&key, &state, &Overlay::default(), now);
         let closed: Vec<PeerId> = plan.close.iter().map(|(p, _)| *p).collect();
-        // The two longest-standing it dialed stay; the two youngest it dialed go; what others
-        // dialed is theirs.
+        // The two closest it dialed stay, however young; the two farther ones it dialed go;
+        // what others dialed is theirs.
         assert_eq!(closed.len(), 2, "{closed:?}");
         assert!(
             closed.contains(&top[2]) && closed.contains(&top[3]),
