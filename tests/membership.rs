@@ -349,7 +349,8 @@ fn request_bytes(request: &Request) -> Vec<Vec<u8>> {
         Request::HelloConfirm { confirm, meta } => vec![confirm.clone(), meta.clone()],
         Request::Pull { key_id }
         | Request::Revalidate { key_id, .. }
-        | Request::Claim { key_id, .. } => {
+        | Request::Claim { key_id, .. }
+        | Request::Have { key_id, .. } => {
             vec![key_id.clone()]
         }
     }
@@ -363,7 +364,7 @@ fn response_bytes(response: &Response) -> Vec<Vec<u8>> {
         Response::Claim {
             claimant, holders, ..
         } => claimant.iter().chain(holders).map(|b| b.to_vec()).collect(),
-        Response::NotFound | Response::Denied => Vec::new(),
+        Response::NotFound | Response::Denied | Response::Noted => Vec::new(),
     }
 }
 

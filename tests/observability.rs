@@ -245,6 +245,8 @@ fn check_node(node: &SwarmNode, hub: &FakeHub, others: &[&SwarmNode], want: &Exp
         "entries_served",
         "auth_failures",
         "announcements_received",
+        "have_notices_sent",
+        "have_notices_received",
         "claims_won",
         "claims_waited",
         "claims_granted",

@@ -199,4 +199,25 @@ fn a_swarm_beyond_the_full_mesh_keeps_few_connections_and_calls_github_once_per_
          {})",
         counters.join(", ")
     );
+    // Only the members that called GitHub announce to the swarm; each copy pulled after that is
+    // told to the puller's neighbours, not flooded to every member.
+    let told = swarm_sums(
+        &nodes,
+        &[
+            "announcements_received",
+            "have_notices_sent",
+            "have_notices_received",
+        ],
+    );
+    let flooded = (ENDPOINTS * (NODES - 1)) as u64;
+    assert!(
+        told["announcements_received"] <= flooded,
+        "more announcements heard than the upstream fetches' ({flooded}): copies were flooded: \
+         {told:?}"
+    );
+    assert!(
+        told["have_notices_received"] > 0
+            && told["have_notices_received"] <= told["have_notices_sent"],
+        "pulled copies were not told to neighbours: {told:?}"
+    );
 }

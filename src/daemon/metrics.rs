@@ -522,6 +522,16 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
             w.announcements_received,
         ),
         (
+            "peercache_swarm_have_notices_sent",
+            "Neighbours told of a copy this node pulled (a bounded overlay)",
+            w.have_notices_sent,
+        ),
+        (
+            "peercache_swarm_have_notices_received",
+            "Neighbours' notices that they hold a copy they pulled",
+            w.have_notices_received,
+        ),
+        (
             "peercache_swarm_claims_won",
             "Keys this node was granted to fetch from GitHub for the swarm",
             w.claims_won,

@@ -70,6 +70,16 @@ pub enum Request {
         #[serde(default)]
         on_behalf_of: Option<serde_bytes::ByteBuf>,
     },
+    /// To a neighbour in a bounded overlay: "I now hold a copy of this key (pulled from a
+    /// member)". Said to neighbours only, not flooded: a copy only saves neighbours a dial.
+    /// Answered with `Noted`.
+    Have {
+        /// The key id.
+        #[serde(with = "serde_bytes")]
+        key_id: Vec<u8>,
+        /// When the copy was fetched or revalidated upstream (ms since the epoch).
+        fetched_at_ms: u64,
+    },
 }
 
 /// A response over the exchange protocol (CBOR).
@@ -113,6 +123,8 @@ pub enum Response {
     },
     /// The requester has not proven it holds the secret.
     Denied,
+    /// A `Have` was recorded.
+    Noted,
 }
 
 /// What a peer tells verified members about itself.

@@ -129,6 +129,11 @@ impl EventLoop {
             Command::DialPeer(peer, addrs) => self.heard_of(peer, addrs, "a registry"),
             Command::Reach(peer) => self.reach(peer),
             Command::Punish(peer) => self.punish(peer),
+            Command::TellNeighbours {
+                key_id,
+                fetched_at_ms,
+                source,
+            } => self.tell_neighbours(key_id, fetched_at_ms, source),
             Command::Shutdown(_) => unreachable!("handled in run"),
         }
     }
@@ -488,6 +493,18 @@ impl EventLoop {
                     Some(key_id) => serve_pull(self.inner.clone(), key_id, request_id, channel),
                     None => self.respond(channel, Response::Denied),
                 },
+                Request::Have {
+                    key_id,
+                    fetched_at_ms,
+                } => match self.member_key(&peer, &key_id) {
+                    Some(key_id) => {
+                        tracing::debug!("{peer} holds a copy of key {} now", hex::encode(key_id));
+                        bump(&self.inner.counters.have_notices_received);
+                        self.heard_holder(peer, key_id, fetched_at_ms);
+                        self.respond(channel, Response::Noted);
+                    }
+                    None => self.respond(channel, Response::Denied),
+                },
             },
             Event::Message {
                 peer,
@@ -600,7 +617,6 @@ impl EventLoop {
 
     /// Acts on a gossip message that passed every check.
     fn take_gossip(&mut self, source: PeerId, gossip: Gossip) {
-        let mut state = self.inner.state();
         match gossip {
             Gossip::Announce {
                 key_id,
@@ -612,40 +628,14 @@ impl EventLoop {
                 };
                 // Logged only once it parsed: a peer's text must not reach the log unchecked.
                 tracing::debug!("heard announcement of key {key_id} from {source}");
-                let key_id = parsed;
                 bump(&self.inner.counters.announcements_received);
-                if state.holders.len() >= MAX_TRACKED_KEYS {
-                    let horizon = now_ms().saturating_sub(3_600_000);
-                    state
-                        .holders
-                        .retain(|_, h| h.iter().any(|h| h.fetched_at_ms > horizon));
-                }
-                let holders = state.holders.entry(key_id).or_default();
-                holders.retain(|h| h.peer != source);
-                holders.push(Holder {
-                    peer: source,
-                    fetched_at_ms: fetched_at_ms.min(now_ms()),
-                });
-                // The key is available now: its claim, if this node coordinates it, is over.
-                state.claims.remove(&key_id);
-                state.wake(&key_id);
-                // A hub keeps the swarm's cache: it takes a copy of every newer entry.
-                let announced = fetched_at_ms.min(now_ms());
-                let newer = state
-                    .served
-                    .get(&key_id)
-                    .is_none_or(|h| h.fetched_at_ms < announced);
-                if self.hub && newer && state.verified(&source) {
-                    let handle = Handle {
-                        inner: self.inner.clone(),
-                    };
-                    tokio::spawn(async move { handle.mirror(source, key_id).await });
-                }
+                self.heard_holder(source, parsed, fetched_at_ms);
             }
             Gossip::Release { key_id } => {
                 let Some(key_id) = parse_key_id(&key_id) else {
                     return;
                 };
+                let mut state = self.inner.state();
                 if state
                     .claims
                     .get(&key_id)
@@ -655,6 +645,82 @@ impl EventLoop {
                 }
                 state.wake(&key_id);
             }
+        }
+    }
+
+    /// Records that `source` holds a copy of the key fetched at `fetched_at_ms` (announced to
+    /// the swarm, or told to this neighbour): waiters wake, a claim here is over, and a hub
+    /// takes a copy of a newer entry.
+    fn heard_holder(&mut self, source: PeerId, key_id: KeyId, fetched_at_ms: u64) {
+        let mut state = self.inner.state();
+        if state.holders.len() >= MAX_TRACKED_KEYS {
+            let horizon = now_ms().saturating_sub(3_600_000);
+            state
+                .holders
+                .retain(|_, h| h.iter().any(|h| h.fetched_at_ms > horizon));
+        }
+        // A peer's clock must not make its copy look newer than now.
+        let fetched_at_ms = fetched_at_ms.min(now_ms());
+        let holders = state.holders.entry(key_id).or_default();
+        holders.retain(|h| h.peer != source);
+        holders.push(Holder {
+            peer: source,
+            fetched_at_ms,
+        });
+        // The key is available now: its claim, if this node coordinates it, is over.
+        state.claims.remove(&key_id);
+        state.wake(&key_id);
+        // A hub keeps the swarm's cache: it takes a copy of every newer entry.
+        let newer = state
+            .served
+            .get(&key_id)
+            .is_none_or(|h| h.fetched_at_ms < fetched_at_ms);
+        if self.hub && newer && state.verified(&source) {
+            let handle = Handle {
+                inner: self.inner.clone(),
+            };
+            tokio::spawn(async move { handle.mirror(source, key_id).await });
+        }
+    }
+
+    /// Tells the verified neighbours that this node holds a copy of the key now (pulled from
+    /// `source`), but not those that hold one as new already: in a bounded overlay the entry
+    /// spreads from neighbour to neighbour without a swarm-wide flood per copy.
+    pub(super) fn tell_neighbours(&mut self, key_id: KeyId, fetched_at_ms: u64, source: PeerId) {
+        let neighbours: Vec<PeerId> = {
+            let state = self.inner.state();
+            let holding: HashSet<PeerId> = state
+                .holders
+                .get(&key_id)
+                .map(|h| {
+                    h.iter()
+                        .filter(|h| h.fetched_at_ms >= fetched_at_ms)
+                        .map(|h| h.peer)
+                        .collect()
+                })
+                .unwrap_or_default();
+            state
+                .peers
+                .iter()
+                .filter(|(id, p)| {
+                    p.verified
+                        && !p.connections.is_empty()
+                        && **id != source
+                        && !holding.contains(*id)
+                })
+                .map(|(id, _)| *id)
+                .collect()
+        };
+        for peer in neighbours {
+            bump(&self.inner.counters.have_notices_sent);
+            // Fire and forget: the answer (`Noted`) matches no pending request and is dropped.
+            self.swarm.behaviour_mut().exchange.send_request(
+                &peer,
+                Request::Have {
+                    key_id: key_id.to_vec(),
+                    fetched_at_ms,
+                },
+            );
         }
     }
 }

@@ -171,6 +171,10 @@ pub struct P2pStats {
     pub auth_failures: u64,
     /// Announcements received.
     pub announcements_received: u64,
+    /// Neighbours told of a copy this node pulled (a bounded overlay: `Have`).
+    pub have_notices_sent: u64,
+    /// Neighbours' `Have` notices received: they hold a copy they pulled.
+    pub have_notices_received: u64,
     /// Claims this node won (it then called upstream).
     pub claims_won: u64,
     /// Times this node waited for another node's claim.
@@ -210,6 +214,8 @@ struct Counters {
     entries_served: AtomicU64,
     auth_failures: AtomicU64,
     announcements_received: AtomicU64,
+    have_notices_sent: AtomicU64,
+    have_notices_received: AtomicU64,
     claims_won: AtomicU64,
     claims_waited: AtomicU64,
     claims_granted: AtomicU64,
@@ -246,6 +252,12 @@ enum Command {
     /// Connect to a member for a pull: at its addresses heard of, or looked up in Kademlia.
     Reach(PeerId),
     Punish(PeerId),
+    /// Tell the neighbours this node holds a copy of a key it pulled from `source`.
+    TellNeighbours {
+        key_id: KeyId,
+        fetched_at_ms: u64,
+        source: PeerId,
+    },
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -514,6 +526,8 @@ impl Handle {
             entries_served: get(&c.entries_served),
             auth_failures: get(&c.auth_failures),
             announcements_received: get(&c.announcements_received),
+            have_notices_sent: get(&c.have_notices_sent),
+            have_notices_received: get(&c.have_notices_received),
             claims_won: get(&c.claims_won),
             claims_waited: get(&c.claims_waited),
             claims_granted: get(&c.claims_granted),

@@ -409,10 +409,14 @@ impl Handle {
             state.bounded
         };
         // In a bounded overlay most members are not connected to the first holder: each one that
-        // has a copy says so, and the entry spreads from neighbour to neighbour.
+        // has a copy tells its neighbours, and the entry spreads from neighbour to neighbour.
+        // Told, not announced: a flood per copy costs every member n messages per key.
         if bounded && body.is_some() {
-            self.inner
-                .send(Command::Publish(Gossip::announce(key_id, entry)));
+            self.inner.send(Command::TellNeighbours {
+                key_id: *key_id,
+                fetched_at_ms: entry.fetched_at_ms,
+                source: peer,
+            });
         }
         body
     }
