@@ -686,7 +686,7 @@ impl EventLoop {
     /// Tells the verified neighbours that this node holds a copy of the key now (pulled from
     /// `source`), but not those that hold one as new already: in a bounded overlay the entry
     /// spreads from neighbour to neighbour without a swarm-wide flood per copy.
-    pub(super) fn tell_neighbours(&mut self, key_id: KeyId, fetched_at_ms: u64, source: PeerId) {
+    fn tell_neighbours(&mut self, key_id: KeyId, fetched_at_ms: u64, source: PeerId) {
         let neighbours: Vec<PeerId> = {
             let state = self.inner.state();
             let holding: HashSet<PeerId> = state

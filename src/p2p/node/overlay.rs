@@ -228,9 +228,9 @@ pub(super) struct Plan {
 /// lookups). Closest, not longest-standing as Kademlia keeps: every node's Kademlia lookups
 /// meet the first members to join first, so keeping the oldest connections has every node
 /// keep the same few members, and those end up connected to everyone. The closest members
-/// differ from node to node. A bucket with fewer
-/// than [`PER_BUCKET`] members connected either way is dialed for. Only above
-/// [`MAX_CONNECTED`] are the youngest idle connections that others dialed closed too.
+/// differ from node to node. A bucket with fewer than [`PER_BUCKET`] members connected either
+/// way is dialed for. Only above [`MAX_CONNECTED`] are the youngest idle connections that
+/// others dialed closed too.
 fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Instant) -> Plan {
     struct Neighbour {
         peer: PeerId,
