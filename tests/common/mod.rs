@@ -343,15 +343,27 @@ impl HttpResponse {
     }
 }
 
-/// A minimal HTTP/1.1 request over a plain socket (independent of peercache's own client).
+/// A minimal HTTP/1.1 request over a plain socket (independent of peercache's own client),
+/// panicking when no answer comes (what a test wants).
 pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    try_http_request(method, url, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+}
+
+/// [`http_request`], with a request that got no answer (refused, closed before the head, cut
+/// off) as an error, for a benchmark that counts those.
+pub fn try_http_request(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
     };
-    let mut stream = std::net::TcpStream::connect(authority).expect("connect to the daemon");
+    let mut stream = std::net::TcpStream::connect(authority)
+        .map_err(|e| format!("cannot connect to the daemon: {e}"))?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
@@ -361,20 +373,26 @@ pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpRe
         request.push_str(&format!("{name}: {value}\r\n"));
     }
     request.push_str("\r\n");
-    stream.write_all(request.as_bytes()).unwrap();
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("cannot send the request: {e}"))?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).unwrap();
-    let end = find(&raw, b"\r\n\r\n").expect("header end");
-    let head = String::from_utf8(raw[..end].to_vec()).unwrap();
+    stream
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("cannot read the answer: {e}"))?;
+    let end = find(&raw, b"\r\n\r\n").ok_or_else(|| {
+        format!(
+            "the connection closed without a whole answer head ({} bytes)",
+            raw.len()
+        )
+    })?;
+    let head = String::from_utf8(raw[..end].to_vec()).map_err(|e| e.to_string())?;
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("no status line in {head:?}"))?;
     let headers: Vec<(String, String)> = lines
         .map(|l| {
             let (k, v) = l.split_once(':').unwrap();
@@ -384,14 +402,16 @@ pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpRe
     let mut body = raw[end + 4..].to_vec();
     if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
         let len: usize = len.parse().unwrap();
-        assert!(body.len() >= len, "body cut off");
+        if body.len() < len {
+            return Err(format!("body cut off at {} of {len} bytes", body.len()));
+        }
         body.truncate(len);
     }
-    HttpResponse {
+    Ok(HttpResponse {
         status,
         headers,
         body,
-    }
+    })
 }
 
 /// `GET url` with these headers.

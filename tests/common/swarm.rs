@@ -192,6 +192,20 @@ impl SwarmNode {
         serde_json::from_slice(&response.body).unwrap()
     }
 
+    /// `GET <api>/<path>` as JSON, or why there is none (no answer, not 200, not JSON).
+    pub fn try_json(&self, path: &str) -> Result<serde_json::Value, String> {
+        let auth = format!("Bearer token-of-{}", self.name);
+        let response = super::try_http_request(
+            "GET",
+            &format!("{}/{path}", self.api),
+            &[("authorization", auth.as_str())],
+        )?;
+        if response.status != 200 {
+            return Err(format!("{path}: {} {}", response.status, response.text()));
+        }
+        serde_json::from_slice(&response.body).map_err(|e| format!("{path}: {e}"))
+    }
+
     /// Verified members it knows.
     pub fn peer_count(&self) -> u64 {
         self.json("api/peers")["peer_count"].as_u64().unwrap()

@@ -186,6 +186,58 @@ impl EventLoop {
         }
     }
 
+    /// Looks the swarm up in Kademlia, as widely as the overlay's size calls for.
+    ///
+    /// In a full mesh: the whole table is refreshed (Kademlia's bootstrap: a lookup of this
+    /// node's id, then one of a random id in every bucket beyond the closest), which costs
+    /// nothing new, as every member is connected anyway. In a bounded overlay that refresh
+    /// connects to nearly every member: each of its eight or so lookups meets `k` members, a
+    /// hello each, at 200 members 140–190 connections per node within seconds, closed again by
+    /// the overlay half a minute later; with every node's refresh due in turn, some node is
+    /// always in such a wave and the swarm never settles. There one lookup of this node's own
+    /// id is made: it keeps the members closest to this node (those that coordinate the keys
+    /// nearest to it) current, and the neighbours in the other buckets are the overlay's to
+    /// keep. The members in the table are heard of again, so that a member that is not
+    /// connected stays a candidate (and counts towards the swarm's size) while it is there.
+    pub(super) fn look_up_swarm(&mut self) {
+        if !self.inner.state().bounded {
+            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            return;
+        }
+        let me = self.inner.peer_id;
+        self.swarm.behaviour_mut().kad.get_closest_peers(me);
+        let in_table: Vec<(PeerId, Vec<Multiaddr>)> = self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .kbuckets()
+            .flat_map(|bucket| {
+                bucket
+                    .iter()
+                    .map(|e| {
+                        (
+                            *e.node.key.preimage(),
+                            e.node.value.iter().cloned().collect(),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (peer, addrs) in in_table {
+            self.overlay.hear(peer, addrs);
+        }
+    }
+
+    /// Every [`KAD_REFRESH`]: looks the swarm up again (see [`EventLoop::look_up_swarm`]).
+    pub(super) fn refresh_routing_when_due(&mut self) {
+        let now = Instant::now();
+        if now < self.next_refresh {
+            return;
+        }
+        self.next_refresh = now + KAD_REFRESH;
+        self.look_up_swarm();
+    }
+
     pub(super) fn on_kad(&mut self, event: kad::Event) {
         match event {
             kad::Event::RoutablePeer { peer, address }

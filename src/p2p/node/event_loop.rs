@@ -31,6 +31,8 @@ pub(super) struct EventLoop {
     pub(super) reservations: HashMap<libp2p::core::transport::ListenerId, PeerId>,
     /// When to look the swarm up once more after a reservation.
     pub(super) rebootstrap_at: Option<Instant>,
+    /// When the swarm is next looked up (every [`KAD_REFRESH`]).
+    pub(super) next_refresh: Instant,
     /// The times of the gossip messages taken, against replays.
     pub(super) replay: ReplayGuard,
     /// The time stamped on this node's last gossip message (stamps strictly increase).
@@ -147,6 +149,7 @@ impl EventLoop {
         self.close_superseded_relays();
         self.redial_lost();
         self.rebootstrap_when_due();
+        self.refresh_routing_when_due();
         self.look_after_overlay();
     }
 

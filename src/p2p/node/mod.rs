@@ -97,10 +97,11 @@ const BAN_TIME: Duration = Duration::from_secs(600);
 const MAX_REDIAL_BACKOFF: Duration = Duration::from_secs(60);
 /// The Kademlia protocol name: a DHT of peercache nodes only, never the public IPFS one.
 const KAD_PROTOCOL: &str = "/peercache/kad/1";
-/// How often the routing table is refreshed. Kademlia also looks the swarm up by itself each
-/// time a member enters the table, which is how a node that knows one member finds the rest.
-/// Rarely: every lookup connects to members (a hello each way), and in a bounded overlay those
-/// connections are closed again; members joining later dial in themselves.
+/// How often the node looks the swarm up again (see [`EventLoop::refresh_routing_when_due`]).
+/// Kademlia also looks the swarm up by itself while its table holds fewer than `k` members,
+/// which is how a node that knows one member finds the rest. Rarely: every lookup connects to
+/// members (a hello each way), and in a bounded overlay those connections are closed again;
+/// members joining later dial in themselves.
 const KAD_REFRESH: Duration = Duration::from_secs(300);
 /// Pulls a hub makes at once to keep announced entries (announcements come in bursts).
 const MAX_MIRRORS: usize = 8;
@@ -419,6 +420,7 @@ impl Node {
             announce_listeners,
             reservations: HashMap::new(),
             rebootstrap_at: None,
+            next_refresh: Instant::now() + KAD_REFRESH,
             replay: ReplayGuard::default(),
             last_stamp_ms: 0,
             overlay: Overlay::default(),

@@ -38,6 +38,10 @@ const KNOWN_FOR: Duration = Duration::from_secs(600);
 const DIALS_AT_ONCE: usize = 4;
 /// Members remembered as candidates, at most.
 const MAX_KNOWN: usize = 4096;
+/// Dials in a row that did not reach a member before it is forgotten (its job ended): it
+/// leaves the candidates and the routing table, which would otherwise keep it (see
+/// `look_up_swarm`). With the backoff between them, about five minutes of trying.
+const FORGET_AFTER_FAILED_DIALS: u32 = 6;
 /// How long a member that closed a connection this node dialed is not dialed again by the
 /// overlay (a pull may still reach it).
 const CLOSED_BY_PEER_BACKOFF: Duration = Duration::from_secs(120);
@@ -174,6 +178,15 @@ impl EventLoop {
         };
         for (peer, addrs) in plan.dial {
             if let Some(known) = self.overlay.known.get_mut(&peer) {
+                if known.failures >= FORGET_AFTER_FAILED_DIALS {
+                    tracing::debug!(
+                        "forgetting {peer}: {} dials did not reach it",
+                        known.failures
+                    );
+                    self.overlay.known.remove(&peer);
+                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                    continue;
+                }
                 known.next_dial = now + Duration::from_secs(5u64 << known.failures.min(5));
                 known.failures += 1;
             }

@@ -95,7 +95,7 @@ impl EventLoop {
                 if !renewal {
                     // Members behind NATs are findable only now: look the swarm up again, and
                     // once more when the others' reservations have had time to land.
-                    let _ = self.swarm.behaviour_mut().kad.bootstrap();
+                    self.look_up_swarm();
                     self.rebootstrap_at = Some(Instant::now() + Duration::from_secs(3));
                 }
             }
@@ -182,7 +182,7 @@ impl EventLoop {
     pub(super) fn rebootstrap_when_due(&mut self) {
         if self.rebootstrap_at.is_some_and(|at| at <= Instant::now()) {
             self.rebootstrap_at = None;
-            let _ = self.swarm.behaviour_mut().kad.bootstrap();
+            self.look_up_swarm();
         }
     }
 }

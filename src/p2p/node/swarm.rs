@@ -115,7 +115,9 @@ pub(super) fn build_swarm(
                     // ADD_PROVIDER become events the node ignores, so nothing is stored unasked,
                     // not even by a member.
                     .set_record_filtering(kad::StoreInserts::FilterBoth)
-                    .set_periodic_bootstrap_interval(Some(KAD_REFRESH));
+                    // The node refreshes the table itself, as the overlay's size calls for
+                    // (see `refresh_routing_when_due`).
+                    .set_periodic_bootstrap_interval(None);
                 let peer_id = key.public().to_peer_id();
                 let kad = kad::Behaviour::with_config(
                     peer_id,

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fakehub::{FakeHub, Options};
 
 use crate::common::swarm::{NodeSpec, SwarmNode, start_node, wait_for};
-use crate::common::{HttpResponse, http_get};
+use crate::common::{HttpResponse, try_http_request};
 
 /// Latency of every answer of the stand-in GitHub API (GitHub's own is 50–300 ms).
 pub const UPSTREAM_LATENCY: Duration = Duration::from_millis(50);
@@ -122,13 +122,23 @@ impl Bench {
 /// `GET <node's API>/gh/<endpoint>` with the node's own token, as its job would send it, and an
 /// `x-peercache-ttl` when given.
 pub fn api_get(node: &SwarmNode, endpoint: &str, ttl_secs: Option<u64>) -> HttpResponse {
+    try_api_get(node, endpoint, ttl_secs).unwrap_or_else(|e| panic!("{endpoint}: {e}"))
+}
+
+/// [`api_get`], with a request the daemon did not answer as an error (a starved daemon's
+/// header-read timeout closes the connection), for the figures that count those.
+pub fn try_api_get(
+    node: &SwarmNode,
+    endpoint: &str,
+    ttl_secs: Option<u64>,
+) -> Result<HttpResponse, String> {
     let auth = format!("Bearer token-of-{}", node.name);
     let ttl = ttl_secs.map(|t| t.to_string());
     let mut headers = vec![("authorization", auth.as_str())];
     if let Some(ttl) = &ttl {
         headers.push(("x-peercache-ttl", ttl.as_str()));
     }
-    http_get(&format!("{}/gh/{endpoint}", node.api), &headers)
+    try_http_request("GET", &format!("{}/gh/{endpoint}", node.api), &headers)
 }
 
 /// Where a whole-process `peercache fetch` runs: a daemon's dirs, or its own.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::bench::{BODY, Bench, api_get};
+use crate::bench::{BODY, Bench, try_api_get};
 use crate::common::swarm::{LOOKUP_FALLBACKS, SwarmNode, swarm_sums};
 
 /// How long the overlay has to settle before the figure says it did not.
@@ -119,8 +119,10 @@ fn uncovered(me: &[u8; 32], all: &[[u8; 32]], neighbours: &[[u8; 32]]) -> usize 
     buckets.values().filter(|covered| !**covered).count()
 }
 
-fn peers_of(node: &SwarmNode) -> (Vec<String>, u64) {
-    let p = node.json("api/peers");
+/// A node's verified neighbours and its connections, or `None` when a starved daemon did not
+/// answer (the sample is skipped; the node counts as unsettled).
+fn peers_of(node: &SwarmNode) -> Option<(Vec<String>, u64)> {
+    let p = node.try_json("api/peers").ok()?;
     let ids = p["peers"]
         .as_array()
         .map(|a| {
@@ -129,7 +131,10 @@ fn peers_of(node: &SwarmNode) -> (Vec<String>, u64) {
                 .collect()
         })
         .unwrap_or_default();
-    (ids, node.swarm()["connections"].as_u64().unwrap_or(0))
+    let connections = node.try_json("api/swarm").ok()?["connections"]
+        .as_u64()
+        .unwrap_or(0);
+    Some((ids, connections))
 }
 
 /// `nodes` daemons, each asking for the same `endpoints` at once.
@@ -175,7 +180,9 @@ pub fn run(
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
                 for (i, node) in swarm.iter().enumerate() {
-                    let (_, connections) = peers_of(node);
+                    let Some((_, connections)) = peers_of(node) else {
+                        continue;
+                    };
                     let mut most = most.lock().unwrap();
                     most[i] = most[i].max(connections);
                 }
@@ -236,7 +243,10 @@ fn measure(
         unsettled = 0;
         peers.clear();
         for (i, node) in swarm.iter().enumerate() {
-            let (neighbours, _) = peers_of(node);
+            let Some((neighbours, _)) = peers_of(node) else {
+                unsettled += 1;
+                continue;
+            };
             peers.push(neighbours.len() as f64);
             let hashed: Vec<[u8; 32]> = neighbours
                 .iter()
@@ -267,11 +277,16 @@ fn measure(
             let (by_source, answered) = (&by_source, &answered);
             s.spawn(move || {
                 for e in 0..endpoints {
-                    let r = api_get(node, &format!("repos/octo/swarm/contents/scale{e}"), None);
-                    if r.status == 200 && r.body == fakehub::repo_body(e, BODY) {
-                        answered.fetch_add(1, Ordering::Relaxed);
-                    }
-                    let source = r.header("x-peercache-source").unwrap_or("none").to_string();
+                    let endpoint = format!("repos/octo/swarm/contents/scale{e}");
+                    let source = match try_api_get(node, &endpoint, None) {
+                        Ok(r) => {
+                            if r.status == 200 && r.body == fakehub::repo_body(e, BODY) {
+                                answered.fetch_add(1, Ordering::Relaxed);
+                            }
+                            r.header("x-peercache-source").unwrap_or("none").to_string()
+                        }
+                        Err(_) => "no answer".to_string(),
+                    };
                     *by_source.lock().unwrap().entry(source).or_default() += 1;
                 }
             });
