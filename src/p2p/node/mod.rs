@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 mod claims;
 mod codec;
 mod connectivity;
+mod dial_budget;
 mod event_loop;
 mod gate;
 mod hub;
@@ -343,7 +344,9 @@ impl Node {
                     .is_some_and(|inner| inner.state().banned.contains(peer))
             })
         };
+        let budget = Arc::new(dial_budget::Budget::default());
         let options = SwarmOptions {
+            budget: budget.clone(),
             mdns: config.mdns,
             hub: config.hub,
             members,
@@ -425,6 +428,7 @@ impl Node {
             last_stamp_ms: 0,
             overlay: Overlay::default(),
             full_mesh: config.full_mesh,
+            budget,
             reaching: HashMap::new(),
         };
         let task = tokio::spawn(event_loop.run());

@@ -31,8 +31,10 @@ impl Bench {
     pub fn new(binary: PathBuf) -> anyhow::Result<Bench> {
         Ok(Bench {
             binary,
+            // `PEERCACHE_BENCH_KEEP=1` keeps the daemons' homes (their logs) to look into a run.
             root: tempfile::Builder::new()
                 .prefix("peercache-bench")
+                .disable_cleanup(std::env::var_os("PEERCACHE_BENCH_KEEP").is_some())
                 .tempdir()?,
             starts: Mutex::new(Vec::new()),
         })

@@ -285,7 +285,10 @@ fn measure(
                             }
                             r.header("x-peercache-source").unwrap_or("none").to_string()
                         }
-                        Err(_) => "no answer".to_string(),
+                        Err(e) => {
+                            eprintln!("    {}: {endpoint}: no answer: {e}", node.name);
+                            "no answer".to_string()
+                        }
                     };
                     *by_source.lock().unwrap().entry(source).or_default() += 1;
                 }
