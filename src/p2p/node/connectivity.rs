@@ -137,7 +137,6 @@ impl EventLoop {
             } else {
                 opts.allocate_new_port().build()
             };
-            self.budget.ask(redial.peer);
             if let Err(e) = self.swarm.dial(opts) {
                 tracing::debug!("cannot dial {}: {e}", redial.addr);
             }
@@ -155,8 +154,6 @@ impl EventLoop {
         self.reaching
             .retain(|_, since| now.duration_since(*since) < REACH_TIMEOUT);
         if self.reaching.insert(peer, now).is_none() {
-            // Kademlia dials it once a member names it.
-            self.budget.ask(peer);
             self.swarm.behaviour_mut().kad.get_closest_peers(peer);
         }
     }
@@ -176,7 +173,6 @@ impl EventLoop {
             return;
         }
         tracing::debug!("dialing {peer} at {addrs:?}, found by {how}");
-        self.budget.ask(peer);
         // A new source port: two nodes that find each other at the same moment (mDNS) and dial
         // from their listen ports would meet in one TCP simultaneous open, where both sides are
         // the Noise initiator and the handshake fails.

@@ -41,9 +41,6 @@ pub(super) struct EventLoop {
     pub(super) overlay: Overlay,
     /// The full-mesh size ([`NodeConfig::full_mesh`]).
     pub(super) full_mesh: usize,
-    /// The dials this loop asked for, and whether the overlay is bounded, for the swarm's
-    /// [`super::dial_budget`].
-    pub(super) budget: Arc<super::dial_budget::Budget>,
     /// Members being looked up in Kademlia to pull from, and since when.
     pub(super) reaching: HashMap<PeerId, Instant>,
 }

@@ -28,7 +28,6 @@ use tokio::sync::{mpsc, oneshot};
 mod claims;
 mod codec;
 mod connectivity;
-mod dial_budget;
 mod event_loop;
 mod gate;
 mod hub;
@@ -344,9 +343,7 @@ impl Node {
                     .is_some_and(|inner| inner.state().banned.contains(peer))
             })
         };
-        let budget = Arc::new(dial_budget::Budget::default());
         let options = SwarmOptions {
-            budget: budget.clone(),
             mdns: config.mdns,
             hub: config.hub,
             members,
@@ -428,7 +425,6 @@ impl Node {
             last_stamp_ms: 0,
             overlay: Overlay::default(),
             full_mesh: config.full_mesh,
-            budget,
             reaching: HashMap::new(),
         };
         let task = tokio::spawn(event_loop.run());

@@ -143,7 +143,6 @@ impl EventLoop {
         let bounded = if new {
             let bounded = self.count_bounded();
             self.inner.state().bounded = bounded;
-            self.budget.set_bounded(bounded);
             bounded
         } else {
             self.inner.state().bounded
@@ -169,7 +168,6 @@ impl EventLoop {
         self.overlay.known.retain(|_, k| k.heard > horizon);
         let bounded = self.count_bounded();
         self.inner.state().bounded = bounded;
-        self.budget.set_bounded(bounded);
         if !bounded {
             return;
         }

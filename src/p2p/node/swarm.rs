@@ -3,7 +3,6 @@
 use libp2p::{autonat, dcutr, relay};
 
 use super::codec::ExchangeCodec;
-use super::dial_budget::{Budget, DialBudget};
 use super::gate::{Banned, Gate, Members};
 use super::hub::{AutonatServer, relay_config};
 use super::members_only::{BeforeHello, MembersOnly};
@@ -14,8 +13,6 @@ pub(super) struct Behaviour {
     /// First: bans, the hello deadline and the limits on unverified peers (src/p2p/node/gate.rs).
     pub(super) gate: Gate,
     pub(super) limits: connection_limits::Behaviour,
-    /// In a bounded overlay: no dials beyond the bound that the loop did not ask for.
-    pub(super) dial_budget: DialBudget,
     pub(super) identify: identify::Behaviour,
     pub(super) ping: ping::Behaviour,
     /// Members only: a stranger's subscription never registers, its messages never spread.
@@ -38,7 +35,6 @@ pub(super) struct Behaviour {
 
 /// What the swarm is built with.
 pub(super) struct SwarmOptions {
-    pub(super) budget: Arc<Budget>,
     pub(super) mdns: bool,
     pub(super) hub: bool,
     pub(super) members: Members,
@@ -68,7 +64,6 @@ pub(super) fn build_swarm(
     options: SwarmOptions,
 ) -> anyhow::Result<Swarm<Behaviour>> {
     let SwarmOptions {
-        budget,
         mdns: with_mdns,
         hub,
         members,
@@ -147,7 +142,6 @@ pub(super) fn build_swarm(
                 Ok(Behaviour {
                     gate: Gate::new(members.clone(), banned),
                     limits: connection_limits::Behaviour::new(limits),
-                    dial_budget: DialBudget::new(budget),
                     // Pushes tell members (and the hub's Kademlia) of a new relay address at once.
                     identify: identify::Behaviour::new(
                         identify::Config::new(IDENTIFY_PROTOCOL.into(), key.public())
