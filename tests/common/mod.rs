@@ -349,21 +349,56 @@ pub fn http_request(method: &str, url: &str, headers: &[(&str, &str)]) -> HttpRe
     try_http_request(method, url, headers).unwrap_or_else(|e| panic!("{method} {url}: {e}"))
 }
 
+/// Why a request got no answer.
+#[derive(Debug)]
+pub struct NoAnswer {
+    /// What went wrong.
+    pub reason: String,
+    /// How long after connecting the request was sent, when it was.
+    pub sent_after: Option<std::time::Duration>,
+}
+
+impl std::fmt::Display for NoAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.sent_after {
+            Some(after) => write!(
+                f,
+                "{} (sent {} ms after connecting)",
+                self.reason,
+                after.as_millis()
+            ),
+            None => f.write_str(&self.reason),
+        }
+    }
+}
+
 /// [`http_request`], with a request that got no answer (refused, closed before the head, cut
 /// off) as an error, for a benchmark that counts those.
 pub fn try_http_request(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
-) -> Result<HttpResponse, String> {
+) -> Result<HttpResponse, NoAnswer> {
+    try_http_request_inner(method, url, headers)
+        .map_err(|(reason, sent_after)| NoAnswer { reason, sent_after })
+}
+
+type Failed = (String, Option<std::time::Duration>);
+
+fn try_http_request_inner(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+) -> Result<HttpResponse, Failed> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").expect("http URL");
     let (authority, path) = match rest.find('/') {
         Some(at) => (&rest[..at], &rest[at..]),
         None => (rest, "/"),
     };
+    let began = std::time::Instant::now();
     let mut stream = std::net::TcpStream::connect(authority)
-        .map_err(|e| format!("cannot connect to the daemon: {e}"))?;
+        .map_err(|e| (format!("cannot connect to the daemon: {e}"), None))?;
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(60)))
         .unwrap();
@@ -375,24 +410,28 @@ pub fn try_http_request(
     request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
-        .map_err(|e| format!("cannot send the request: {e}"))?;
+        .map_err(|e| (format!("cannot send the request: {e}"), None))?;
+    let sent = began.elapsed();
     let mut raw = Vec::new();
     stream
         .read_to_end(&mut raw)
-        .map_err(|e| format!("cannot read the answer: {e}"))?;
+        .map_err(|e| (format!("cannot read the answer: {e}"), Some(sent)))?;
     let end = find(&raw, b"\r\n\r\n").ok_or_else(|| {
-        format!(
-            "the connection closed without a whole answer head ({} bytes)",
-            raw.len()
+        (
+            format!(
+                "the connection closed without a whole answer head ({} bytes)",
+                raw.len()
+            ),
+            Some(sent),
         )
     })?;
-    let head = String::from_utf8(raw[..end].to_vec()).map_err(|e| e.to_string())?;
+    let head = String::from_utf8(raw[..end].to_vec()).map_err(|e| (e.to_string(), Some(sent)))?;
     let mut lines = head.split("\r\n");
     let status: u16 = lines
         .next()
         .and_then(|l| l.split(' ').nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| format!("no status line in {head:?}"))?;
+        .ok_or_else(|| (format!("no status line in {head:?}"), Some(sent)))?;
     let headers: Vec<(String, String)> = lines
         .map(|l| {
             let (k, v) = l.split_once(':').unwrap();
@@ -403,7 +442,10 @@ pub fn try_http_request(
     if let Some((_, len)) = headers.iter().find(|(k, _)| k == "content-length") {
         let len: usize = len.parse().unwrap();
         if body.len() < len {
-            return Err(format!("body cut off at {} of {len} bytes", body.len()));
+            return Err((
+                format!("body cut off at {} of {len} bytes", body.len()),
+                Some(sent),
+            ));
         }
         body.truncate(len);
     }

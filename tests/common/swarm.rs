@@ -199,7 +199,8 @@ impl SwarmNode {
             "GET",
             &format!("{}/{path}", self.api),
             &[("authorization", auth.as_str())],
-        )?;
+        )
+        .map_err(|e| e.to_string())?;
         if response.status != 200 {
             return Err(format!("{path}: {} {}", response.status, response.text()));
         }

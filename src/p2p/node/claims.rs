@@ -198,7 +198,16 @@ impl Handle {
             };
             let claimant = match decision {
                 Decision::Holders(holders) => {
-                    let hit = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await;
+                    let mut hit = self.pull_any(&holders, &mut tried, &key_id, key, ttl).await;
+                    if hit.is_none() {
+                        // While those were tried (each one not reached costs a dial's wait),
+                        // neighbours may have pulled a copy and said so (`Have`): one of them
+                        // beats the call upstream.
+                        let neighbours = self.inner.state().fresh_holders(&key_id, ttl, now_ms());
+                        hit = self
+                            .pull_any(&neighbours, &mut tried, &key_id, key, ttl)
+                            .await;
+                    }
                     if hit.is_none() {
                         bump(&self.inner.counters.holders_unreached);
                     }

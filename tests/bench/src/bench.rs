@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fakehub::{FakeHub, Options};
 
 use crate::common::swarm::{NodeSpec, SwarmNode, start_node, wait_for};
-use crate::common::{HttpResponse, try_http_request};
+use crate::common::{HttpResponse, NoAnswer, try_http_request};
 
 /// Latency of every answer of the stand-in GitHub API (GitHub's own is 50–300 ms).
 pub const UPSTREAM_LATENCY: Duration = Duration::from_millis(50);
@@ -133,7 +133,7 @@ pub fn try_api_get(
     node: &SwarmNode,
     endpoint: &str,
     ttl_secs: Option<u64>,
-) -> Result<HttpResponse, String> {
+) -> Result<HttpResponse, NoAnswer> {
     let auth = format!("Bearer token-of-{}", node.name);
     let ttl = ttl_secs.map(|t| t.to_string());
     let mut headers = vec![("authorization", auth.as_str())];

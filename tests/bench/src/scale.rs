@@ -17,6 +17,8 @@ use crate::common::swarm::{LOOKUP_FALLBACKS, SwarmNode, swarm_sums};
 
 /// How long the overlay has to settle before the figure says it did not.
 const SETTLE_LIMIT: Duration = Duration::from_secs(300);
+/// The daemon's header-read timeout (`src/daemon/server.rs`).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often every node's connections are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(1000);
 
@@ -287,7 +289,16 @@ fn measure(
                         }
                         Err(e) => {
                             eprintln!("    {}: {endpoint}: no answer: {e}", node.name);
-                            "no answer".to_string()
+                            // The daemon's header-read timeout (the slowloris guard) closes a
+                            // connection whose request came late: this driver's thread, starved
+                            // between connect and send, not the daemon.
+                            if e.sent_after
+                                .is_some_and(|after| after >= HEADER_READ_TIMEOUT)
+                            {
+                                "no answer: the driver sent late".to_string()
+                            } else {
+                                "no answer".to_string()
+                            }
                         }
                     };
                     *by_source.lock().unwrap().entry(source).or_default() += 1;
