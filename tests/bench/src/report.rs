@@ -550,11 +550,20 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
             scale.push(line(
                 "  until the last answer; answers by source",
                 format!(
-                    "{:.1} s; {} ({} of {} right)",
+                    "{:.1} s; {} ({} of {} right{})",
                     s.fetch_ms / 1000.0,
                     sources.join(", "),
                     s.answered,
-                    s.requests
+                    s.requests,
+                    if s.resent > 0 {
+                        format!(
+                            "; {} sent again, that the driver had sent after the daemon's 5 s \
+                             header-read timeout",
+                            s.resent
+                        )
+                    } else {
+                        String::new()
+                    }
                 ),
             ));
             let claims: Vec<String> = s
