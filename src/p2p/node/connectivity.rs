@@ -238,50 +238,8 @@ impl EventLoop {
         self.look_up_swarm();
     }
 
-    /// Kademlia's own bootstrap — which it runs by itself while its table holds fewer than `k`
-    /// members, so on every newcomer — went on, after the lookup of this node's id, to a
-    /// lookup in every bucket beyond the closest: at 200 members a newcomer met 140–190 of
-    /// them, a connection and a hello each, all closed again by the overlay half a minute
-    /// later. When the first lookup shows a swarm well beyond a full mesh, the rest are
-    /// skipped: the overlay needs only two neighbours per bucket, and those it dials itself.
-    fn on_bootstrap_step(&mut self, id: kad::QueryId, remaining: u32) {
-        if remaining == 0 {
-            return;
-        }
-        let me = kad::KBucketKey::from(self.inner.peer_id);
-        let distances: Vec<kad::KBucketDistance> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .flat_map(|bucket| {
-                bucket
-                    .iter()
-                    .map(|e| me.distance(e.node.key))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let estimate = estimated_members(distances);
-        if estimate <= 2 * self.full_mesh {
-            return;
-        }
-        tracing::debug!(
-            "skipping {remaining} bucket lookups of Kademlia's bootstrap: about {estimate} members, \
-             beyond a full mesh of {}",
-            self.full_mesh
-        );
-        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
-            query.finish();
-        }
-    }
-
     pub(super) fn on_kad(&mut self, event: kad::Event) {
         match event {
-            kad::Event::OutboundQueryProgressed {
-                id,
-                result: kad::QueryResult::Bootstrap(Ok(ok)),
-                ..
-            } => self.on_bootstrap_step(id, ok.num_remaining),
             kad::Event::RoutablePeer { peer, address }
             | kad::Event::PendingRoutablePeer { peer, address } => {
                 self.heard_of(peer, vec![address], "Kademlia");
@@ -303,23 +261,6 @@ impl EventLoop {
     }
 }
 
-/// The swarm's size as Kademlia's distances tell it: with the `k`-th closest member at XOR
-/// distance `d` (of 2²⁵⁶), about `k · 2²⁵⁶ / d` members. `d` is known to its highest bit, so
-/// this is good to a factor of about two — enough to tell a swarm far beyond a full mesh.
-pub(super) fn estimated_members(mut distances: Vec<kad::KBucketDistance>) -> usize {
-    distances.sort();
-    let k = distances.len().min(kad::K_VALUE.get());
-    let Some(kth) = k.checked_sub(1).map(|i| distances[i]) else {
-        return 0;
-    };
-    let Some(bit) = kth.ilog2() else {
-        return k;
-    };
-    // The middle of [2^bit, 2^(bit+1)), as a share of the id space.
-    let share = 1.5 * 2f64.powi(bit as i32 - 256);
-    ((k as f64 / share).round() as usize).max(k)
-}
-
 /// A dial error on one line: libp2p lists one line per address tried.
 fn one_line(error: &DialError) -> String {
     error
@@ -329,36 +270,4 @@ fn one_line(error: &DialError) -> String {
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The distances from one member to `n` others, all random.
-    fn distances(n: usize) -> Vec<kad::KBucketDistance> {
-        let me = kad::KBucketKey::from(PeerId::random());
-        (0..n)
-            .map(|_| me.distance(&kad::KBucketKey::from(PeerId::random())))
-            .collect()
-    }
-
-    #[test]
-    fn the_estimate_tells_a_large_swarm_from_a_full_mesh() {
-        // The median of many random swarms: a property of the estimate, not of one draw.
-        for (members, low, high) in [(24, 10, 60), (200, 80, 500), (1000, 400, 2500)] {
-            let mut estimates: Vec<usize> = (0..51)
-                .map(|_| estimated_members(distances(members)))
-                .collect();
-            estimates.sort();
-            let median = estimates[25];
-            assert!(
-                (low..=high).contains(&median),
-                "{members} members estimated as {median}"
-            );
-        }
-        // The default full mesh (32) doubled is never reached by a swarm of a few members.
-        assert!((0..200).all(|_| estimated_members(distances(6)) <= 64));
-        assert_eq!(estimated_members(Vec::new()), 0);
-    }
 }
