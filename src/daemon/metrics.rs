@@ -558,7 +558,7 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
         ),
         (
             "peercache_swarm_holders_unreached",
-            "Lookups whose named holders could not be pulled from (this node then called GitHub)",
+            "Lookups whose named holders, and the neighbours that said they hold a copy, could not be pulled from (this node then called GitHub)",
             w.holders_unreached,
         ),
         (

@@ -186,7 +186,8 @@ pub struct P2pStats {
     pub claims_unanswered: u64,
     /// Claims passed on whose next hop did not answer in time, decided here instead.
     pub claims_decided_on_the_way: u64,
-    /// Lookups whose named holders could not be pulled from: this node then called upstream.
+    /// Lookups whose named holders, and the neighbours that said they hold a copy, could not
+    /// be pulled from: this node then called upstream.
     pub holders_unreached: u64,
     /// Waits for a claimant that ended without its entry: this node then called upstream.
     pub claim_waits_expired: u64,
