@@ -104,6 +104,28 @@ impl Overlay {
         known.addrs.truncate(8);
     }
 
+    /// The overlay is about to dial `peer`: its backoff until the next dial grows. `false`, and
+    /// `peer` forgotten, when [`FORGET_AFTER_FAILED_DIALS`] dials in a row have not reached it.
+    pub(super) fn note_dial(&mut self, peer: &PeerId, now: Instant) -> bool {
+        let Some(known) = self.known.get_mut(peer) else {
+            return true;
+        };
+        if known.failures >= FORGET_AFTER_FAILED_DIALS {
+            self.known.remove(peer);
+            return false;
+        }
+        known.next_dial = now + Duration::from_secs(5u64 << known.failures.min(5));
+        known.failures += 1;
+        true
+    }
+
+    /// `peer` was reached (it passed the hello): the dials before it count no more.
+    pub(super) fn reached(&mut self, peer: &PeerId) {
+        if let Some(known) = self.known.get_mut(peer) {
+            known.failures = 0;
+        }
+    }
+
     /// The last connection to `peer`, which this node dialed and did not close itself, was
     /// closed: `peer` has more connections than it keeps (the first member every job is given,
     /// most often), or it left. Either way another member of its bucket is dialed in its place.
@@ -177,18 +199,12 @@ impl EventLoop {
             plan(&me, &state, &self.overlay, now)
         };
         for (peer, addrs) in plan.dial {
-            if let Some(known) = self.overlay.known.get_mut(&peer) {
-                if known.failures >= FORGET_AFTER_FAILED_DIALS {
-                    tracing::debug!(
-                        "forgetting {peer}: {} dials did not reach it",
-                        known.failures
-                    );
-                    self.overlay.known.remove(&peer);
-                    self.swarm.behaviour_mut().kad.remove_peer(&peer);
-                    continue;
-                }
-                known.next_dial = now + Duration::from_secs(5u64 << known.failures.min(5));
-                known.failures += 1;
+            if !self.overlay.note_dial(&peer, now) {
+                tracing::debug!(
+                    "forgetting {peer}: {FORGET_AFTER_FAILED_DIALS} dials in a row did not reach it"
+                );
+                self.swarm.behaviour_mut().kad.remove_peer(&peer);
+                continue;
             }
             self.dial_peer(peer, addrs, "the overlay");
         }
@@ -218,9 +234,7 @@ impl EventLoop {
 
     /// A member became verified: it dialed or answered, so its dial backoff is over.
     pub(super) fn overlay_verified(&mut self, peer: &PeerId) {
-        if let Some(known) = self.overlay.known.get_mut(peer) {
-            known.failures = 0;
-        }
+        self.overlay.reached(peer);
     }
 }
 
@@ -360,6 +374,29 @@ fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Ins
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_that_dials_do_not_reach_is_forgotten_and_one_reached_is_not() {
+        let mut overlay = Overlay::default();
+        let (gone, back) = (PeerId::random(), PeerId::random());
+        let now = Instant::now();
+        overlay.hear(gone, Vec::new());
+        overlay.hear(back, Vec::new());
+        for _ in 0..FORGET_AFTER_FAILED_DIALS {
+            assert!(overlay.note_dial(&gone, now));
+            assert!(overlay.note_dial(&back, now));
+        }
+        // Backed off between dials, longer each time.
+        assert!(overlay.known[&gone].next_dial >= now + Duration::from_secs(5 << 5));
+        overlay.reached(&back);
+        assert!(!overlay.note_dial(&gone, now), "dialed a 7th time");
+        assert!(!overlay.known.contains_key(&gone));
+        assert!(
+            overlay.note_dial(&back, now),
+            "forgotten though it was reached"
+        );
+        assert!(overlay.known.contains_key(&back));
+    }
 
     fn ids(n: usize) -> Vec<PeerId> {
         (0..n).map(|_| PeerId::random()).collect()
