@@ -588,6 +588,17 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
                     s.max_connections <= 64,
                 ));
             }
+            if !s.busiest.is_empty() {
+                let busiest: Vec<String> = s
+                    .busiest
+                    .iter()
+                    .map(|(node, count, at)| format!("{node} {count} at {at:.0} s"))
+                    .collect();
+                scale.push(line(
+                    "    the nodes with the most (first seen, since the first start)",
+                    busiest.join("; "),
+                ));
+            }
             if let Some(r) = &s.rss_kb {
                 scale.push(line(
                     "  daemon RSS per node after, p50 / max",

@@ -44,6 +44,9 @@ pub struct Scale {
     pub max_connections: u64,
     /// The same, per node: the most each had, summarised over the nodes.
     pub connections: Option<Spread>,
+    /// The nodes that had the most connections: name, that most, and when it was first seen
+    /// (seconds since the first daemon started).
+    pub busiest: Vec<(String, u64, f64)>,
     /// Requests made (nodes × endpoints), all at once.
     pub requests: usize,
     /// Of those, the ones answered 200 with the right body.
@@ -179,7 +182,7 @@ pub fn run(
         .collect();
 
     // Connections are sampled from now until the end, on a thread of their own.
-    let most: Mutex<Vec<u64>> = Mutex::new(vec![0; nodes]);
+    let most: Mutex<Vec<(u64, f64)>> = Mutex::new(vec![(0, 0.0); nodes]);
     let done = AtomicBool::new(false);
     std::thread::scope(|s| -> anyhow::Result<Scale> {
         s.spawn(|| {
@@ -189,7 +192,9 @@ pub fn run(
                         continue;
                     };
                     let mut most = most.lock().unwrap();
-                    most[i] = most[i].max(connections);
+                    if connections > most[i].0 {
+                        most[i] = (connections, started.elapsed().as_secs_f64());
+                    }
                 }
                 std::thread::sleep(SAMPLE_EVERY);
             }
@@ -197,7 +202,15 @@ pub fn run(
         let result = measure(&hub, &swarm, &ids, &index, endpoints);
         done.store(true, Ordering::Relaxed);
         let (settle_ms, unsettled, peers, fetch) = result?;
-        let most = most.lock().unwrap().clone();
+        let most_at = most.lock().unwrap().clone();
+        let most: Vec<u64> = most_at.iter().map(|(count, _)| *count).collect();
+        let mut busiest: Vec<(String, u64, f64)> = most_at
+            .iter()
+            .enumerate()
+            .map(|(i, (count, at))| (format!("scale-node{i}"), *count, *at))
+            .collect();
+        busiest.sort_by_key(|b| std::cmp::Reverse(b.1));
+        busiest.truncate(5);
         let rss: Vec<f64> = swarm.iter().map(|n| n.rss_kb() as f64).collect();
         let counters: Vec<&str> = CLAIM_COUNTERS.into_iter().chain(LOOKUP_FALLBACKS).collect();
         let claims = swarm_sums(&swarm, &counters);
@@ -211,6 +224,7 @@ pub fn run(
             peers: spread(&peers),
             max_connections: most.iter().copied().max().unwrap_or(0),
             connections: spread(&most.iter().map(|c| *c as f64).collect::<Vec<_>>()),
+            busiest,
             requests: fetch.requests,
             answered: fetch.answered,
             resent: fetch.resent,
