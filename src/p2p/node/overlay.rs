@@ -32,6 +32,8 @@ const IDLE_BEFORE_CLOSE: Duration = Duration::from_secs(10);
 const YOUNGEST_CLOSED: Duration = Duration::from_secs(5);
 /// How often the overlay is looked after.
 const MAINTENANCE: Duration = Duration::from_secs(1);
+/// How often the overlay's state is logged (at debug).
+const REPORT_EVERY: Duration = Duration::from_secs(10);
 /// How long a member heard of stays a candidate without being heard of again.
 const KNOWN_FOR: Duration = Duration::from_secs(600);
 /// Dials of new neighbours at once.
@@ -63,6 +65,7 @@ pub(super) struct Overlay {
     /// Members whose connections this node closed (alive: they stay in the routing table).
     pub(super) closing: HashSet<PeerId>,
     last_maintenance: Option<Instant>,
+    last_report: Option<Instant>,
 }
 
 /// The bucket of `peer` seen from `me`: the index of the highest bit in which their ids' hashes
@@ -198,6 +201,7 @@ impl EventLoop {
             let state = self.inner.state();
             plan(&me, &state, &self.overlay, now)
         };
+        self.report_overlay(&plan, now);
         for (peer, addrs) in plan.dial {
             if !self.overlay.note_dial(&peer, now) {
                 tracing::debug!(
@@ -230,6 +234,44 @@ impl EventLoop {
             tracing::debug!("closing a connection to {peer}: the overlay does not need it");
             self.swarm.close_connection(id);
         }
+    }
+
+    /// Every [`REPORT_EVERY`], at debug: what the node is connected to, what its routing table
+    /// holds, which Kademlia lookups run, and what this round does (to look into a swarm whose
+    /// connections grow past the bound).
+    fn report_overlay(&mut self, plan: &Plan, now: Instant) {
+        if !tracing::enabled!(tracing::Level::DEBUG)
+            || self
+                .overlay
+                .last_report
+                .is_some_and(|at| now.duration_since(at) < REPORT_EVERY)
+        {
+            return;
+        }
+        self.overlay.last_report = Some(now);
+        let (connections, verified) = {
+            let state = self.inner.state();
+            let connections: usize = state.peers.values().map(|p| p.connections.len()).sum();
+            (
+                connections,
+                state.peers.values().filter(|p| p.verified).count(),
+            )
+        };
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let in_table: usize = kad.kbuckets().map(|bucket| bucket.num_entries()).sum();
+        let (mut bootstraps, mut lookups) = (0, 0);
+        for query in kad.iter_queries() {
+            match query.info() {
+                kad::QueryInfo::Bootstrap { .. } => bootstraps += 1,
+                _ => lookups += 1,
+            }
+        }
+        tracing::debug!(
+            "overlay: {connections} connections ({verified} verified members), {in_table} members in the routing table, {} heard of; Kademlia: {bootstraps} bootstraps and {lookups} other lookups running; this round dials {} and closes {}",
+            self.overlay.known.len(),
+            plan.dial.len(),
+            plan.close.len()
+        );
     }
 
     /// A member became verified: it dialed or answered, so its dial backoff is over.
