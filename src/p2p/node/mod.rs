@@ -510,8 +510,7 @@ impl Handle {
 
     /// The connections open at this moment, to members and to peers not verified yet.
     pub fn connections(&self) -> usize {
-        let state = self.inner.state();
-        state.peers.values().map(|p| p.connections.len()).sum()
+        self.inner.state().connections()
     }
 
     /// Whether the swarm is larger than a full mesh, so that connections are bounded.

@@ -236,7 +236,7 @@ impl EventLoop {
         }
     }
 
-    /// Every [`REPORT_EVERY`], at debug: what the node is connected to, what its routing table
+    /// Every [`REPORT_EVERY`] in a bounded overlay, at debug: what the node is connected to, what its routing table
     /// holds, which Kademlia lookups run, and what this round does (to look into a swarm whose
     /// connections grow past the bound).
     fn report_overlay(&mut self, plan: &Plan, now: Instant) {
@@ -251,11 +251,8 @@ impl EventLoop {
         self.overlay.last_report = Some(now);
         let (connections, verified) = {
             let state = self.inner.state();
-            let connections: usize = state.peers.values().map(|p| p.connections.len()).sum();
-            (
-                connections,
-                state.peers.values().filter(|p| p.verified).count(),
-            )
+            let verified = state.peers.values().filter(|p| p.verified).count();
+            (state.connections(), verified)
         };
         let kad = &mut self.swarm.behaviour_mut().kad;
         let in_table: usize = kad.kbuckets().map(|bucket| bucket.num_entries()).sum();

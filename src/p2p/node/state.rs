@@ -113,6 +113,11 @@ pub(super) struct State {
 }
 
 impl State {
+    /// The connections open at this moment, to members and to peers not verified yet.
+    pub(super) fn connections(&self) -> usize {
+        self.peers.values().map(|p| p.connections.len()).sum()
+    }
+
     pub(super) fn wake(&mut self, key_id: &KeyId) {
         for waiter in self.waiters.remove(key_id).unwrap_or_default() {
             let _ = waiter.send(());

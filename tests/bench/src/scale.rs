@@ -206,8 +206,8 @@ pub fn run(
         let most: Vec<u64> = most_at.iter().map(|(count, _)| *count).collect();
         let mut busiest: Vec<(String, u64, f64)> = most_at
             .iter()
-            .enumerate()
-            .map(|(i, (count, at))| (format!("scale-node{i}"), *count, *at))
+            .zip(&swarm)
+            .map(|((count, at), node)| (node.name.clone(), *count, *at))
             .collect();
         busiest.sort_by_key(|b| std::cmp::Reverse(b.1));
         busiest.truncate(5);
