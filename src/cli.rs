@@ -63,6 +63,11 @@ pub fn main() -> ExitCode {
         Err(err) => return clap_error(err),
     };
     let short_lived = matches!(cli.command, Command::Fetch(_));
+    if matches!(cli.command, Command::Serve(_)) {
+        // A daemon frees and reuses memory for days; the start-up arena only serves the
+        // commands that end in a moment.
+        crate::alloc::close_arena();
+    }
     let code = match run(cli) {
         Ok(exit) => exit as u8,
         Err(err) => report(&err),

@@ -6,6 +6,7 @@
 
 pub mod access;
 pub mod actions;
+pub mod alloc;
 pub mod cache;
 pub mod cli;
 pub mod cmd;
