@@ -1,5 +1,6 @@
 //! The local API's accept loop: HTTP/1.1 on loopback with a connection limit and a
-//! header-read timeout, drained gracefully on shutdown.
+//! header-read timeout, drained gracefully on shutdown. Accepted connections are served by a
+//! few threads of their own, each with a single-threaded runtime ([`Workers`]).
 //!
 //! axum's own `serve` has neither limit, so 1,100 idle connections used to exhaust the file
 //! descriptors and starve authorised requests. Here a connection past the limit gets a 503 and
@@ -97,6 +98,7 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    let mut workers = Workers::start(Workers::count());
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -122,16 +124,94 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
+        let Ok(stream) = stream.into_std() else {
+            continue;
+        };
+        let router = router.clone();
+        let http = http.clone();
+        let watcher = graceful.watcher();
+        workers.run(Box::pin(async move {
+            // Registered with the worker's own reactor (this runs there): its readiness wakes
+            // that thread alone.
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
+            let service = TowerToHyperService::new(router);
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
             let _ = connection.await;
             drop(permit);
-        });
+        }));
     }
     drop(listener);
     // The caller bounds the drain (and aborts this task when it takes too long).
     graceful.shutdown().await;
+    drop(workers);
+}
+
+/// A connection's work, run on the worker that serves it.
+type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Threads with a single-threaded runtime each, which serve the API's connections: a
+/// connection stays on one thread, so its readiness, its handler and its answer never wake
+/// another thread. On the daemon's shared multi-threaded runtime the hand-offs between its
+/// workers cost hot hits about a tenth of their throughput (docs/performance-hot-hits.md);
+/// nginx's worker processes do not pay them either.
+struct Workers {
+    queues: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
+    next: usize,
+}
+
+impl Workers {
+    /// One worker a core, at most four (the API serves one job's steps, not a fleet).
+    fn count() -> usize {
+        std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
+    }
+
+    /// `count` worker threads, named `peercache-api-N`; the ones that cannot start are left
+    /// out, and with none, connections are served on the caller's runtime.
+    fn start(count: usize) -> Workers {
+        let mut queues = Vec::with_capacity(count);
+        for n in 0..count {
+            match Self::start_one(n) {
+                Ok(queue) => queues.push(queue),
+                Err(e) => tracing::warn!("local API: worker {n} cannot start: {e}"),
+            }
+        }
+        Workers { queues, next: 0 }
+    }
+
+    fn start_one(n: usize) -> std::io::Result<tokio::sync::mpsc::UnboundedSender<Job>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (queue, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
+        std::thread::Builder::new()
+            .name(format!("peercache-api-{n}"))
+            .spawn(move || {
+                // Ends when the server drops its queues; the connections still open then are
+                // dropped with the runtime.
+                runtime.block_on(async move {
+                    while let Some(job) = jobs.recv().await {
+                        tokio::spawn(job);
+                    }
+                });
+            })?;
+        Ok(queue)
+    }
+
+    /// Hands `job` to the next worker in turn.
+    fn run(&mut self, job: Job) {
+        if self.queues.is_empty() {
+            tokio::spawn(job);
+            return;
+        }
+        let queue = &self.queues[self.next % self.queues.len()];
+        self.next = self.next.wrapping_add(1);
+        if let Err(unsent) = queue.send(job) {
+            // That worker's thread is gone (it cannot panic: the binary aborts): serve here.
+            tokio::spawn(unsent.0);
+        }
+    }
 }
 
 /// Answers a connection past the limit with a 503 and closes it. What the client already sent
