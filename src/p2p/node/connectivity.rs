@@ -256,7 +256,45 @@ impl EventLoop {
                     self.heard_of(info.peer_id, info.addrs, "Kademlia");
                 }
             }
+            kad::Event::OutboundQueryProgressed {
+                id,
+                result: kad::QueryResult::Bootstrap(_),
+                step,
+                ..
+            } => self.on_bootstrap_step(id, &step),
             _ => {}
+        }
+    }
+
+    /// Cuts a repeated bootstrap short in a bounded overlay, after its lookup of this node's id.
+    ///
+    /// Kademlia bootstraps by itself whenever a member joins its table while the table holds
+    /// fewer than `k` members, and a join during the first bootstrap has the second start as
+    /// the first ends. Past its first lookup a bootstrap is one lookup per bucket beyond the
+    /// closest, each of which meets `k` members, a connection and a hello each: at 200
+    /// members a late joiner's second pass went from ~107 to ~190 connections in 2 s, which
+    /// the overlay closed again within 10 s (README, "Performance at the limit"). The first
+    /// pass has filled the buckets by then, and the overlay keeps a neighbour in each; the
+    /// second's own-id lookup keeps the closest members current, and the rest is dropped. A
+    /// query made to continue with its next lookup is finished before that lookup sends
+    /// anything (this runs before Kademlia is polled again), so each remaining step ends at
+    /// once.
+    pub(super) fn on_bootstrap_step(&mut self, id: kad::QueryId, step: &kad::ProgressStep) {
+        if step.last {
+            self.cut_bootstraps.remove(&id);
+            self.bootstraps_done = self.bootstraps_done.saturating_add(1);
+            return;
+        }
+        let cut = self.cut_bootstraps.contains(&id)
+            || (step.count.get() == 1 && self.bootstraps_done > 0 && self.inner.state().bounded);
+        if !cut {
+            return;
+        }
+        if self.cut_bootstraps.insert(id) {
+            tracing::debug!("overlay: a repeated Kademlia bootstrap is cut after its first lookup");
+        }
+        if let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            query.finish();
         }
     }
 }

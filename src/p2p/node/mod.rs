@@ -427,6 +427,8 @@ impl Node {
             overlay: Overlay::default(),
             full_mesh: config.full_mesh,
             reaching: HashMap::new(),
+            bootstraps_done: 0,
+            cut_bootstraps: HashSet::new(),
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {
