@@ -6,7 +6,7 @@
 # 50 ms on every answer, the daemons, nginx, wrk and gh.
 #
 #   scripts/bench.sh --quick       # 3 nodes x 20 endpoints, what the swarm saved; under a minute once built
-#   scripts/bench.sh               # the full run (about 6 minutes): every section of the README's table
+#   scripts/bench.sh               # the full run (about 12 minutes): every section of the README's table
 #   scripts/bench.sh --only budget,latency --out /tmp/figures
 #
 # Writes report.json, report.md (the README's table) and report.png (its chart) to target/bench/
