@@ -321,7 +321,7 @@ mod tests {
     }
 
     #[test]
-    fn the_process_allocator_moves_a_growing_block_out_of_a_closed_arena() {
+    fn the_process_allocator_moves_a_block_that_outgrows_the_arena_to_mimalloc() {
         // The test binary's allocator is the system's; drive ProcessAllocator directly.
         let allocator = ProcessAllocator;
         let small = layout(64, 8);
