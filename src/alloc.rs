@@ -19,7 +19,7 @@ use std::alloc::{GlobalAlloc, Layout};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-/// Bytes the start-up arena holds: a local hit of a 20 KB answer uses about a tenth of it.
+/// Bytes the start-up arena holds; a command that needs more gets the rest from mimalloc.
 /// `.bss`: it costs no file size and no memory until written. (Transparent huge pages could
 /// make a first touch zero 2 MiB; the kernel here, like most, gives them only to regions that
 /// ask with `madvise`, and the arena does not ask.)
@@ -147,11 +147,6 @@ static START_ARENA: Arena<START_ARENA_BYTES> = Arena::new();
 /// From now on new blocks come from mimalloc; called by commands that run for long.
 pub fn close_arena() {
     START_ARENA.close();
-}
-
-/// The start-up arena's bytes in use (for the benchmark's and the tests' figures).
-pub fn start_arena_used() -> usize {
-    START_ARENA.used()
 }
 
 /// The global allocator of the `peercache` binary: the start-up arena, then mimalloc.
@@ -334,7 +329,15 @@ mod tests {
                 START_ARENA.owns(block),
                 "an open arena with room serves first"
             );
+            // A freed newest block's bytes come back dirty; alloc_zeroed must clear them.
+            let dirty = allocator.alloc(layout(256, 16));
+            dirty.write_bytes(0xff, 256);
+            allocator.dealloc(dirty, layout(256, 16));
             let zeroed = allocator.alloc_zeroed(layout(256, 16));
+            assert_eq!(
+                zeroed, dirty,
+                "the newest block's bytes are handed out again"
+            );
             assert!(
                 std::slice::from_raw_parts(zeroed, 256)
                     .iter()

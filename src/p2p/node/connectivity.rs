@@ -282,11 +282,11 @@ impl EventLoop {
     pub(super) fn on_bootstrap_step(&mut self, id: kad::QueryId, step: &kad::ProgressStep) {
         if step.last {
             self.cut_bootstraps.remove(&id);
-            self.bootstraps_done = self.bootstraps_done.saturating_add(1);
+            self.bootstrapped = true;
             return;
         }
         let cut = self.cut_bootstraps.contains(&id)
-            || (step.count.get() == 1 && self.bootstraps_done > 0 && self.inner.state().bounded);
+            || (step.count.get() == 1 && self.bootstrapped && self.inner.state().bounded);
         if !cut {
             return;
         }

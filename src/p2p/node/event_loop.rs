@@ -43,8 +43,8 @@ pub(super) struct EventLoop {
     pub(super) full_mesh: usize,
     /// Members being looked up in Kademlia to pull from, and since when.
     pub(super) reaching: HashMap<PeerId, Instant>,
-    /// Kademlia bootstraps that ran to their end (or were cut short, below).
-    pub(super) bootstraps_done: u32,
+    /// A Kademlia bootstrap has ended (run to its end, or cut short, below).
+    pub(super) bootstrapped: bool,
     /// Bootstraps being cut short after their first lookup (see [`EventLoop::on_bootstrap_step`]).
     pub(super) cut_bootstraps: HashSet<kad::QueryId>,
 }

@@ -427,7 +427,7 @@ impl Node {
             overlay: Overlay::default(),
             full_mesh: config.full_mesh,
             reaching: HashMap::new(),
-            bootstraps_done: 0,
+            bootstrapped: false,
             cut_bootstraps: HashSet::new(),
         };
         let task = tokio::spawn(event_loop.run());
