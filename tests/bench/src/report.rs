@@ -527,6 +527,13 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
                     None => format!("not within 300 s ({} nodes short)", s.unsettled),
                 },
             ));
+            scale.push(line(
+                "  then, until quiet (every node's connections steady for 10 s, 2 % moved)",
+                match s.quiet_ms {
+                    Some(ms) => format!("{:.1} s", ms / 1000.0),
+                    None => "not within 180 s (the fetch round started anyway)".to_string(),
+                },
+            ));
             if let Some(p) = &s.peers {
                 scale.push(line(
                     "  verified neighbours per node, p50 / max",

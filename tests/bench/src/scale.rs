@@ -21,6 +21,14 @@ const SETTLE_LIMIT: Duration = Duration::from_secs(300);
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often every node's connections are sampled.
 const SAMPLE_EVERY: Duration = Duration::from_millis(1000);
+/// How long every node's connections must hold (see [`wait_for_quiet`]) before the swarm
+/// counts as quiet.
+const QUIET_FOR: Duration = Duration::from_secs(10);
+/// How much the nodes' connections may move over [`QUIET_FOR`]: their ranges, summed, over
+/// all connections.
+const QUIET_SPREAD: f64 = 0.02;
+/// How long the swarm has to become quiet before the fetch round starts anyway.
+const QUIET_LIMIT: Duration = Duration::from_secs(180);
 
 /// The scale figures.
 #[derive(Debug, Clone, Serialize)]
@@ -38,6 +46,10 @@ pub struct Scale {
     pub settle_ms: Option<f64>,
     /// Nodes with a bucket uncovered at the end of the wait.
     pub unsettled: usize,
+    /// From then until every node's connections held for [`QUIET_FOR`] (see
+    /// [`wait_for_quiet`]: the first Kademlia lookups over); `None` when that did not happen
+    /// within [`QUIET_LIMIT`]. The fetch round starts after it.
+    pub quiet_ms: Option<f64>,
     /// Verified members per node once settled.
     pub peers: Option<Spread>,
     /// Connections (all, verified or not) per node: the most any node had at any sample.
@@ -201,7 +213,7 @@ pub fn run(
         });
         let result = measure(&hub, &swarm, &ids, &index, endpoints);
         done.store(true, Ordering::Relaxed);
-        let (settle_ms, unsettled, peers, fetch) = result?;
+        let (settle_ms, unsettled, quiet_ms, peers, fetch) = result?;
         let most_at = most.lock().unwrap().clone();
         let most: Vec<u64> = most_at.iter().map(|(count, _)| *count).collect();
         let mut busiest: Vec<(String, u64, f64)> = most_at
@@ -221,6 +233,7 @@ pub fn run(
             start_all_ms,
             settle_ms,
             unsettled,
+            quiet_ms,
             peers: spread(&peers),
             max_connections: most.iter().copied().max().unwrap_or(0),
             connections: spread(&most.iter().map(|c| *c as f64).collect::<Vec<_>>()),
@@ -247,7 +260,61 @@ struct Fetched {
     wall_ms: f64,
 }
 
-type Settled = (Option<f64>, usize, Vec<f64>, Fetched);
+type Settled = (Option<f64>, usize, Option<f64>, Vec<f64>, Fetched);
+
+/// Waits until every node's connections hold for [`QUIET_FOR`]: the ranges (max − min) of
+/// the nodes' counts over that time, summed, within [`QUIET_SPREAD`] of all connections. A
+/// settled overlay (a neighbour in every bucket) may still be in the first Kademlia lookups'
+/// wave, opening and closing connections, which a fetch round would then race. Its time, or
+/// `None` after [`QUIET_LIMIT`].
+fn wait_for_quiet(swarm: &[SwarmNode]) -> Option<f64> {
+    let waiting = Instant::now();
+    let mut window: std::collections::VecDeque<(Instant, Vec<Option<u64>>)> = Default::default();
+    while waiting.elapsed() < QUIET_LIMIT {
+        let counts: Vec<Option<u64>> = swarm
+            .iter()
+            .map(|node| node.try_json("api/swarm").ok()?["connections"].as_u64())
+            .collect();
+        let now = Instant::now();
+        window.push_back((now, counts));
+        while window
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > QUIET_FOR)
+        {
+            window.pop_front();
+        }
+        let held_for = window
+            .front()
+            .map_or(Duration::ZERO, |(at, _)| now.duration_since(*at));
+        let samples: Vec<&[Option<u64>]> = window.iter().map(|(_, c)| c.as_slice()).collect();
+        if held_for >= QUIET_FOR.mul_f64(0.8) && moved_share(&samples) <= QUIET_SPREAD {
+            return Some(waiting.elapsed().as_secs_f64() * 1000.0);
+        }
+        std::thread::sleep(Duration::from_millis(1000));
+    }
+    None
+}
+
+/// How much the nodes' connection counts moved over `samples` (one count per node each, `None`
+/// where a starved node did not answer): the ranges of the nodes' counts, summed, over the sum
+/// of their highest counts.
+fn moved_share(samples: &[&[Option<u64>]]) -> f64 {
+    let nodes = samples.first().map_or(0, |s| s.len());
+    let (mut moved, mut total) = (0u64, 0u64);
+    for i in 0..nodes {
+        let seen = samples.iter().filter_map(|s| s.get(i).copied().flatten());
+        let (lo, hi) = seen.fold((u64::MAX, 0), |(lo, hi), c| (lo.min(c), hi.max(c)));
+        if lo <= hi {
+            moved += hi - lo;
+            total += hi;
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        moved as f64 / total as f64
+    }
+}
 
 fn measure(
     hub: &fakehub::FakeHub,
@@ -283,6 +350,8 @@ fn measure(
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+
+    let quiet_ms = wait_for_quiet(swarm);
 
     for e in 0..endpoints {
         hub.put_json(
@@ -338,6 +407,7 @@ fn measure(
     Ok((
         settle_ms,
         unsettled,
+        quiet_ms,
         peers,
         Fetched {
             requests: swarm.len() * endpoints,
@@ -366,6 +436,22 @@ mod tests {
         let mut c = [0u8; 32];
         c[1] = 0x10;
         assert_eq!(bucket(&a, &c), Some(255 - 11));
+    }
+
+    #[test]
+    fn a_swarm_is_quiet_when_its_nodes_connections_hold() {
+        let steady: [&[Option<u64>]; 3] = [
+            &[Some(20), Some(30)],
+            &[Some(20), Some(30)],
+            &[Some(20), None],
+        ];
+        assert_eq!(moved_share(&steady), 0.0);
+        // One node of two goes 20 → 30: 10 moved of 60.
+        let moving: [&[Option<u64>]; 2] = [&[Some(20), Some(30)], &[Some(30), Some(30)]];
+        assert!((moved_share(&moving) - 10.0 / 60.0).abs() < 1e-9);
+        // A node that never answered counts for nothing.
+        let silent: [&[Option<u64>]; 2] = [&[None, Some(30)], &[None, Some(30)]];
+        assert_eq!(moved_share(&silent), 0.0);
     }
 
     #[test]
