@@ -193,25 +193,32 @@ pub fn run(
         .map(|(i, n)| (n.peer_id.clone(), i))
         .collect();
 
-    // Connections are sampled from now until the end, on a thread of their own.
+    // Connections are sampled from now until the end, on a thread of their own; each round's
+    // counts also go to the wait for quiet.
     let most: Mutex<Vec<(u64, f64)>> = Mutex::new(vec![(0, 0.0); nodes]);
     let done = AtomicBool::new(false);
+    let (round_tx, rounds) = std::sync::mpsc::channel::<Round>();
     std::thread::scope(|s| -> anyhow::Result<Scale> {
         s.spawn(|| {
             while !done.load(Ordering::Relaxed) {
+                let mut counts = Vec::with_capacity(swarm.len());
                 for (i, node) in swarm.iter().enumerate() {
                     let Some((_, connections)) = peers_of(node) else {
+                        counts.push(None);
                         continue;
                     };
+                    counts.push(Some(connections));
                     let mut most = most.lock().unwrap();
                     if connections > most[i].0 {
                         most[i] = (connections, started.elapsed().as_secs_f64());
                     }
                 }
+                // The wait for quiet may be over; then no one listens.
+                let _ = round_tx.send((Instant::now(), counts));
                 std::thread::sleep(SAMPLE_EVERY);
             }
         });
-        let result = measure(&hub, &swarm, &ids, &index, endpoints);
+        let result = measure(&hub, &swarm, &ids, &index, &rounds, endpoints);
         done.store(true, Ordering::Relaxed);
         let (settle_ms, unsettled, quiet_ms, peers, fetch) = result?;
         let most_at = most.lock().unwrap().clone();
@@ -262,20 +269,26 @@ struct Fetched {
 
 type Settled = (Option<f64>, usize, Option<f64>, Vec<f64>, Fetched);
 
+/// One sampling round: when it ended, and each node's open connections (`None` where a
+/// starved daemon did not answer).
+type Round = (Instant, Vec<Option<u64>>);
+
 /// Waits until every node's connections hold for [`QUIET_FOR`]: the ranges (max − min) of
 /// the nodes' counts over that time, summed, within [`QUIET_SPREAD`] of all connections. A
 /// settled overlay (a neighbour in every bucket) may still be in the first Kademlia lookups'
-/// wave, opening and closing connections, which a fetch round would then race. Its time, or
-/// `None` after [`QUIET_LIMIT`].
-fn wait_for_quiet(swarm: &[SwarmNode]) -> Option<f64> {
+/// wave, opening and closing connections, which a fetch round would then race. The counts
+/// are the connection sampler's `rounds` (rounds from before the wait are passed over). Its
+/// time, or `None` after [`QUIET_LIMIT`].
+fn wait_for_quiet(rounds: &std::sync::mpsc::Receiver<Round>) -> Option<f64> {
     let waiting = Instant::now();
-    let mut window: std::collections::VecDeque<(Instant, Vec<Option<u64>>)> = Default::default();
-    while waiting.elapsed() < QUIET_LIMIT {
-        let counts: Vec<Option<u64>> = swarm
-            .iter()
-            .map(|node| node.try_json("api/swarm").ok()?["connections"].as_u64())
-            .collect();
-        let now = Instant::now();
+    let mut window: std::collections::VecDeque<Round> = Default::default();
+    while let Some(left) = QUIET_LIMIT.checked_sub(waiting.elapsed()) {
+        let Ok((now, counts)) = rounds.recv_timeout(left) else {
+            break;
+        };
+        if now < waiting {
+            continue;
+        }
         window.push_back((now, counts));
         while window
             .front()
@@ -287,17 +300,18 @@ fn wait_for_quiet(swarm: &[SwarmNode]) -> Option<f64> {
             .front()
             .map_or(Duration::ZERO, |(at, _)| now.duration_since(*at));
         let samples: Vec<&[Option<u64>]> = window.iter().map(|(_, c)| c.as_slice()).collect();
+        // Rounds come about a second apart (more with 200 starved daemons), so the window
+        // spans a little under QUIET_FOR at most; 80 % of it is held long enough.
         if held_for >= QUIET_FOR.mul_f64(0.8) && moved_share(&samples) <= QUIET_SPREAD {
             return Some(waiting.elapsed().as_secs_f64() * 1000.0);
         }
-        std::thread::sleep(Duration::from_millis(1000));
     }
     None
 }
 
 /// How much the nodes' connection counts moved over `samples` (one count per node each, `None`
 /// where a starved node did not answer): the ranges of the nodes' counts, summed, over the sum
-/// of their highest counts.
+/// of their highest counts. A node with no count in any sample adds nothing.
 fn moved_share(samples: &[&[Option<u64>]]) -> f64 {
     let nodes = samples.first().map_or(0, |s| s.len());
     let (mut moved, mut total) = (0u64, 0u64);
@@ -321,6 +335,7 @@ fn measure(
     swarm: &[SwarmNode],
     ids: &[[u8; 32]],
     index: &HashMap<String, usize>,
+    rounds: &std::sync::mpsc::Receiver<Round>,
     endpoints: usize,
 ) -> anyhow::Result<Settled> {
     let waiting = Instant::now();
@@ -351,7 +366,7 @@ fn measure(
         std::thread::sleep(Duration::from_millis(500));
     }
 
-    let quiet_ms = wait_for_quiet(swarm);
+    let quiet_ms = wait_for_quiet(rounds);
 
     for e in 0..endpoints {
         hub.put_json(
