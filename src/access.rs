@@ -61,6 +61,17 @@ struct Record {
 pub struct AccessProofs {
     dir: PathBuf,
     memory: Arc<Mutex<HashMap<String, Record>>>,
+    /// Bumped by every change this handle (or a clone) makes to what it knows.
+    changes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What a verdict rests on: the proofs as they were, until a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Term {
+    /// The proofs' change count when the verdict was read.
+    changes: u64,
+    /// The verdict's expiry (ms since the epoch).
+    until_ms: u64,
 }
 
 /// The subject of a repository's visibility record.
@@ -72,14 +83,38 @@ impl AccessProofs {
         AccessProofs {
             dir: cache_dir.join("access"),
             memory: Arc::default(),
+            changes: Arc::default(),
         }
     }
 
     /// What is known of `token_tag` and `repo`, unexpired: a proof of its own, else the
     /// repository's public visibility.
     pub fn lookup(&self, token_tag: &str, repo: &str) -> Option<Verdict> {
-        self.read(token_tag, repo)
-            .or_else(|| self.read(EVERYONE, repo).filter(|v| *v == Verdict::Public))
+        self.lookup_with_term(token_tag, repo)
+            .map(|(verdict, _)| verdict)
+    }
+
+    /// [`AccessProofs::lookup`], and how long its answer holds unless this process learns
+    /// something new ([`AccessProofs::still_holds`]).
+    pub fn lookup_with_term(&self, token_tag: &str, repo: &str) -> Option<(Verdict, Term)> {
+        let changes = self.changes.load(std::sync::atomic::Ordering::Acquire);
+        let (verdict, until_ms) = self.read(token_tag, repo).or_else(|| {
+            self.read(EVERYONE, repo)
+                .filter(|(v, _)| *v == Verdict::Public)
+        })?;
+        Some((verdict, Term { changes, until_ms }))
+    }
+
+    /// Whether a verdict read under `term` would be read again now: unexpired, and nothing
+    /// recorded or forgotten since.
+    pub fn still_holds(&self, term: Term) -> bool {
+        term.until_ms > now_ms()
+            && self.changes.load(std::sync::atomic::Ordering::Acquire) == term.changes
+    }
+
+    fn changed(&self) {
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     /// Remembers what GitHub answered `token_tag` for `repo`.
@@ -95,6 +130,7 @@ impl AccessProofs {
             // Made private: forget that it was public.
             let id = record_id(EVERYONE, repo);
             self.lock().remove(&id);
+            self.changed();
             let _ = fs::remove_file(self.dir.join(&id));
         }
     }
@@ -103,13 +139,13 @@ impl AccessProofs {
         self.memory.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn read(&self, subject: &str, repo: &str) -> Option<Verdict> {
+    fn read(&self, subject: &str, repo: &str) -> Option<(Verdict, u64)> {
         let id = record_id(subject, repo);
         let now = now_ms();
         if let Some(record) = self.lock().get(&id)
             && record.until_ms > now
         {
-            return Some(record.verdict.clone());
+            return Some((record.verdict.clone(), record.until_ms));
         }
         // Another process may have proved it: the file is the shared memory.
         let bytes = read_small(&self.dir.join(&id))?;
@@ -118,8 +154,9 @@ impl AccessProofs {
             return None;
         }
         let verdict = record.verdict.clone();
+        let until_ms = record.until_ms;
         self.lock().insert(id, record);
-        Some(verdict)
+        Some((verdict, until_ms))
     }
 
     fn write(&self, subject: &str, repo: &str, verdict: Verdict, lifetime: Duration) {
@@ -135,6 +172,7 @@ impl AccessProofs {
             );
         }
         self.lock().insert(id, record);
+        self.changed();
     }
 
     fn persist(&self, id: &str, record: &Record) -> std::io::Result<()> {

@@ -33,10 +33,10 @@ use bytes::Bytes;
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
-use crate::access::{AccessProofs, PROOF_LIFETIME, Verdict as Access};
+use crate::access::{AccessProofs, PROOF_LIFETIME, Term, Verdict as Access};
 use crate::cache::{
-    Cache, CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, Entry, Lookup, ResponseMeta,
-    no_token_tag, now_ms, token_tag,
+    Cache, CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, Entry, Lookup, RecordMark, Remembered,
+    ResponseMeta, no_token_tag, now_ms, token_tag,
 };
 use crate::github::ratelimit::{RateLimits, Verdict};
 use crate::github::sharing::{self, Sharing};
@@ -175,6 +175,24 @@ enum Admission {
     Denied(Box<Resolved>),
 }
 
+/// How long an offline admission holds.
+#[derive(Debug, Clone, Copy)]
+enum Holds {
+    /// For good: the entry is the token's own, anyone's, of the job's repository, or needs no proof.
+    Always,
+    /// While the access proof it rests on does.
+    While(Term),
+}
+
+/// What a local hit from memory rested on: while all of it holds, the same request gets the
+/// same answer ([`Resolver::still_replayable`]), so the daemon may send it again as it is.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    mark: RecordMark,
+    fresh_until_ms: u64,
+    holds: Holds,
+}
+
 /// An answer: status, headers to show, body, and where it came from.
 #[derive(Debug)]
 pub struct Resolved {
@@ -192,6 +210,8 @@ pub struct Resolved {
     pub overflow: Option<Overflow>,
     /// The cache entry behind a 2xx answer.
     pub entry: Option<Entry>,
+    /// Set on a local hit from memory: what it rested on.
+    pub replay: Option<Replay>,
 }
 
 impl Resolved {
@@ -228,6 +248,7 @@ impl Resolved {
             body,
             overflow: None,
             entry: Some(entry),
+            replay: None,
         }
     }
 
@@ -247,6 +268,7 @@ impl Resolved {
             body: response.body.into(),
             overflow: response.overflow,
             entry,
+            replay: None,
         }
     }
 }
@@ -485,22 +507,18 @@ impl Resolver {
         };
         // The daemon's hot path: an entry it read before, unchanged on disk, still fresh. The
         // per-token key of a repository answer is worked out only when the shared one misses.
-        if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(&first)
-            && entry.is_fresh(request.ttl, now_ms())
+        if let Some(hit) = self.cache.get_remembered(&first)
+            && hit.entry.is_fresh(request.ttl, now_ms())
         {
-            return self
-                .serve(request, &sharing, Source::Local, entry, body)
-                .await;
+            return self.serve_remembered(request, &sharing, hit).await;
         }
         let mut keys = vec![first];
         if matches!(sharing, Sharing::Repository(_)) {
             let own = request.per_token_key();
-            if let Some(Lookup::Hit { entry, body }) = self.cache.get_remembered(&own)
-                && entry.is_fresh(request.ttl, now_ms())
+            if let Some(hit) = self.cache.get_remembered(&own)
+                && hit.entry.is_fresh(request.ttl, now_ms())
             {
-                return self
-                    .serve(request, &sharing, Source::Local, entry, body)
-                    .await;
+                return self.serve_remembered(request, &sharing, hit).await;
             }
             keys.push(own);
         }
@@ -751,6 +769,49 @@ impl Resolver {
             .map_err(anyhow::Error::from)?)
     }
 
+    /// A hit from memory as the answer, once the requester may have it; with what it rested
+    /// on when the requester was admitted without asking GitHub.
+    async fn serve_remembered(
+        &self,
+        request: &Request,
+        sharing: &Sharing,
+        hit: Remembered,
+    ) -> Result<Resolved, ResolveError> {
+        let Remembered { entry, body, mark } = hit;
+        if let Some((Admission::Allowed, holds)) = self.admitted_offline(request, sharing, &entry) {
+            let fresh_until_ms = entry
+                .fetched_at_ms
+                .saturating_add(request.ttl.as_millis().min(u64::MAX as u128) as u64);
+            let mut resolved = Resolved::from_entry(Source::Local, entry, body);
+            resolved.replay = Some(Replay {
+                mark,
+                fresh_until_ms,
+                holds,
+            });
+            return Ok(resolved);
+        }
+        self.serve(request, sharing, Source::Local, entry, body)
+            .await
+    }
+
+    /// Whether the request a [`Replay`] came with would be resolved the same way now: the
+    /// entry is still fresh for it, its admission still holds, and the record it came from is
+    /// still the one in memory and on disk.
+    pub fn still_replayable(&self, replay: &Replay) -> bool {
+        let admitted = match replay.holds {
+            Holds::Always => true,
+            Holds::While(term) => self.proofs.still_holds(term),
+        };
+        now_ms() < replay.fresh_until_ms && admitted && self.cache.still_remembered(&replay.mark)
+    }
+
+    /// Counts a request answered again from a [`Replay`]: a local hit, as its first answer was.
+    pub fn count_replayed_hit(&self) {
+        let c = &self.counters;
+        c.requests.fetch_add(1, Ordering::Relaxed);
+        c.local_hits.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An entry as the answer, once the requester may have it.
     async fn serve(
         &self,
@@ -774,34 +835,40 @@ impl Resolver {
         request: &Request,
         sharing: &Sharing,
         entry: &Entry,
-    ) -> Option<Admission> {
+    ) -> Option<(Admission, Holds)> {
         let Sharing::Repository(repo) = sharing else {
-            return Some(Admission::Allowed);
+            return Some((Admission::Allowed, Holds::Always));
         };
         let tag = request.tag();
         let fetched_by = entry.etag_token.as_deref();
         if fetched_by == Some(tag) || fetched_by == Some(no_token_tag()) {
-            return Some(Admission::Allowed);
+            return Some((Admission::Allowed, Holds::Always));
         }
         if self.home_repository.as_deref() == Some(repo.as_str()) {
-            return Some(Admission::Allowed);
+            return Some((Admission::Allowed, Holds::Always));
         }
-        match self.proofs.lookup(tag, repo)? {
-            Access::Allowed | Access::Public => Some(Admission::Allowed),
+        let (verdict, term) = self.proofs.lookup_with_term(tag, repo)?;
+        let holds = Holds::While(term);
+        match verdict {
+            Access::Allowed | Access::Public => Some((Admission::Allowed, holds)),
             Access::Denied {
                 status,
                 body,
                 content_type,
-            } => Some(Admission::Denied(Box::new(Resolved {
-                source: Source::Local,
-                status,
-                headers: content_type
-                    .map(|ct| vec![("content-type".to_string(), ct)])
-                    .unwrap_or_default(),
-                body: body.into_bytes().into(),
-                overflow: None,
-                entry: None,
-            }))),
+            } => Some((
+                Admission::Denied(Box::new(Resolved {
+                    source: Source::Local,
+                    status,
+                    headers: content_type
+                        .map(|ct| vec![("content-type".to_string(), ct)])
+                        .unwrap_or_default(),
+                    body: body.into_bytes().into(),
+                    overflow: None,
+                    entry: None,
+                    replay: None,
+                })),
+                holds,
+            )),
         }
     }
 
@@ -811,7 +878,7 @@ impl Resolver {
         sharing: &Sharing,
         entry: &Entry,
     ) -> Result<Admission, ResolveError> {
-        if let Some(admission) = self.admitted_offline(request, sharing, entry) {
+        if let Some((admission, _)) = self.admitted_offline(request, sharing, entry) {
             return Ok(admission);
         }
         let Sharing::Repository(repo) = sharing else {
@@ -951,7 +1018,7 @@ impl Resolver {
         let stale = cached.as_ref().and_then(|(_, entry, body)| {
             matches!(
                 self.admitted_offline(request, sharing, entry),
-                Some(Admission::Allowed)
+                Some((Admission::Allowed, _))
             )
             .then(|| (entry.clone(), body.clone()))
         });

@@ -24,7 +24,8 @@ mod verified;
 
 pub use key::{CacheKey, DEFAULT_ACCEPT, DEFAULT_API_VERSION, normalize_url};
 pub use store::{
-    Cache, Counters, Entry, KeyLock, Lookup, ResponseMeta, Usage, no_token_tag, token_tag,
+    Cache, Counters, Entry, KeyLock, Lookup, RecordMark, Remembered, ResponseMeta, Usage,
+    no_token_tag, token_tag,
 };
 
 /// Milliseconds since the Unix epoch, the cache's clock.

@@ -87,6 +87,25 @@ pub enum Lookup {
     Discarded { reason: String },
 }
 
+/// A hit [`Cache::get_remembered`] found in memory, and which record it came from.
+#[derive(Debug)]
+pub struct Remembered {
+    /// The entry.
+    pub entry: Entry,
+    /// Its verified body, shared with the verified bodies in memory.
+    pub body: Bytes,
+    /// The record the hit rests on, for [`Cache::still_remembered`].
+    pub mark: RecordMark,
+}
+
+/// A remembered record and the state of its file when it answered a hit.
+#[derive(Debug, Clone)]
+pub struct RecordMark {
+    key_id: String,
+    path: PathBuf,
+    stamp: RecordStamp,
+}
+
 /// Entries and bytes in the cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
@@ -383,21 +402,40 @@ impl Cache {
     ///
     /// This runs on the daemon's async workers: a `stat` of a file whose inode is in memory does
     /// not wait on the disk, and a round trip to the blocking pool would cost more than it.
-    pub fn get_remembered(&self, key: &CacheKey) -> Option<Lookup> {
+    pub fn get_remembered(&self, key: &CacheKey) -> Option<Remembered> {
         let verified = self.verified.as_ref()?;
         let (stamp, entry) = verified.record(key.id())?;
         if entry.key != key.canonical() {
             return None;
         }
-        let meta = fs::metadata(self.entry_path(key.id())).ok()?;
+        let path = self.entry_path(key.id());
+        let meta = fs::metadata(&path).ok()?;
         if RecordStamp::of(&meta) != stamp || !used_recently(&meta) {
             return None;
         }
         let body = self.held_body(&entry)?;
-        Some(Lookup::Hit {
+        Some(Remembered {
             entry: Entry::clone(&entry),
             body,
+            mark: RecordMark {
+                key_id: key.id().to_string(),
+                path,
+                stamp,
+            },
         })
+    }
+
+    /// Whether [`Cache::get_remembered`] would still answer with the record `mark` names: the
+    /// same record in memory, its file unchanged and recently used. One `stat`, no allocation.
+    pub fn still_remembered(&self, mark: &RecordMark) -> bool {
+        let Some(verified) = self.verified.as_ref() else {
+            return false;
+        };
+        if !verified.has_record(&mark.key_id, mark.stamp) {
+            return false;
+        }
+        fs::metadata(&mark.path)
+            .is_ok_and(|meta| RecordStamp::of(&meta) == mark.stamp && used_recently(&meta))
     }
 
     /// The body of `entry` from the verified bodies in memory, when held: the same bytes, not a
@@ -898,7 +936,7 @@ mod tests {
             .put(&key("a"), "u", &meta(), b"first body", ttl)
             .unwrap();
         match daemon.get_remembered(&key("a")) {
-            Some(Lookup::Hit { body, .. }) => assert_eq!(body, &b"first body"[..]),
+            Some(Remembered { body, .. }) => assert_eq!(body, &b"first body"[..]),
             other => panic!("expected a remembered hit, got {other:?}"),
         }
         assert!(
@@ -916,7 +954,7 @@ mod tests {
             other => panic!("expected a hit, got {other:?}"),
         }
         match daemon.get_remembered(&key("a")) {
-            Some(Lookup::Hit { body, .. }) => assert_eq!(body, &b"second body"[..]),
+            Some(Remembered { body, .. }) => assert_eq!(body, &b"second body"[..]),
             other => panic!("expected the new body remembered, got {other:?}"),
         }
 

@@ -111,6 +111,14 @@ impl VerifiedBodies {
         self.lock_records().by_key.get(key_id).cloned()
     }
 
+    /// Whether the record remembered for `key_id` is the one read from a file in state `stamp`.
+    pub fn has_record(&self, key_id: &str, stamp: RecordStamp) -> bool {
+        self.lock_records()
+            .by_key
+            .get(key_id)
+            .is_some_and(|(kept, _)| *kept == stamp)
+    }
+
     /// Bytes held.
     #[cfg(test)]
     fn bytes(&self) -> u64 {

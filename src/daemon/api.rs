@@ -79,6 +79,8 @@ pub struct Api {
     pub bases: Bases,
     /// Bodies as sent, their URLs rewritten once per body and base.
     pub sent: super::gh::SentBodies,
+    /// Answers to hot hits, sent again while they hold.
+    pub hot: super::hot::HotAnswers,
     /// libp2p's own metrics (empty when sharing is off).
     pub libp2p_registry: prometheus_client::registry::Registry,
 }
@@ -405,6 +407,7 @@ async fn snapshot(api: &Api) -> Snapshot {
         swarm: api.peers.as_ref().map(|h| h.stats()).unwrap_or_default(),
         rate_limit: api.observer.rate_limit(),
         started_at: api.observer.started_at(),
+        replayed_hits: api.hot.replayed(),
     }
 }
 
@@ -455,6 +458,7 @@ async fn status_json(api: &Api) -> serde_json::Value {
             "hits": s.hits(),
             "hit_rate": round_to(s.hit_rate(), 4),
             "local_hits": c.local_hits,
+            "replayed_hits": s.replayed_hits,
             "peer_hits": c.peer_hits,
             "revalidated": c.revalidated,
             "stale_served": c.stale_served,

@@ -314,6 +314,8 @@ pub struct Snapshot {
     pub rate_limit: Option<RateSeen>,
     /// When the daemon started, epoch seconds.
     pub started_at: u64,
+    /// Local hits sent again as kept, not resolved again (part of the local hits).
+    pub replayed_hits: u64,
 }
 
 impl Snapshot {
@@ -408,6 +410,12 @@ fn peercache_registry(s: &Snapshot, peer_id: &str) -> Registry {
         "peercache_answers",
         "Answers by the tier they came from (x-peercache-source)",
         answers,
+    );
+    counter(
+        &mut r,
+        "peercache_replayed_hits",
+        "Local hits sent again as the daemon had answered the same request head, without resolving it again (part of the local answers)",
+        s.replayed_hits,
     );
     counter(
         &mut r,

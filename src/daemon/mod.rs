@@ -16,8 +16,10 @@
 
 pub mod api;
 pub mod client;
+mod conn;
 mod detach;
 pub mod gh;
+mod hot;
 pub mod metrics;
 pub mod remote;
 mod server;
@@ -243,13 +245,20 @@ async fn serve(settings: &Settings, options: &ServeOptions) -> anyhow::Result<Ex
         peer_id: peer_id.to_string(),
         observer: metrics::Observer::new(),
         limit_figures: gh::LimitFigures::default(),
+        hot: hot::HotAnswers::default(),
         libp2p_registry,
     });
     let (drain_tx, drain_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = server::Limits::from_env();
-    let mut server = tokio::spawn(server::serve(listener, api::router(api), limits, async {
-        let _ = drain_rx.await;
-    }));
+    let mut server = tokio::spawn(server::serve(
+        listener,
+        Arc::clone(&api),
+        api::router(api),
+        limits,
+        async {
+            let _ = drain_rx.await;
+        },
+    ));
     tracing::info!(
         "local API listens on http://{local} (its base URL is in serve.json; at most {} connections)",
         limits.max_connections

@@ -166,6 +166,7 @@ impl Remote {
             body: response.body.into(),
             overflow: None,
             entry: None,
+            replay: None,
         }))
     }
 }

@@ -11,10 +11,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -85,10 +83,12 @@ pub fn raise_open_files_limit() -> Option<u64> {
     Some(limit.rlim_cur)
 }
 
-/// Serves `router` on `listener` until `stop` resolves, then drains open connections.
+/// Serves `router` (and the kept answers of `api`) on `listener` until `stop` resolves, then
+/// drains open connections: each stops at its next request boundary.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    api: Arc<super::api::Api>,
+    router: axum::Router,
     limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
@@ -98,6 +98,13 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    let shared = Arc::new(super::conn::Shared {
+        api,
+        router,
+        http,
+        header_timeout: limits.header_timeout,
+    });
+    let (draining, drain_seen) = tokio::sync::watch::channel(false);
     let mut workers = Workers::start(Workers::count());
     tokio::pin!(stop);
     loop {
@@ -127,24 +134,26 @@ pub async fn serve(
         let Ok(stream) = stream.into_std() else {
             continue;
         };
-        let router = router.clone();
-        let http = http.clone();
+        let shared = Arc::clone(&shared);
         let watcher = graceful.watcher();
+        let drain_seen = drain_seen.clone();
         workers.run(Box::pin(async move {
             // Registered with the worker's own reactor (this runs there): its readiness wakes
             // that thread alone.
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            let service = TowerToHyperService::new(router);
-            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-            let _ = connection.await;
+            super::conn::serve(stream, shared, watcher, drain_seen).await;
             drop(permit);
         }));
     }
     drop(listener);
-    // The caller bounds the drain (and aborts this task when it takes too long).
+    let _ = draining.send(true);
+    // The caller bounds the drain (and aborts this task when it takes too long): connections
+    // handed to hyper finish their request, the others stop at their next request boundary,
+    // and every connection gives its permit back as it ends.
     graceful.shutdown().await;
+    let _ = permits.acquire_many(limits.max_connections as u32).await;
     drop(workers);
 }
 

@@ -8,6 +8,7 @@ use axum::response::Response;
 use sha2::{Digest, Sha256};
 
 use super::super::api::{Api, ERROR_HEADER, SOURCE_HEADER};
+use super::super::hot::Ticket;
 use super::{RATELIMIT_MARK_HEADER, append, invalid_status, limits, rewrite};
 use crate::resolver::{Request, Resolved, Source};
 
@@ -131,9 +132,8 @@ pub(super) fn respond(
     if let Some(etag) = &etag {
         append(&mut out, "etag", etag);
     }
-    if resolved.source != Source::Upstream {
-        limits::cached_headers(api, request, &mut out);
-    }
+    let figures_until = (resolved.source != Source::Upstream)
+        .then(|| limits::cached_headers(api, request, &mut out));
     out.insert(
         SOURCE_HEADER,
         HeaderValue::from_static(resolved.source.as_str()),
@@ -153,6 +153,16 @@ pub(super) fn respond(
             _ => rewrite(&resolved.body).map_or(resolved.body, Bytes::from),
         }
     };
+    // A hit from memory may be sent again as it is, for as long as all it rested on holds.
+    let ticket = match (resolved.replay, figures_until) {
+        (Some(replay), Some(figures_until)) => Some(Ticket::new(
+            replay,
+            figures_until,
+            super::endpoint_path(&api.upstream, &request.url).into_owned(),
+            body.clone(),
+        )),
+        _ => None,
+    };
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = if not_modified {
         StatusCode::NOT_MODIFIED
@@ -160,6 +170,9 @@ pub(super) fn respond(
         status
     };
     *response.headers_mut() = out;
+    if let Some(ticket) = ticket {
+        response.extensions_mut().insert(ticket);
+    }
     response
 }
 

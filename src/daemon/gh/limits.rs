@@ -2,7 +2,7 @@
 //! GitHub's `cache-control` and `vary`), and GitHub's own 403/429 during a block.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +20,7 @@ use crate::secret::Secret;
 /// clones references to them.
 #[derive(Debug, Default)]
 pub struct LimitFigures {
-    seen: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, Figures)>>,
+    seen: std::sync::Mutex<std::collections::HashMap<String, (Instant, Figures)>>,
 }
 
 /// A bucket's `x-ratelimit-*` headers (and the mark), ready to send; empty when none were seen.
@@ -32,14 +32,15 @@ const FIGURES_MAX_AGE: Duration = Duration::from_secs(1);
 const FIGURES_MAX_BUCKETS: usize = 1024;
 
 impl LimitFigures {
-    /// The bucket's headers, at most [`FIGURES_MAX_AGE`] old (`tag`: the token's one-way tag).
-    fn get(&self, api: &Api, token: Option<&Secret>, tag: &str) -> Figures {
-        let now = std::time::Instant::now();
+    /// The bucket's headers, at most [`FIGURES_MAX_AGE`] old (`tag`: the token's one-way tag),
+    /// and when they are read again.
+    fn get(&self, api: &Api, token: Option<&Secret>, tag: &str) -> (Instant, Figures) {
+        let now = Instant::now();
         if let Ok(seen) = self.seen.lock()
             && let Some((at, figures)) = seen.get(tag)
             && now.duration_since(*at) < FIGURES_MAX_AGE
         {
-            return Arc::clone(figures);
+            return (*at + FIGURES_MAX_AGE, Arc::clone(figures));
         }
         let mut headers = HeaderMap::new();
         if ratelimit_headers(&limits_of(api, token).state(), &mut headers) {
@@ -55,7 +56,7 @@ impl LimitFigures {
             }
             seen.insert(tag.to_string(), (now, Arc::clone(&figures)));
         }
-        figures
+        (now + FIGURES_MAX_AGE, figures)
     }
 }
 
@@ -63,8 +64,9 @@ impl LimitFigures {
 const GITHUB_VARY: &str = "Accept, Authorization, Cookie, X-GitHub-OTP";
 
 /// What GitHub sends with every answer and the cache does not store: `cache-control`, `vary`,
-/// and the caller's rate-limit figures as last seen (marked as such).
-pub(super) fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) {
+/// and the caller's rate-limit figures as last seen (marked as such); returns when those
+/// figures are read again (until then, the same request gets the same headers).
+pub(super) fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) -> Instant {
     if !out.contains_key(header::CACHE_CONTROL) {
         out.insert(
             header::CACHE_CONTROL,
@@ -78,12 +80,13 @@ pub(super) fn cached_headers(api: &Api, request: &Request, out: &mut HeaderMap) 
     if !out.contains_key(header::VARY) {
         out.insert(header::VARY, HeaderValue::from_static(GITHUB_VARY));
     }
-    let figures = api
+    let (until, figures) = api
         .limit_figures
         .get(api, request.token.as_ref(), request.tag());
     for (name, value) in figures.iter() {
         out.append(name.clone(), value.clone());
     }
+    until
 }
 
 /// `x-ratelimit-*` from a bucket's last figures; false when none were ever seen.

@@ -1,0 +1,452 @@
+//! One connection to the local API.
+//!
+//! What clients send the API is almost only HTTP/1.1 `GET`s without a body, and a job asks
+//! for the same things again and again. Those are read here: the head is parsed in place
+//! (httparse, no allocation), and an answer kept for the same head ([`super::hot`]) is written
+//! at once, its head as it was sent plus `date`, and its body as shared bytes, in one `writev`.
+//! Any other `GET` goes to the router, and its answer is written here (and kept when the full
+//! path says it may be).
+//!
+//! Anything else (a body, `HEAD`, another method, HTTP/1.0, `Expect`, `Upgrade`,
+//! `Connection: close`, a head too large or malformed) hands the connection, with what it
+//! already sent, to hyper for the rest of its life: hyper answers it exactly as it always has.
+//!
+//! Either way the server's limits hold: a head must arrive whole within the header timeout
+//! (between keep-alive requests too), and a connection stops at the next request boundary once
+//! the server drains.
+
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::service::Service;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::Watcher;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use super::api::Api;
+use super::hot::{self, Ticket};
+
+/// Most bytes of a request head read here; a larger one is hyper's to refuse.
+const MAX_HEAD: usize = 64 << 10;
+/// Most header lines read here; more are hyper's to handle.
+const MAX_HEADERS: usize = 64;
+
+/// What every connection of the API shares.
+pub struct Shared {
+    /// The API, for its kept answers.
+    pub api: Arc<Api>,
+    /// Everything that is not a kept answer.
+    pub router: Router,
+    /// hyper's settings, for the connections handed to it.
+    pub http: hyper::server::conn::http1::Builder,
+    /// Time a connection has to send a whole request head.
+    pub header_timeout: Duration,
+}
+
+/// Serves one connection until it closes, fails, idles past the header timeout, or the server
+/// drains (`stop` turns true).
+pub async fn serve(
+    mut stream: TcpStream,
+    shared: Arc<Shared>,
+    watcher: Watcher,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let deadline = tokio::time::Instant::now() + shared.header_timeout;
+        let head = loop {
+            match Head::parse(&buf) {
+                Parsed::Complete(head) => break head,
+                Parsed::Partial if buf.len() < MAX_HEAD => {}
+                Parsed::Partial | Parsed::Other => {
+                    return hand_off(stream, buf, &shared, watcher).await;
+                }
+            }
+            if *stop.borrow() {
+                return;
+            }
+            buf.reserve(4096);
+            tokio::select! {
+                read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => match read {
+                    Ok(Ok(n)) if n > 0 => {}
+                    // Closed, failed, or no whole head in time.
+                    _ => return,
+                },
+                _ = stop.changed() => return,
+            }
+        };
+        if !head.is_plain_get(&buf) {
+            return hand_off(stream, buf, &shared, watcher).await;
+        }
+        let fingerprint = hot::fingerprint(head.target(&buf), head.headers(&buf));
+        if let Some(fingerprint) = &fingerprint
+            && let Some(kept) = shared.api.hot.answer(&shared.api, fingerprint)
+        {
+            buf.drain(..head.len);
+            let date = date_line();
+            let mut slices = [
+                IoSlice::new(&kept.head),
+                IoSlice::new(date.as_bytes()),
+                IoSlice::new(b"\r\n"),
+                IoSlice::new(kept.body()),
+            ];
+            if write_all_vectored(&mut stream, &mut slices).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some(request) = head.to_request(&buf) else {
+            return hand_off(stream, buf, &shared, watcher).await;
+        };
+        buf.drain(..head.len);
+        let Ok(mut response) = TowerToHyperService::new(shared.router.clone())
+            .call(request)
+            .await;
+        let ticket = response.extensions_mut().remove::<Ticket>();
+        if write_response(&mut stream, response, fingerprint.zip(ticket), &shared.api)
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+/// Where a request head ends and what it holds, as offsets into the read buffer.
+struct Head {
+    len: usize,
+    get: bool,
+    http11: bool,
+    target: (usize, usize),
+    headers: [(usize, usize, usize, usize); MAX_HEADERS],
+    count: usize,
+}
+
+// The head stays on the stack, once per request: boxing it would allocate for every request.
+#[allow(clippy::large_enum_variant)]
+enum Parsed {
+    Complete(Head),
+    Partial,
+    /// Not for this loop (malformed, too many headers): hyper's.
+    Other,
+}
+
+impl Head {
+    fn parse(buf: &[u8]) -> Parsed {
+        if buf.is_empty() {
+            return Parsed::Partial;
+        }
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut lines);
+        let len = match request.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => len,
+            Ok(httparse::Status::Partial) => return Parsed::Partial,
+            Err(_) => return Parsed::Other,
+        };
+        let at = |part: &[u8]| {
+            let start = part.as_ptr() as usize - buf.as_ptr() as usize;
+            (start, start + part.len())
+        };
+        let (Some(method), Some(path), Some(version)) =
+            (request.method, request.path, request.version)
+        else {
+            return Parsed::Other;
+        };
+        let mut head = Head {
+            len,
+            get: method == "GET",
+            http11: version == 1,
+            target: at(path.as_bytes()),
+            headers: [(0, 0, 0, 0); MAX_HEADERS],
+            count: request.headers.len(),
+        };
+        for (slot, line) in head.headers.iter_mut().zip(request.headers.iter()) {
+            let (name, value) = (at(line.name.as_bytes()), at(line.value));
+            *slot = (name.0, name.1, value.0, value.1);
+        }
+        Parsed::Complete(head)
+    }
+
+    fn target<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.target.0..self.target.1]
+    }
+
+    fn headers<'a>(
+        &'a self,
+        buf: &'a [u8],
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone + 'a {
+        self.headers[..self.count]
+            .iter()
+            .map(|&(n0, n1, v0, v1)| (&buf[n0..n1], &buf[v0..v1]))
+    }
+
+    /// An HTTP/1.1 `GET` by path, without a body, that keeps the connection open and asks for
+    /// no upgrade or `100 Continue`: what this loop answers.
+    fn is_plain_get(&self, buf: &[u8]) -> bool {
+        self.get
+            && self.http11
+            && self.target(buf).starts_with(b"/")
+            && self.headers(buf).all(|(name, value)| {
+                let is = |other: &str| name.eq_ignore_ascii_case(other.as_bytes());
+                if is("content-length") {
+                    value == b"0"
+                } else if is("connection") {
+                    let value = String::from_utf8_lossy(value).to_ascii_lowercase();
+                    !value.contains("close") && !value.contains("upgrade")
+                } else {
+                    !(is("transfer-encoding") || is("expect") || is("upgrade"))
+                }
+            })
+    }
+
+    /// The request for the router; `None` when a part is not valid HTTP (hyper then answers).
+    fn to_request(&self, buf: &[u8]) -> Option<Request<Body>> {
+        let uri = Uri::try_from(self.target(buf)).ok()?;
+        let mut headers = HeaderMap::with_capacity(self.count);
+        for (name, value) in self.headers(buf) {
+            headers.append(
+                HeaderName::from_bytes(name).ok()?,
+                HeaderValue::from_bytes(value).ok()?,
+            );
+        }
+        let mut request = Request::new(Body::empty());
+        *request.method_mut() = Method::GET;
+        *request.uri_mut() = uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Some(request)
+    }
+}
+
+/// Writes the router's answer: its head (kept with `keep` when given), `date`, and its body,
+/// framed by its length when known, else chunked. A body that fails midway ends the connection
+/// without its last chunk, so the client never takes a cut body for a whole one.
+async fn write_response(
+    stream: &mut TcpStream,
+    response: axum::response::Response,
+    keep: Option<(hot::Fingerprint, Ticket)>,
+    api: &Api,
+) -> std::io::Result<()> {
+    let (parts, mut body) = response.into_parts();
+    let bodiless = parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED;
+    let length = if bodiless {
+        Some(0)
+    } else {
+        axum::body::HttpBody::size_hint(&body).exact()
+    };
+    let head = Bytes::from(head_of(parts.status, &parts.headers, length, bodiless));
+    if let Some((fingerprint, ticket)) = keep {
+        api.hot.keep(fingerprint, head.clone(), ticket);
+    }
+    let date = date_line();
+    let (first, rest_chunked) = match length {
+        Some(_) if bodiless => (None, false),
+        Some(_) => (next_data(&mut body).await?, false),
+        None => (None, true),
+    };
+    let first = first.unwrap_or_default();
+    let mut slices = [
+        IoSlice::new(&head),
+        IoSlice::new(date.as_bytes()),
+        IoSlice::new(b"\r\n"),
+        IoSlice::new(&first),
+    ];
+    write_all_vectored(stream, &mut slices).await?;
+    if bodiless {
+        return Ok(());
+    }
+    let mut sent = first.len() as u64;
+    while let Some(data) = next_data(&mut body).await? {
+        sent += data.len() as u64;
+        if rest_chunked {
+            let size = format!("{:x}\r\n", data.len());
+            let mut slices = [
+                IoSlice::new(size.as_bytes()),
+                IoSlice::new(&data),
+                IoSlice::new(b"\r\n"),
+            ];
+            write_all_vectored(stream, &mut slices).await?;
+        } else {
+            stream.write_all(&data).await?;
+        }
+    }
+    match length {
+        Some(expected) if expected != sent => Err(std::io::Error::other(
+            "a body ended at another length than it announced",
+        )),
+        Some(_) => Ok(()),
+        None => stream.write_all(b"0\r\n\r\n").await,
+    }
+}
+
+/// The next data of a body (trailers are skipped), `None` at its end.
+async fn next_data(body: &mut Body) -> std::io::Result<Option<Bytes>> {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(std::io::Error::other)?;
+        if let Ok(data) = frame.into_data()
+            && !data.is_empty()
+        {
+            return Ok(Some(data));
+        }
+    }
+    Ok(None)
+}
+
+/// A response head without `date` and the blank line: the status line, the headers (the
+/// framing ones are this writer's own), and the framing.
+fn head_of(
+    status: StatusCode,
+    headers: &HeaderMap,
+    length: Option<u64>,
+    bodiless: bool,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(512);
+    head.extend_from_slice(b"HTTP/1.1 ");
+    head.extend_from_slice(status.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    head.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if name == axum::http::header::CONTENT_LENGTH
+            || name == axum::http::header::TRANSFER_ENCODING
+            || name == axum::http::header::DATE
+        {
+            continue;
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    match length {
+        _ if bodiless => {}
+        Some(length) => {
+            head.extend_from_slice(format!("content-length: {length}\r\n").as_bytes());
+        }
+        None => head.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    head
+}
+
+thread_local! {
+    /// This thread's `date:` line and the second it names.
+    static DATE: std::cell::RefCell<(u64, Arc<str>)> =
+        std::cell::RefCell::new((u64::MAX, Arc::from("")));
+}
+
+/// `date: <IMF-fixdate>\r\n` for now, worked out once a second per thread.
+fn date_line() -> Arc<str> {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.0 != second {
+            *cell = (
+                second,
+                Arc::from(format!("date: {}\r\n", httpdate::fmt_http_date(now))),
+            );
+        }
+        Arc::clone(&cell.1)
+    })
+}
+
+/// Writes every slice, with as few calls as the socket allows.
+async fn write_all_vectored(
+    stream: &mut TcpStream,
+    mut slices: &mut [IoSlice<'_>],
+) -> std::io::Result<()> {
+    IoSlice::advance_slices(&mut slices, 0);
+    while !slices.is_empty() {
+        let n = stream.write_vectored(slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut slices, n);
+    }
+    Ok(())
+}
+
+/// Hands the connection, with the bytes already read from it, to hyper.
+async fn hand_off(stream: TcpStream, read: Vec<u8>, shared: &Shared, watcher: Watcher) {
+    let io = TokioIo::new(Rewind {
+        read,
+        at: 0,
+        stream,
+    });
+    let service = TowerToHyperService::new(shared.router.clone());
+    let _ = watcher
+        .watch(shared.http.serve_connection(io, service))
+        .await;
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Rewind {
+    read: Vec<u8>,
+    at: usize,
+    stream: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.at < this.read.len() {
+            let n = out.remaining().min(this.read.len() - this.at);
+            out.put_slice(&this.read[this.at..this.at + n]);
+            this.at += n;
+            if this.at == this.read.len() {
+                this.read = Vec::new();
+                this.at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.stream).poll_read(cx, out)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        slices: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, slices)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
