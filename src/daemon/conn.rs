@@ -201,8 +201,7 @@ impl Head {
                 if is("content-length") {
                     value == b"0"
                 } else if is("connection") {
-                    let value = String::from_utf8_lossy(value).to_ascii_lowercase();
-                    !value.contains("close") && !value.contains("upgrade")
+                    !mentions(value, b"close") && !mentions(value, b"upgrade")
                 } else {
                     !(is("transfer-encoding") || is("expect") || is("upgrade"))
                 }
@@ -226,6 +225,13 @@ impl Head {
         *request.headers_mut() = headers;
         Some(request)
     }
+}
+
+/// Whether `value` holds `word`, whatever its case.
+fn mentions(value: &[u8], word: &[u8]) -> bool {
+    value
+        .windows(word.len())
+        .any(|window| window.eq_ignore_ascii_case(word))
 }
 
 /// Writes the router's answer: its head (kept with `keep` when given), `date`, and its body,

@@ -1,6 +1,8 @@
 //! The local API's accept loop: HTTP/1.1 on loopback with a connection limit and a
 //! header-read timeout, drained gracefully on shutdown. Accepted connections are served by a
-//! few threads of their own, each with a single-threaded runtime ([`Workers`]).
+//! few threads of their own, each with a single-threaded runtime ([`Workers`]); each
+//! connection's requests are read by [`super::conn`], which answers plain `GET`s itself and hands
+//! anything else to hyper.
 //!
 //! axum's own `serve` has neither limit, so 1,100 idle connections used to exhaust the file
 //! descriptors and starve authorised requests. Here a connection past the limit gets a 503 and
