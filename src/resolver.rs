@@ -794,15 +794,18 @@ impl Resolver {
             .await
     }
 
-    /// Whether the request a [`Replay`] came with would be resolved the same way now: the
+    /// Whether the request a [`Replay`] came with would be resolved the same way at `now`: the
     /// entry is still fresh for it, its admission still holds, and the record it came from is
     /// still the one in memory and on disk.
-    pub fn still_replayable(&self, replay: &Replay) -> bool {
+    pub fn still_replayable(&self, replay: &Replay, now: std::time::SystemTime) -> bool {
+        let now_ms = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let admitted = match replay.holds {
             Holds::Always => true,
             Holds::While(term) => self.proofs.still_holds(term),
         };
-        now_ms() < replay.fresh_until_ms && admitted && self.cache.still_remembered(&replay.mark)
+        now_ms < replay.fresh_until_ms && admitted && self.cache.still_remembered(&replay.mark, now)
     }
 
     /// Counts a request answered again from a [`Replay`]: a local hit, as its first answer was.

@@ -1,7 +1,9 @@
 //! The cache store itself: see the module docs of [`crate::cache`] for the layout.
 
+use std::ffi::{CStr, CString};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -101,9 +103,32 @@ pub struct Remembered {
 /// A remembered record and the state of its file when it answered a hit.
 #[derive(Debug, Clone)]
 pub struct RecordMark {
-    key_id: String,
+    /// The `entries` dir, held open (`None`: it could not be opened; the whole path is used).
+    dir: Option<Arc<OwnedFd>>,
+    /// The record's path under it.
+    relative: CString,
+    /// The record's whole path.
     path: PathBuf,
     stamp: RecordStamp,
+}
+
+/// The stamp of `relative` under the open dir `dir`, following links as `fs::metadata` does.
+fn stat_at(dir: &OwnedFd, relative: &CStr) -> Option<RecordStamp> {
+    // SAFETY: an all-zero `stat` is a valid value to overwrite.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open, the path is NUL-terminated, and `stat` is writable.
+    let done = unsafe { libc::fstatat(dir.as_raw_fd(), relative.as_ptr(), &mut stat, 0) } == 0;
+    done.then(|| RecordStamp::of_stat(&stat))
+}
+
+/// A directory opened for lookups only (`O_PATH`).
+fn open_dir(path: &Path) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(path)?;
+    Ok(OwnedFd::from(file))
 }
 
 /// Entries and bytes in the cache.
@@ -137,6 +162,8 @@ pub struct Cache {
     max_size: u64,
     /// Bodies already verified, when this process keeps them (the daemon).
     verified: Option<Arc<VerifiedBodies>>,
+    /// The `entries` dir, held open for [`Cache::still_remembered`].
+    entries_dir: Arc<std::sync::Mutex<Option<Arc<OwnedFd>>>>,
     /// The dir holds a cache but cannot be written: entries are read, nothing is stored.
     read_only: bool,
 }
@@ -200,6 +227,7 @@ impl Cache {
             dir: dir.to_path_buf(),
             max_size,
             verified: None,
+            entries_dir: Arc::default(),
             read_only,
         })
     }
@@ -414,28 +442,56 @@ impl Cache {
             return None;
         }
         let body = self.held_body(&entry)?;
+        let relative = CString::new(format!("{}/{}.json", &key.id()[..2], key.id())).ok()?;
+        let dir = self.entries_dir_finding(&relative, stamp);
         Some(Remembered {
             entry: Entry::clone(&entry),
             body,
             mark: RecordMark {
-                key_id: key.id().to_string(),
+                dir,
+                relative,
                 path,
                 stamp,
             },
         })
     }
 
-    /// Whether [`Cache::get_remembered`] would still answer with the record `mark` names: the
-    /// same record in memory, its file unchanged and recently used. One `stat`, no allocation.
-    pub fn still_remembered(&self, mark: &RecordMark) -> bool {
-        let Some(verified) = self.verified.as_ref() else {
-            return false;
+    /// Whether [`Cache::get_remembered`] would still answer with the record `mark` names, at
+    /// `now`: its file unchanged and recently used. One `stat` of two path components (under
+    /// the `entries` dir the mark holds open), no allocation.
+    ///
+    /// The record in memory is not looked at: a record rewritten by anyone is a new file (a
+    /// rename over the old one), so an unchanged file is the record that answered, and a
+    /// record memory dropped since would be read again from that same file.
+    pub fn still_remembered(&self, mark: &RecordMark, now: SystemTime) -> bool {
+        let stamp = match &mark.dir {
+            Some(dir) => stat_at(dir, &mark.relative),
+            None => fs::metadata(&mark.path)
+                .ok()
+                .map(|meta| RecordStamp::of(&meta)),
         };
-        if !verified.has_record(&mark.key_id, mark.stamp) {
-            return false;
+        stamp.is_some_and(|stamp| {
+            stamp == mark.stamp
+                && stamp
+                    .modified()
+                    .and_then(|modified| now.duration_since(modified).ok())
+                    .is_some_and(|age| age < LAST_USE_GRANULARITY)
+        })
+    }
+
+    /// The `entries` dir, held open, when `relative` under it is the file stamped `stamp` (it
+    /// is reopened when the dir held is no longer the one the cache dir names).
+    fn entries_dir_finding(&self, relative: &CStr, stamp: RecordStamp) -> Option<Arc<OwnedFd>> {
+        let mut held = self.entries_dir.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = held.as_ref()
+            && stat_at(dir, relative) == Some(stamp)
+        {
+            return Some(Arc::clone(dir));
         }
-        fs::metadata(&mark.path)
-            .is_ok_and(|meta| RecordStamp::of(&meta) == mark.stamp && used_recently(&meta))
+        let dir = Arc::new(open_dir(&self.dir.join("entries")).ok()?);
+        let found = stat_at(&dir, relative) == Some(stamp);
+        *held = Some(Arc::clone(&dir));
+        found.then_some(dir)
     }
 
     /// The body of `entry` from the verified bodies in memory, when held: the same bytes, not a
@@ -962,6 +1018,57 @@ mod tests {
         std::fs::remove_file(daemon.entry_path(key("a").id())).unwrap();
         assert!(daemon.get_remembered(&key("a")).is_none());
         assert!(matches!(daemon.get(&key("a")), Lookup::Miss));
+    }
+
+    #[test]
+    fn a_mark_holds_while_its_record_file_is_unchanged_and_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let daemon = Cache::open(dir.path(), 1 << 20)
+            .unwrap()
+            .with_verified_bodies(1 << 16);
+        let other = Cache::open(dir.path(), 1 << 20).unwrap();
+        let ttl = Duration::from_secs(60);
+        daemon.put(&key("a"), "u", &meta(), b"first", ttl).unwrap();
+        let mark = daemon.get_remembered(&key("a")).unwrap().mark;
+        assert!(mark.dir.is_some(), "the entries dir is held open");
+        let now = SystemTime::now();
+        assert!(daemon.still_remembered(&mark, now));
+        assert!(
+            !daemon.still_remembered(&mark, now + LAST_USE_GRANULARITY),
+            "not used recently any more"
+        );
+
+        // Replaced by another process: a new file.
+        other.put(&key("a"), "u", &meta(), b"second", ttl).unwrap();
+        assert!(!daemon.still_remembered(&mark, SystemTime::now()));
+
+        // The whole entries dir replaced: the dir held open no longer has the record, and the
+        // next mark holds the new dir.
+        assert!(matches!(daemon.get(&key("a")), Lookup::Hit { .. }));
+        let mark = daemon.get_remembered(&key("a")).unwrap().mark;
+        let entries = dir.path().join("entries");
+        let moved = dir.path().join("entries-old");
+        std::fs::rename(&entries, &moved).unwrap();
+        copy_tree(&moved, &entries);
+        std::fs::remove_dir_all(&moved).unwrap();
+        assert!(!daemon.still_remembered(&mark, SystemTime::now()));
+        assert!(matches!(daemon.get(&key("a")), Lookup::Hit { .. }));
+        let mark = daemon.get_remembered(&key("a")).unwrap().mark;
+        assert!(mark.dir.is_some(), "the new entries dir is held open");
+        assert!(daemon.still_remembered(&mark, SystemTime::now()));
+    }
+
+    fn copy_tree(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for item in std::fs::read_dir(from).unwrap() {
+            let item = item.unwrap();
+            let target = to.join(item.file_name());
+            if item.file_type().unwrap().is_dir() {
+                copy_tree(&item.path(), &target);
+            } else {
+                std::fs::copy(item.path(), target).unwrap();
+            }
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -42,6 +42,31 @@ impl RecordStamp {
             size: meta.len(),
             modified: meta.modified().ok(),
         }
+    }
+
+    /// The stamp of a record file as `stat(2)` describes it (the same as [`RecordStamp::of`]
+    /// for the same file).
+    pub fn of_stat(stat: &libc::stat) -> RecordStamp {
+        let since_epoch = Duration::new(stat.st_mtime.unsigned_abs(), stat.st_mtime_nsec as u32);
+        let modified = if stat.st_mtime >= 0 {
+            UNIX_EPOCH.checked_add(since_epoch)
+        } else {
+            // Before 1970: nanoseconds still count forward from the (earlier) second.
+            UNIX_EPOCH
+                .checked_sub(Duration::from_secs(stat.st_mtime.unsigned_abs()))
+                .and_then(|t| t.checked_add(Duration::from_nanos(stat.st_mtime_nsec as u64)))
+        };
+        RecordStamp {
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            size: stat.st_size as u64,
+            modified,
+        }
+    }
+
+    /// The file's last modification.
+    pub fn modified(&self) -> Option<SystemTime> {
+        self.modified
     }
 }
 
@@ -109,14 +134,6 @@ impl VerifiedBodies {
     /// a hit clones no strings under the lock).
     pub fn record(&self, key_id: &str) -> Option<(RecordStamp, Arc<Entry>)> {
         self.lock_records().by_key.get(key_id).cloned()
-    }
-
-    /// Whether the record remembered for `key_id` is the one read from a file in state `stamp`.
-    pub fn has_record(&self, key_id: &str, stamp: RecordStamp) -> bool {
-        self.lock_records()
-            .by_key
-            .get(key_id)
-            .is_some_and(|(kept, _)| *kept == stamp)
     }
 
     /// Bytes held.

@@ -19,7 +19,7 @@ use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -39,7 +39,7 @@ use super::hot::{self, Ticket};
 /// Most bytes of a request head read here; a larger one is hyper's to refuse.
 const MAX_HEAD: usize = 64 << 10;
 /// Most header lines read here; more are hyper's to handle.
-const MAX_HEADERS: usize = 64;
+const MAX_HEADERS: usize = 32;
 
 /// What every connection of the API shares.
 pub struct Shared {
@@ -89,11 +89,12 @@ pub async fn serve(
             return hand_off(stream, buf, &shared, watcher).await;
         }
         let fingerprint = hot::fingerprint(head.target(&buf), head.headers(&buf));
+        let now = SystemTime::now();
         if let Some(fingerprint) = &fingerprint
-            && let Some(kept) = shared.api.hot.answer(&shared.api, fingerprint)
+            && let Some(kept) = shared.api.hot.answer(&shared.api, fingerprint, now)
         {
             buf.drain(..head.len);
-            let date = date_line();
+            let date = date_line(now);
             let mut slices = [
                 IoSlice::new(&kept.head),
                 IoSlice::new(date.as_bytes()),
@@ -127,8 +128,9 @@ struct Head {
     len: usize,
     get: bool,
     http11: bool,
-    target: (usize, usize),
-    headers: [(usize, usize, usize, usize); MAX_HEADERS],
+    target: (u32, u32),
+    /// Each header's name and value, as (start, end) offsets.
+    headers: [[u32; 4]; MAX_HEADERS],
     count: usize,
 }
 
@@ -146,16 +148,18 @@ impl Head {
         if buf.is_empty() {
             return Parsed::Partial;
         }
-        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut request = httparse::Request::new(&mut lines);
-        let len = match request.parse(buf) {
+        let mut lines =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut request = httparse::Request::new(&mut []);
+        let len = match request.parse_with_uninit_headers(buf, &mut lines) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Parsed::Partial,
             Err(_) => return Parsed::Other,
         };
+        // Offsets fit in u32: a head is read here only up to MAX_HEAD bytes (and a little more).
         let at = |part: &[u8]| {
             let start = part.as_ptr() as usize - buf.as_ptr() as usize;
-            (start, start + part.len())
+            (start as u32, (start + part.len()) as u32)
         };
         let (Some(method), Some(path), Some(version)) =
             (request.method, request.path, request.version)
@@ -167,27 +171,30 @@ impl Head {
             get: method == "GET",
             http11: version == 1,
             target: at(path.as_bytes()),
-            headers: [(0, 0, 0, 0); MAX_HEADERS],
+            headers: [[0; 4]; MAX_HEADERS],
             count: request.headers.len(),
         };
         for (slot, line) in head.headers.iter_mut().zip(request.headers.iter()) {
             let (name, value) = (at(line.name.as_bytes()), at(line.value));
-            *slot = (name.0, name.1, value.0, value.1);
+            *slot = [name.0, name.1, value.0, value.1];
         }
         Parsed::Complete(head)
     }
 
     fn target<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
-        &buf[self.target.0..self.target.1]
+        &buf[self.target.0 as usize..self.target.1 as usize]
     }
 
     fn headers<'a>(
         &'a self,
         buf: &'a [u8],
     ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone + 'a {
-        self.headers[..self.count]
-            .iter()
-            .map(|&(n0, n1, v0, v1)| (&buf[n0..n1], &buf[v0..v1]))
+        self.headers[..self.count].iter().map(|&[n0, n1, v0, v1]| {
+            (
+                &buf[n0 as usize..n1 as usize],
+                &buf[v0 as usize..v1 as usize],
+            )
+        })
     }
 
     /// An HTTP/1.1 `GET` by path, without a body, that keeps the connection open and asks for
@@ -256,7 +263,7 @@ async fn write_response(
     if let Some((fingerprint, ticket)) = keep {
         api.hot.keep(fingerprint, head.clone(), ticket);
     }
-    let date = date_line();
+    let date = date_line(SystemTime::now());
     let (first, rest_chunked) = match length {
         Some(_) if bodiless => (None, false),
         Some(_) => (next_data(&mut body).await?, false),
@@ -352,9 +359,8 @@ thread_local! {
         std::cell::RefCell::new((u64::MAX, Arc::from("")));
 }
 
-/// `date: <IMF-fixdate>\r\n` for now, worked out once a second per thread.
-fn date_line() -> Arc<str> {
-    let now = std::time::SystemTime::now();
+/// `date: <IMF-fixdate>\r\n` for `now`, worked out once a second per thread.
+fn date_line(now: SystemTime) -> Arc<str> {
     let second = now
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

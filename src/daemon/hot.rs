@@ -97,11 +97,17 @@ impl HotAnswers {
     }
 
     /// The kept answer for `fingerprint`, counted as the local hit it is, when all it rested on
-    /// still holds.
-    pub fn answer(&self, api: &Api, fingerprint: &Fingerprint) -> Option<Arc<Kept>> {
+    /// still holds at `now`.
+    pub fn answer(
+        &self,
+        api: &Api,
+        fingerprint: &Fingerprint,
+        now: std::time::SystemTime,
+    ) -> Option<Arc<Kept>> {
         let kept = Arc::clone(self.read().by_fingerprint.get(fingerprint)?);
         let ticket = &kept.ticket;
-        if Instant::now() >= ticket.figures_until || !api.resolver.still_replayable(&ticket.replay)
+        if Instant::now() >= ticket.figures_until
+            || !api.resolver.still_replayable(&ticket.replay, now)
         {
             self.forget(fingerprint, &kept);
             return None;
