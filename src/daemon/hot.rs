@@ -1,12 +1,13 @@
 //! Hot hits, sent again as they were.
 //!
 //! A `GET <base>/gh/…` that a remembered local entry answered is kept, once answered, as the
-//! exact response it got (status, headers, the body as shared bytes) under a fingerprint of the
-//! whole request head: method, target, and every header name and value in order. The same
-//! request head gets that response again without being routed, parsed into a resolver request,
-//! keyed, looked up or admitted, for as long as everything the first answer rested on holds:
+//! exact response it got (its head as written, the body as shared bytes) under a fingerprint of
+//! the whole request head: the target of the HTTP/1.1 `GET`, and every header name and value in
+//! order. The same request head gets that response again ([`super::conn`]) without being
+//! routed, parsed into a resolver request, keyed, looked up or admitted, for as long as
+//! everything the first answer rested on holds:
 //!
-//! - the record it came from is still the one in memory and on disk (one `stat`, as every
+//! - the record file it came from is unchanged and recently used (one `stat`, as every
 //!   remembered hit does: another process may have replaced it);
 //! - the entry is still fresh for the request's TTL;
 //! - the token's admission still holds (the access proof, when there was one, is unexpired and
