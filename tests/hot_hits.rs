@@ -203,29 +203,43 @@ fn a_kept_answer_lapses_when_the_entry_is_no_longer_fresh_for_the_request() {
     sb.hub.put_json(PATH, body_for(&sb.hub.url(), "one", 100));
     let daemon = sb.start_daemon(&[], &[]);
     let auth = bearer(TOKEN_A);
-    let headers = [("Authorization", auth.as_str()), ("x-peercache-ttl", "2")];
     let mut conn = Connection::open(&daemon);
-    assert_eq!(conn.get(&daemon, PATH, &headers).source(), "upstream");
+    let fetched = std::time::Instant::now();
+    let first = conn.get(&daemon, PATH, &[("Authorization", auth.as_str())]);
+    assert_eq!(first.source(), "upstream");
+    // 1.5 s on, a request whose TTL is 2 s: the entry is fresh for it for half a second more,
+    // while the rate-limit figures read now hold for a second. So the kept answer must lapse
+    // on the entry's freshness alone.
+    std::thread::sleep(Duration::from_millis(1_500).saturating_sub(fetched.elapsed()));
+    let headers = [("Authorization", auth.as_str()), ("x-peercache-ttl", "2")];
     for _ in 0..3 {
         assert_eq!(conn.get(&daemon, PATH, &headers).source(), "local");
     }
-    assert!(replayed(&daemon) >= 1);
-    std::thread::sleep(Duration::from_millis(2_100));
-    // Two seconds on, the entry is stale for this request: it goes to GitHub again (a 304).
+    let before = replayed(&daemon);
+    assert!(before >= 1);
+    std::thread::sleep(Duration::from_millis(2_150).saturating_sub(fetched.elapsed()));
+    assert!(
+        fetched.elapsed() < Duration::from_millis(2_400),
+        "the machine was too slow to test inside the figures' second"
+    );
     let after = conn.get(&daemon, PATH, &headers);
     assert_ne!(after.source(), "local", "a stale entry was sent again");
+    assert_eq!(replayed(&daemon), before);
     assert_eq!(sb.hub.total(), 2);
 }
 
 #[test]
-fn a_kept_answer_lapses_when_another_process_replaces_the_record() {
+fn a_kept_answer_lapses_when_its_record_is_replaced_on_disk() {
+    const OTHER: &str = "/repos/octo/hello/contents/b.json";
     let sb = Sandbox::new();
     sb.hub.put_json(PATH, body_for(&sb.hub.url(), "one", 100));
+    sb.hub.put_json(OTHER, body_for(&sb.hub.url(), "two", 100));
     let daemon = sb.start_daemon(&[], &[]);
     let auth = bearer(TOKEN_A);
     let headers = [("Authorization", auth.as_str())];
     let mut conn = Connection::open(&daemon);
     conn.get(&daemon, PATH, &headers);
+    conn.get(&daemon, OTHER, &headers);
     for _ in 0..3 {
         let hit = conn.get(&daemon, PATH, &headers);
         assert!(String::from_utf8_lossy(&hit.body).contains("\"one\""));
@@ -233,13 +247,17 @@ fn a_kept_answer_lapses_when_another_process_replaces_the_record() {
     let before = replayed(&daemon);
     assert!(before >= 1);
 
-    // GitHub's answer changes, and a `fetch` that bypasses the daemon stores the new one.
-    sb.hub.put_json(PATH, body_for(&sb.hub.url(), "two", 100));
-    sb.run(
-        Some(TOKEN_A),
-        &["fetch", "--no-daemon", "--ttl", "0", &PATH[1..]],
-    )
-    .ok();
+    // Another process replaces PATH's record, with a rename as the cache does, within the
+    // second the kept answer's figures hold. The new record names OTHER's body, so the answer
+    // shows which record was read.
+    let (record, mut entry) = record_of(&sb, PATH);
+    let (_, other) = record_of(&sb, OTHER);
+    entry["digest"] = other["digest"].clone();
+    entry["size"] = other["size"].clone();
+    let fresh = record.with_extension("new");
+    std::fs::write(&fresh, serde_json::to_vec(&entry).unwrap()).unwrap();
+    std::fs::rename(&fresh, &record).unwrap();
+
     let after = conn.get(&daemon, PATH, &headers);
     assert_eq!(after.source(), "local");
     assert!(
@@ -248,6 +266,24 @@ fn a_kept_answer_lapses_when_another_process_replaces_the_record() {
         String::from_utf8_lossy(&after.body)
     );
     assert_eq!(replayed(&daemon), before, "not sent again");
+}
+
+/// The record file whose URL ends in `path`, and its JSON.
+fn record_of(sb: &Sandbox, path: &str) -> (std::path::PathBuf, serde_json::Value) {
+    for shard in std::fs::read_dir(sb.cache_dir().join("entries")).unwrap() {
+        for record in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let file = record.unwrap().path();
+            if file.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let entry: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+            if entry["url"].as_str().is_some_and(|url| url.ends_with(path)) {
+                return (file, entry);
+            }
+        }
+    }
+    panic!("no record for {path}");
 }
 
 #[test]
