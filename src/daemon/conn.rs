@@ -38,6 +38,8 @@ use super::hot::{self, Ticket};
 
 /// Most bytes of a request head read here; a larger one is hyper's to refuse.
 const MAX_HEAD: usize = 64 << 10;
+/// Answers in a row on one connection before the thread's other connections get a turn.
+const ANSWERS_BEFORE_YIELD: u32 = 16;
 /// Most header lines read here; more are hyper's to handle.
 const MAX_HEADERS: usize = 32;
 
@@ -62,7 +64,15 @@ pub async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut answered = 0u32;
     loop {
+        // A client that sends its next request as soon as it has an answer finds this loop
+        // ready again at once: every few answers, the thread's other connections go first, so
+        // that one busy connection cannot hold the thread (hyper's own loop yields likewise).
+        answered = answered.wrapping_add(1);
+        if answered.is_multiple_of(ANSWERS_BEFORE_YIELD) {
+            tokio::task::yield_now().await;
+        }
         let deadline = tokio::time::Instant::now() + shared.header_timeout;
         let head = loop {
             match Head::parse(&buf) {
