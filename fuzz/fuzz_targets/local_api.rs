@@ -1,7 +1,9 @@
-//! A request on the daemon's local API port, as any process on the host may send it: hyper's
-//! HTTP/1.1 parser with the daemon's header-read timeout, then the capability check and every
-//! route of `src/daemon/api.rs` (and `/gh`'s endpoint handling), over an in-memory pipe. Upstream
-//! is a stand-in on loopback that answers 404 at once.
+//! A request on the daemon's local API port, as any process on the host may send it: the
+//! daemon's own connection loop (`src/daemon/conn.rs`: its head parser, its kept answers, its
+//! writer, and the hand-off to hyper's HTTP/1.1 for anything but a plain GET) with a short
+//! header-read timeout, then the capability check and every route of `src/daemon/api.rs` (and
+//! `/gh`'s endpoint handling), over an in-memory pipe. Upstream is a stand-in on loopback that
+//! answers 404 at once.
 //!
 //! Checked: no panic, and nothing but an error answer without the capability (a stranger must
 //! learn nothing from the port). `@CAP@` in an input stands for the capability, so the fuzzer
@@ -12,9 +14,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use libfuzzer_sys::fuzz_target;
-use peercache::daemon::{api, gh, metrics};
+use peercache::daemon::{api, conn, gh, hot, metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CAPABILITY: &str = "0123456789abcdef0123456789abcdef";
@@ -22,7 +23,7 @@ const PLACEHOLDER: &[u8] = b"@CAP@";
 
 struct World {
     runtime: tokio::runtime::Runtime,
-    router: axum::Router,
+    shared: Arc<conn::Shared>,
     _dir: tempfile::TempDir,
 }
 
@@ -34,7 +35,7 @@ fn world() -> &'static World {
             .build()
             .expect("a runtime");
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let router = runtime.block_on(async {
+        let shared = runtime.block_on(async {
             // The stand-in upstream: answers every request 404 at once, as GitHub does for what
             // it does not know.
             let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -58,7 +59,7 @@ fn world() -> &'static World {
             let github = peercache::github::GitHub::new().unwrap();
             let resolver =
                 peercache::resolver::Resolver::new(cache.clone(), github.clone(), &upstream_url);
-            api::router(Arc::new(api::Api {
+            let api = Arc::new(api::Api {
                 capability: CAPABILITY.into(),
                 origin: "http://127.0.0.1:1".into(),
                 upstream: upstream_url,
@@ -75,12 +76,23 @@ fn world() -> &'static World {
                 limit_figures: gh::LimitFigures::default(),
                 bases: api::Bases::new("http://127.0.0.1:1", CAPABILITY),
                 sent: gh::SentBodies::default(),
+                hot: hot::HotAnswers::default(),
                 libp2p_registry: Default::default(),
-            }))
+            });
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(200))
+                .keep_alive(true);
+            Arc::new(conn::Shared {
+                router: api::router(Arc::clone(&api)),
+                api,
+                http,
+                header_timeout: Duration::from_millis(200),
+            })
         });
         World {
             runtime,
-            router,
+            shared,
             _dir: dir,
         }
     })
@@ -110,12 +122,14 @@ fuzz_target!(|data: &[u8]| {
         .any(|w| w == CAPABILITY.as_bytes());
     let answer = world.runtime.block_on(async {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_millis(200))
-            .keep_alive(true);
-        let service = TowerToHyperService::new(world.router.clone());
-        let connection = http.serve_connection(TokioIo::new(server), service);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let (_stop, drain_seen) = tokio::sync::watch::channel(false);
+        let connection = conn::serve(
+            server,
+            Arc::clone(&world.shared),
+            graceful.watcher(),
+            drain_seen,
+        );
         let exchange = async {
             let _ = client.write_all(&request).await;
             let _ = client.shutdown().await;

@@ -30,7 +30,6 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::api::Api;
@@ -57,8 +56,8 @@ pub struct Shared {
 
 /// Serves one connection until it closes, fails, idles past the header timeout, or the server
 /// drains (`stop` turns true).
-pub async fn serve(
-    mut stream: TcpStream,
+pub async fn serve<S: Stream>(
+    mut stream: S,
     shared: Arc<Shared>,
     watcher: Watcher,
     mut stop: watch::Receiver<bool>,
@@ -132,6 +131,11 @@ pub async fn serve(
         }
     }
 }
+
+/// What a connection runs over: a TCP stream here, an in-memory pipe in the fuzz target.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
 
 /// Where a request head ends and what it holds, as offsets into the read buffer.
 struct Head {
@@ -255,7 +259,7 @@ fn mentions(value: &[u8], word: &[u8]) -> bool {
 /// framed by its length when known, else chunked. A body that fails midway ends the connection
 /// without its last chunk, so the client never takes a cut body for a whole one.
 async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     response: axum::response::Response,
     keep: Option<(hot::Fingerprint, Ticket)>,
     api: &Api,
@@ -388,7 +392,7 @@ fn date_line(now: SystemTime) -> Arc<str> {
 
 /// Writes every slice, with as few calls as the socket allows.
 async fn write_all_vectored(
-    stream: &mut TcpStream,
+    stream: &mut impl Stream,
     mut slices: &mut [IoSlice<'_>],
 ) -> std::io::Result<()> {
     IoSlice::advance_slices(&mut slices, 0);
@@ -403,7 +407,7 @@ async fn write_all_vectored(
 }
 
 /// Hands the connection, with the bytes already read from it, to hyper.
-async fn hand_off(stream: TcpStream, read: Vec<u8>, shared: &Shared, watcher: Watcher) {
+async fn hand_off<S: Stream>(stream: S, read: Vec<u8>, shared: &Shared, watcher: Watcher) {
     let io = TokioIo::new(Rewind {
         read,
         at: 0,
@@ -416,13 +420,13 @@ async fn hand_off(stream: TcpStream, read: Vec<u8>, shared: &Shared, watcher: Wa
 }
 
 /// A stream whose first bytes were already read: they are read again first.
-struct Rewind {
+struct Rewind<S> {
     read: Vec<u8>,
     at: usize,
-    stream: TcpStream,
+    stream: S,
 }
 
-impl AsyncRead for Rewind {
+impl<S: Stream> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -443,7 +447,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: Stream> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

@@ -16,10 +16,10 @@
 
 pub mod api;
 pub mod client;
-mod conn;
+pub mod conn;
 mod detach;
 pub mod gh;
-mod hot;
+pub mod hot;
 pub mod metrics;
 pub mod remote;
 mod server;
