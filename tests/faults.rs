@@ -89,25 +89,17 @@ fn a_full_disk_still_answers_and_never_serves_half_a_body() {
     assert!(warned, "no line said the disk is full");
     // What is on the disk is whole: every record points at a body that hashes to its digest.
     let mut records = 0;
-    for shard in std::fs::read_dir(sb.cache_dir().join("entries")).unwrap() {
-        for record in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let path = record.unwrap().path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let entry: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            let digest = entry["digest"].as_str().unwrap();
-            let object = sb
-                .cache_dir()
-                .join("objects")
-                .join(&digest[..2])
-                .join(&digest[2..]);
-            let body = std::fs::read(&object).unwrap();
-            use sha2::Digest;
-            assert_eq!(hex::encode(sha2::Sha256::digest(&body)), digest);
-            records += 1;
-        }
+    for (_, entry) in common::records(&sb.cache_dir()) {
+        let digest = entry["digest"].as_str().unwrap();
+        let object = sb
+            .cache_dir()
+            .join("objects")
+            .join(&digest[..2])
+            .join(&digest[2..]);
+        let body = std::fs::read(&object).unwrap();
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(&body)), digest);
+        records += 1;
     }
     assert!(
         records > 0 && records < bodies.len(),

@@ -11,41 +11,20 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{Daemon, Sandbox};
+use common::{Daemon, HttpResponse, Sandbox};
 
 const TOKEN_A: &str = "token-of-job-a";
 const TOKEN_B: &str = "token-of-job-b";
 const PATH: &str = "/repos/octo/hello/contents/a.json";
 
-/// One answer read off a connection.
-#[derive(Debug, Clone)]
-struct Answer {
-    status: u16,
-    /// Names lowercased, in the order sent.
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn source(&self) -> &str {
-        self.header("x-peercache-source").unwrap_or("none")
-    }
-
-    /// The head without `date`, which hyper writes per second.
-    fn head_without_date(&self) -> Vec<(String, String)> {
-        self.headers
-            .iter()
-            .filter(|(k, _)| k != "date")
-            .cloned()
-            .collect()
-    }
+/// The head without `date`, which is written per second.
+fn head_without_date(answer: &HttpResponse) -> Vec<(String, String)> {
+    answer
+        .headers
+        .iter()
+        .filter(|(k, _)| k != "date")
+        .cloned()
+        .collect()
 }
 
 /// A keep-alive connection to the daemon's local API.
@@ -67,7 +46,7 @@ impl Connection {
     }
 
     /// Sends `GET <capability><path>` with these header lines and reads one answer.
-    fn get(&mut self, daemon: &Daemon, path: &str, headers: &[(&str, &str)]) -> Answer {
+    fn get(&mut self, daemon: &Daemon, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
         let mut head = format!(
             "GET /{}/gh{path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
             daemon.capability(),
@@ -81,7 +60,7 @@ impl Connection {
         self.read_answer()
     }
 
-    fn read_answer(&mut self) -> Answer {
+    fn read_answer(&mut self) -> HttpResponse {
         let end = loop {
             if let Some(at) = self.pending.windows(4).position(|w| w == b"\r\n\r\n") {
                 break at;
@@ -105,7 +84,7 @@ impl Connection {
             self.fill();
         }
         let body = self.pending.drain(..length).collect();
-        Answer {
+        HttpResponse {
             status: status.parse().unwrap(),
             headers,
             body,
@@ -153,7 +132,7 @@ fn hot_hits_are_sent_again_byte_for_byte_and_counted_as_local_hits() {
     let mut conn = Connection::open(&daemon);
     let first = conn.get(&daemon, PATH, &headers);
     assert_eq!(first.source(), "upstream");
-    let hits: Vec<Answer> = (0..8).map(|_| conn.get(&daemon, PATH, &headers)).collect();
+    let hits: Vec<HttpResponse> = (0..8).map(|_| conn.get(&daemon, PATH, &headers)).collect();
     // And on another connection: the kept answer belongs to the request head, not the socket.
     let mut other = Connection::open(&daemon);
     let elsewhere = other.get(&daemon, PATH, &headers);
@@ -168,7 +147,7 @@ fn hot_hits_are_sent_again_byte_for_byte_and_counted_as_local_hits() {
     assert!(full_path.header("x-ratelimit-remaining").is_some());
     for answer in hits.iter().chain([&elsewhere]) {
         assert_eq!(answer.status, full_path.status);
-        assert_eq!(answer.head_without_date(), full_path.head_without_date());
+        assert_eq!(head_without_date(answer), head_without_date(full_path));
         assert_eq!(answer.body, full_path.body);
         assert!(answer.header("date").is_some(), "every answer is dated");
     }
@@ -270,20 +249,10 @@ fn a_kept_answer_lapses_when_its_record_is_replaced_on_disk() {
 
 /// The record file whose URL ends in `path`, and its JSON.
 fn record_of(sb: &Sandbox, path: &str) -> (std::path::PathBuf, serde_json::Value) {
-    for shard in std::fs::read_dir(sb.cache_dir().join("entries")).unwrap() {
-        for record in std::fs::read_dir(shard.unwrap().path()).unwrap() {
-            let file = record.unwrap().path();
-            if file.extension().is_none_or(|e| e != "json") {
-                continue;
-            }
-            let entry: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
-            if entry["url"].as_str().is_some_and(|url| url.ends_with(path)) {
-                return (file, entry);
-            }
-        }
-    }
-    panic!("no record for {path}");
+    common::records(&sb.cache_dir())
+        .into_iter()
+        .find(|(_, entry)| entry["url"].as_str().is_some_and(|url| url.ends_with(path)))
+        .unwrap_or_else(|| panic!("no record for {path}"))
 }
 
 #[test]

@@ -976,13 +976,19 @@ mod tests {
         assert!(matches!(cache.get(&key("c")), Lookup::Miss));
     }
 
+    /// A cache as the daemon opens it (remembering what it read) and another process's, on one
+    /// dir.
+    fn daemon_and_other(dir: &Path) -> (Cache, Cache) {
+        let daemon = Cache::open(dir, 1 << 20)
+            .unwrap()
+            .with_verified_bodies(1 << 16);
+        (daemon, Cache::open(dir, 1 << 20).unwrap())
+    }
+
     #[test]
     fn a_remembered_entry_is_served_until_another_process_replaces_its_record() {
         let dir = tempfile::tempdir().unwrap();
-        let daemon = Cache::open(dir.path(), 1 << 20)
-            .unwrap()
-            .with_verified_bodies(1 << 16);
-        let other = Cache::open(dir.path(), 1 << 20).unwrap();
+        let (daemon, other) = daemon_and_other(dir.path());
         let ttl = Duration::from_secs(60);
         assert!(
             daemon.get_remembered(&key("a")).is_none(),
@@ -1023,10 +1029,7 @@ mod tests {
     #[test]
     fn a_mark_holds_while_its_record_file_is_unchanged_and_recently_used() {
         let dir = tempfile::tempdir().unwrap();
-        let daemon = Cache::open(dir.path(), 1 << 20)
-            .unwrap()
-            .with_verified_bodies(1 << 16);
-        let other = Cache::open(dir.path(), 1 << 20).unwrap();
+        let (daemon, other) = daemon_and_other(dir.path());
         let ttl = Duration::from_secs(60);
         daemon.put(&key("a"), "u", &meta(), b"first", ttl).unwrap();
         let mark = daemon.get_remembered(&key("a")).unwrap().mark;

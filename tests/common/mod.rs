@@ -310,6 +310,22 @@ impl Sandbox {
     }
 }
 
+/// Every index record under `<cache_dir>/entries`, with its JSON.
+pub fn records(cache_dir: &Path) -> Vec<(PathBuf, serde_json::Value)> {
+    let mut records = Vec::new();
+    for shard in std::fs::read_dir(cache_dir.join("entries")).unwrap() {
+        for record in std::fs::read_dir(shard.unwrap().path()).unwrap() {
+            let path = record.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let entry = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            records.push((path, entry));
+        }
+    }
+    records
+}
+
 /// An answer of [`http_get`].
 #[derive(Debug)]
 pub struct HttpResponse {
