@@ -366,7 +366,7 @@ fn slow_handshakes_from_one_host_are_cut_and_do_not_keep_a_new_member_out() {
         sockets.into_iter().map(|(_, c)| c).collect::<Vec<_>>()
     });
     std::thread::sleep(Duration::from_secs(2));
-    let joined_at = Instant::now();
+    let starting = Instant::now();
     let member = start_node(
         root.path(),
         "member",
@@ -376,6 +376,10 @@ fn slow_handshakes_from_one_host_are_cut_and_do_not_keep_a_new_member_out() {
             ..NodeSpec::default()
         },
     );
+    // From when the member answers: its own start (a process, keys, listeners) is not the
+    // gate's to shorten, and a loaded machine can stretch it.
+    let started_in = starting.elapsed();
+    let joined_at = Instant::now();
     wait_for(
         "a member to join while slow handshakes hang",
         Duration::from_secs(30),
@@ -386,15 +390,18 @@ fn slow_handshakes_from_one_host_are_cut_and_do_not_keep_a_new_member_out() {
     let open = closed.iter().filter(|c| c.is_none()).count();
     let longest = closed.iter().flatten().max().copied().unwrap_or_default();
     eprintln!(
-        "{SOCKETS} slow handshakes: a member joined in {join_took:?}; {open} still open after 40 s, \
-         the others cut after at most {longest:?}"
+        "{SOCKETS} slow handshakes: a member started in {started_in:?} and joined in \
+         {join_took:?}; {open} still open after 40 s, the others cut after at most {longest:?}"
     );
     assert_eq!(open, 0, "slow handshakes were never cut");
     assert!(longest < Duration::from_secs(20), "{longest:?}");
     // The flood's handshakes last 10 s: a member that got in well before was not held back.
     assert!(
         join_took < Duration::from_secs(6),
-        "a member took {join_took:?} to join while one host held slow handshakes open"
+        "a member took {join_took:?} to join while one host held slow handshakes open\n\
+         member's log:\n{}\ntarget's log:\n{}",
+        member.log(),
+        target.log()
     );
     assert!(
         target
