@@ -595,6 +595,15 @@ pub fn lines(report: &Report) -> Vec<(String, Vec<Line>)> {
                     s.max_connections <= 64,
                 ));
             }
+            if let Some(c) = &s.fetch_connections {
+                scale.push(line(
+                    "    during the fetch round alone: p50 / max",
+                    format!(
+                        "{:.0} / {:.0} ({} of {} nodes sampled during it)",
+                        c.p50, c.max, s.fetch_sampled, s.nodes
+                    ),
+                ));
+            }
             if !s.busiest.is_empty() {
                 let busiest: Vec<String> = s
                     .busiest

@@ -59,6 +59,12 @@ pub struct Scale {
     /// The nodes that had the most connections: name, that most, and when it was first seen
     /// (seconds since the first daemon started).
     pub busiest: Vec<(String, u64, f64)>,
+    /// The most connections per node in the samples taken during the fetch round alone (the
+    /// joins and the settling before it left out), summarised over the nodes sampled then.
+    pub fetch_connections: Option<Spread>,
+    /// The nodes sampled during the fetch round (a sampling round asks every node in turn,
+    /// and a round can outlast a short fetch round).
+    pub fetch_sampled: usize,
     /// Requests made (nodes × endpoints), all at once.
     pub requests: usize,
     /// Of those, the ones answered 200 with the right body.
@@ -196,6 +202,9 @@ pub fn run(
     // Connections are sampled from now until the end, on a thread of their own; each round's
     // counts also go to the wait for quiet.
     let most: Mutex<Vec<(u64, f64)>> = Mutex::new(vec![(0, 0.0); nodes]);
+    // The same during the fetch round alone: `fetching` is set as it starts.
+    let most_fetching: Mutex<Vec<Option<u64>>> = Mutex::new(vec![None; nodes]);
+    let fetching = AtomicBool::new(false);
     let done = AtomicBool::new(false);
     let (round_tx, rounds) = std::sync::mpsc::channel::<Round>();
     std::thread::scope(|s| -> anyhow::Result<Scale> {
@@ -212,13 +221,17 @@ pub fn run(
                     if connections > most[i].0 {
                         most[i] = (connections, started.elapsed().as_secs_f64());
                     }
+                    if fetching.load(Ordering::Relaxed) {
+                        let most = &mut most_fetching.lock().unwrap()[i];
+                        *most = Some(most.unwrap_or(0).max(connections));
+                    }
                 }
                 // The wait for quiet may be over; then no one listens.
                 let _ = round_tx.send((Instant::now(), counts));
                 std::thread::sleep(SAMPLE_EVERY);
             }
         });
-        let result = measure(&hub, &swarm, &ids, &index, &rounds, endpoints);
+        let result = measure(&hub, &swarm, &ids, &index, &rounds, endpoints, &fetching);
         done.store(true, Ordering::Relaxed);
         let (settle_ms, unsettled, quiet_ms, peers, fetch) = result?;
         let most_at = most.lock().unwrap().clone();
@@ -230,6 +243,13 @@ pub fn run(
             .collect();
         busiest.sort_by_key(|b| std::cmp::Reverse(b.1));
         busiest.truncate(5);
+        let during_fetch: Vec<f64> = most_fetching
+            .lock()
+            .unwrap()
+            .iter()
+            .flatten()
+            .map(|c| *c as f64)
+            .collect();
         let rss: Vec<f64> = swarm.iter().map(|n| n.rss_kb() as f64).collect();
         let counters: Vec<&str> = CLAIM_COUNTERS.into_iter().chain(LOOKUP_FALLBACKS).collect();
         let claims = swarm_sums(&swarm, &counters);
@@ -245,6 +265,8 @@ pub fn run(
             max_connections: most.iter().copied().max().unwrap_or(0),
             connections: spread(&most.iter().map(|c| *c as f64).collect::<Vec<_>>()),
             busiest,
+            fetch_connections: spread(&during_fetch),
+            fetch_sampled: during_fetch.len(),
             requests: fetch.requests,
             answered: fetch.answered,
             resent: fetch.resent,
@@ -337,6 +359,7 @@ fn measure(
     index: &HashMap<String, usize>,
     rounds: &std::sync::mpsc::Receiver<Round>,
     endpoints: usize,
+    fetching: &AtomicBool,
 ) -> anyhow::Result<Settled> {
     let waiting = Instant::now();
     let mut settle_ms = None;
@@ -377,6 +400,7 @@ fn measure(
     let by_source: Mutex<BTreeMap<String, u64>> = Mutex::default();
     let answered = std::sync::atomic::AtomicUsize::new(0);
     let resent = std::sync::atomic::AtomicUsize::new(0);
+    fetching.store(true, Ordering::Relaxed);
     let began = Instant::now();
     std::thread::scope(|s| {
         for node in swarm {
