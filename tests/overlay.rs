@@ -125,6 +125,22 @@ fn a_swarm_beyond_the_full_mesh_keeps_few_connections_and_calls_github_once_per_
         quiet,
         "members kept joining and leaving for 180 s after the overlay settled"
     );
+    // A member that joins a swarm past the full mesh cuts its first Kademlia bootstrap short
+    // (lookups of twenty members each) and looks its buckets up narrowly instead: the first
+    // member's hello tells it the swarm's size, so every late joiner does.
+    let late: Vec<&SwarmNode> = nodes[2 * FULL_MESH.parse::<usize>().unwrap()..]
+        .iter()
+        .collect();
+    let cut: Vec<&str> = late
+        .iter()
+        .filter(|n| n.log().contains("the first Kademlia bootstrap is cut"))
+        .map(|n| n.name.as_str())
+        .collect();
+    assert!(
+        cut.len() * 4 >= late.len() * 3,
+        "only {cut:?} of the {} late joiners cut their first bootstrap short",
+        late.len()
+    );
     let mut peers: HashMap<String, usize> = HashMap::new();
     for node in &nodes {
         let p = node.json("api/peers");

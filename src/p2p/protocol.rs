@@ -138,6 +138,11 @@ pub struct PeerMeta {
     /// that token fetched.
     #[serde(default)]
     pub token_tag: Option<String>,
+    /// The members it knew of (connected or heard of) when it said this: a member joining
+    /// through it learns at its first hello whether the swarm is past the full mesh, before
+    /// its own lookups have met enough members to tell.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub members_known: Option<u32>,
 }
 
 /// A gossipsub message, sealed with [`GOSSIP_AAD`].
@@ -257,5 +262,35 @@ mod tests {
             response(&mut codec, "welcome.cbor"),
             Response::Welcome { .. }
         ));
+    }
+
+    /// A member's description from before `members_known` still opens, and a new one is read
+    /// by a node of either kind.
+    #[test]
+    fn a_description_without_the_members_known_opens_and_one_with_it_is_read() {
+        let old: PeerMeta =
+            serde_json::from_str(r#"{"runner_name":"r1","listen_port":4001,"token_tag":null}"#)
+                .unwrap();
+        assert_eq!(old.members_known, None);
+        assert_eq!(old.listen_port, Some(4001));
+        let new = PeerMeta {
+            members_known: Some(195),
+            ..old.clone()
+        };
+        let json = serde_json::to_string(&new).unwrap();
+        let read: PeerMeta = serde_json::from_str(&json).unwrap();
+        assert_eq!(read.members_known, Some(195));
+        // An older node's reader: the same fields without the new one.
+        #[derive(serde::Deserialize)]
+        struct Older {
+            runner_name: Option<String>,
+        }
+        let older: Older = serde_json::from_str(&json).unwrap();
+        assert_eq!(older.runner_name.as_deref(), Some("r1"));
+        assert!(
+            !serde_json::to_string(&old)
+                .unwrap()
+                .contains("members_known")
+        );
     }
 }

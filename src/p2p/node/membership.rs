@@ -204,7 +204,11 @@ impl EventLoop {
     }
 
     fn meta_json(&self) -> Vec<u8> {
-        serde_json::to_vec(&self.meta).unwrap_or_default()
+        let meta = PeerMeta {
+            members_known: Some(u32::try_from(self.members_known()).unwrap_or(u32::MAX)),
+            ..self.meta.clone()
+        };
+        serde_json::to_vec(&meta).unwrap_or_default()
     }
 
     /// Disconnects a peer and refuses it for a while.

@@ -405,6 +405,7 @@ impl Node {
             runner_name: config.runner_name,
             listen_port: first_port(&inner.state().listen_addrs),
             token_tag: config.token_tag.clone(),
+            members_known: None,
         };
         let event_loop = EventLoop {
             swarm,

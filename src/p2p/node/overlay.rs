@@ -143,8 +143,28 @@ impl Overlay {
 
 impl EventLoop {
     /// Whether the swarm is larger than a full mesh: more members known (connected or heard of)
-    /// than the full-mesh size. Counted afresh; [`State::bounded`] holds the last count.
-    fn count_bounded(&self) -> bool {
+    /// than the full-mesh size, or, while this node joins, a member it met knowing more.
+    /// Counted afresh; [`State::bounded`] holds the last count.
+    pub(super) fn count_bounded(&self) -> bool {
+        if self.members_known() > self.full_mesh {
+            return true;
+        }
+        // Until its first bootstrap is over, a joiner also goes by what the members it met
+        // said they knew at the hello: its own count lags behind its lookups, whose later
+        // passes (twenty members each) it would otherwise let run (see `on_bootstrap_step`).
+        !self.bootstrapped
+            && self
+                .inner
+                .state()
+                .peers
+                .values()
+                .filter(|p| p.verified)
+                .filter_map(|p| p.meta.members_known)
+                .any(|known| known as usize > self.full_mesh)
+    }
+
+    /// Members this node knows of: connected and verified, or heard of.
+    pub(super) fn members_known(&self) -> usize {
         let state = self.inner.state();
         let connected = state.peers.iter().filter(|(_, p)| p.verified).count();
         let heard_only = self
@@ -153,7 +173,7 @@ impl EventLoop {
             .keys()
             .filter(|p| !state.peers.get(*p).is_some_and(|s| s.verified))
             .count();
-        connected + heard_only > self.full_mesh
+        connected + heard_only
     }
 
     /// A member was heard of: a candidate neighbour. In a full mesh it is dialed at once.
