@@ -302,14 +302,15 @@ impl EventLoop {
             return;
         }
         if self.cut_bootstraps.insert(id) {
+            let done = step.count.get();
             if self.bootstrapped {
                 tracing::debug!(
-                    "overlay: a repeated Kademlia bootstrap is cut after its first lookup"
+                    "overlay: a repeated Kademlia bootstrap is cut after {done} lookup(s)"
                 );
             } else {
                 let lookups = self.look_up_buckets();
                 tracing::debug!(
-                    "overlay: the first Kademlia bootstrap is cut after its first lookup; \
+                    "overlay: the first Kademlia bootstrap is cut after {done} lookup(s); \
                      {lookups} narrow lookup(s) of the other buckets instead"
                 );
             }
