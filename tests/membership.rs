@@ -148,6 +148,9 @@ struct Seen {
     reply: Option<(Vec<u8>, Vec<u8>)>,
     /// The member's answer to the stranger's confirmation.
     confirm_answer: Option<Response>,
+    /// The member's answer to the stranger's request for its members' list (a guesser asks
+    /// before its hello, a member once it is welcomed).
+    members_answer: Option<Response>,
     /// The stranger's session of its own run (made with its own guess).
     session: Option<Session>,
     /// Whether the member closed the connection.
@@ -205,6 +208,7 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
         let mut seen = Seen::default();
         let mut started: Option<Initiator> = None;
         let mut said_hello = false;
+        let mut members_request = None;
         let mut answered: Vec<Session> = Vec::new();
         let mut unanswered = Vec::new();
         let mut wire = Wire::new();
@@ -219,9 +223,14 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
             // come. (Whether gossipsub spoke to it before is the member's choice.)
             let done = match mode {
                 Mode::Member => {
-                    seen.confirm_answer.is_some() && confirmed_to_us && !seen.topics.is_empty()
+                    seen.confirm_answer.is_some()
+                        && confirmed_to_us
+                        && !seen.topics.is_empty()
+                        && seen.members_answer.is_some()
                 }
-                Mode::Guesser => seen.confirm_answer.is_some() && seen.closed,
+                Mode::Guesser => {
+                    seen.confirm_answer.is_some() && seen.closed && seen.members_answer.is_some()
+                }
                 Mode::Answerer => seen.closed,
             };
             if done {
@@ -233,6 +242,11 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
                         if peer_id == member_id && !said_hello && mode != Mode::Answerer =>
                     {
                         said_hello = true;
+                        if mode == Mode::Guesser {
+                            let ask = wire.request(Request::Members { limit: 256 }).await;
+                            members_request =
+                                Some(swarm.behaviour_mut().exchange.send_request(&member_id, ask));
+                        }
                         let (run, message) = Initiator::start(&keys, &me, &member_id);
                         started = Some(run);
                         let hello = wire.request(Request::Hello { pake: message }).await;
@@ -286,11 +300,15 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
                             let response = wire.response(response).await;
                             let _ = swarm.behaviour_mut().exchange.send_response(channel, response);
                         }
-                        request_response::Message::Response { response, .. } => {
+                        request_response::Message::Response { response, request_id } => {
                             seen.raw.push(response.clone());
                             let Some(response) = wire.decode_response(&response).await else {
                                 panic!("the member's answer does not decode: {response:?}");
                             };
+                            if members_request == Some(request_id) {
+                                seen.members_answer = Some(response);
+                                continue;
+                            }
                             seen.responses.push(response.clone());
                             match response {
                                 Response::HelloReply { pake, confirm } if seen.reply.is_none() => {
@@ -316,6 +334,18 @@ fn probe(member: &SwarmNode, guess: &str, mode: Mode) -> (PeerId, Seen) {
                                 }
                                 other => {
                                     if seen.reply.is_some() {
+                                        if mode == Mode::Member
+                                            && matches!(other, Response::Welcome { .. })
+                                        {
+                                            let ask =
+                                                wire.request(Request::Members { limit: 256 }).await;
+                                            members_request = Some(
+                                                swarm
+                                                    .behaviour_mut()
+                                                    .exchange
+                                                    .send_request(&member_id, ask),
+                                            );
+                                        }
                                         seen.confirm_answer = Some(other);
                                     } else {
                                         panic!("the member answered our hello with {other:?}");
@@ -353,6 +383,7 @@ fn request_bytes(request: &Request) -> Vec<Vec<u8>> {
         | Request::Have { key_id, .. } => {
             vec![key_id.clone()]
         }
+        Request::Members { .. } => Vec::new(),
     }
 }
 
@@ -364,6 +395,10 @@ fn response_bytes(response: &Response) -> Vec<Vec<u8>> {
         Response::Claim {
             claimant, holders, ..
         } => claimant.iter().chain(holders).map(|b| b.to_vec()).collect(),
+        Response::Members { members } => members
+            .iter()
+            .flat_map(|m| std::iter::once(m.id.clone()).chain(m.addrs.iter().map(|a| a.to_vec())))
+            .collect(),
         Response::NotFound | Response::Denied | Response::Noted => Vec::new(),
     }
 }
@@ -524,6 +559,12 @@ fn a_stranger_that_guesses_receives_nothing_to_test_the_secret_against_and_is_re
         seen.confirm_answer
     );
     assert!(seen.closed, "the member disconnected the stranger");
+    // Asked before its hello, the member did not tell it who its members are.
+    assert!(
+        matches!(seen.members_answer, Some(Response::Denied)),
+        "a stranger asked for the members' list and got {:?}",
+        seen.members_answer
+    );
     wait_for("the guess to be counted", Duration::from_secs(10), || {
         member.swarm()["auth_failures"].as_u64().unwrap() >= 2
     });
@@ -555,6 +596,12 @@ fn a_stranger_that_guesses_receives_nothing_to_test_the_secret_against_and_is_re
         }
         other => panic!("the member did not welcome a client with the secret: {other:?}"),
     }
+    // Welcomed, it is listed the members (none: the member has no other).
+    assert!(
+        matches!(&welcomed.members_answer, Some(Response::Members { members }) if members.is_empty()),
+        "a member asked for the members' list and got {:?}",
+        welcomed.members_answer
+    );
     // The member's own hello reached its confirmation: it verified the client's reply.
     assert!(
         welcomed

@@ -125,20 +125,44 @@ fn a_swarm_beyond_the_full_mesh_keeps_few_connections_and_calls_github_once_per_
         quiet,
         "members kept joining and leaving for 180 s after the overlay settled"
     );
-    // A member that joins a swarm past the full mesh cuts its first Kademlia bootstrap short
-    // (lookups of twenty members each) and looks its buckets up narrowly instead: the first
-    // member's hello tells it the swarm's size, so every late joiner does.
+    // A member that joins a swarm past the full mesh asks the first member (whose hello tells
+    // it the swarm's size) for the members it knows, picks its neighbours from that list and
+    // cuts Kademlia's bootstraps, whose lookups would connect it to most of the swarm: so
+    // every late joiner does, and the first member lists them the swarm.
     let late: Vec<&SwarmNode> = nodes[2 * FULL_MESH.parse::<usize>().unwrap()..]
         .iter()
         .collect();
-    let cut: Vec<&str> = late
+    let listed = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("members (Join); the neighbours are picked from them"))
+            .filter_map(|l| l.split(" listed ").nth(1)?.split(' ').next()?.parse().ok())
+            .max()
+            .unwrap_or(0usize)
+    };
+    let joined_by_list: Vec<(&str, usize)> = late
         .iter()
-        .filter(|n| n.log().contains("the first Kademlia bootstrap is cut"))
-        .map(|n| n.name.as_str())
+        .map(|n| (n.name.as_str(), listed(&n.log())))
+        .filter(|(_, members)| *members > 0)
         .collect();
     assert!(
-        cut.len() * 4 >= late.len() * 3,
-        "only {cut:?} of the {} late joiners cut their first bootstrap short",
+        joined_by_list.len() * 4 >= late.len() * 3,
+        "only {joined_by_list:?} of the {} late joiners took a member's list",
+        late.len()
+    );
+    // Listed at its joining, each knew of more members than a full mesh holds at once.
+    assert!(
+        joined_by_list
+            .iter()
+            .all(|(_, members)| *members > FULL_MESH.parse::<usize>().unwrap()),
+        "{joined_by_list:?}"
+    );
+    let cut = late
+        .iter()
+        .filter(|n| n.log().contains("bootstrap is cut"))
+        .count();
+    assert!(
+        cut * 4 >= late.len() * 3,
+        "only {cut} of the {} late joiners cut a Kademlia bootstrap",
         late.len()
     );
     let mut peers: HashMap<String, usize> = HashMap::new();

@@ -80,6 +80,30 @@ pub enum Request {
         /// When the copy was fetched or revalidated upstream (ms since the epoch).
         fetched_at_ms: u64,
     },
+    /// From a member joining a bounded overlay: "which members do you know, nearest to me
+    /// first?" Answered with `Members`. The joiner picks its neighbours from the list instead of
+    /// walking Kademlia, whose lookups connect it to most of the swarm. An older peer cannot
+    /// decode it and drops the stream; the joiner then looks its buckets up in Kademlia.
+    Members {
+        /// The most members the requester wants listed (the answerer lists at most
+        /// [`MAX_MEMBERS_LISTED`]).
+        limit: u32,
+    },
+}
+
+/// The most members a `Members` answer lists (about 100 bytes each).
+pub const MAX_MEMBERS_LISTED: usize = 2048;
+/// The most addresses a `Members` answer gives per member.
+pub const MAX_ADDRS_LISTED: usize = 4;
+
+/// One member in a `Members` answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListedMember {
+    /// Its peer id, as bytes.
+    #[serde(with = "serde_bytes")]
+    pub id: Vec<u8>,
+    /// Where it listens (multiaddrs as bytes), at most [`MAX_ADDRS_LISTED`].
+    pub addrs: Vec<serde_bytes::ByteBuf>,
 }
 
 /// A response over the exchange protocol (CBOR).
@@ -125,6 +149,11 @@ pub enum Response {
     Denied,
     /// A `Have` was recorded.
     Noted,
+    /// The members the answerer knows (connected or heard of), nearest to the requester first.
+    Members {
+        /// At most the request's limit and [`MAX_MEMBERS_LISTED`].
+        members: Vec<ListedMember>,
+    },
 }
 
 /// What a peer tells verified members about itself.

@@ -153,7 +153,16 @@ impl EventLoop {
         let now = Instant::now();
         self.reaching
             .retain(|_, since| now.duration_since(*since) < REACH_TIMEOUT);
+        if self.reaches_by_list() {
+            tracing::debug!(
+                "asking a neighbour for its list to pull from {peer}: not heard of yet"
+            );
+            self.reaching.insert(peer, now);
+            self.reach_by_list();
+            return;
+        }
         if self.reaching.insert(peer, now).is_none() {
+            tracing::debug!("looking {peer} up in Kademlia to pull from it: not heard of yet");
             // Narrow: the lookup ends at the member itself (it is the closest to its own id),
             // after a few hops. A lookup for `k` = 20 members connected a waiter to twenty
             // more at once, and every waiter of a 200-member swarm's fetch round made some.
@@ -212,8 +221,14 @@ impl EventLoop {
         }
         let me = self.inner.peer_id;
         self.swarm.behaviour_mut().kad.get_closest_peers(me);
-        let in_table: Vec<(PeerId, Vec<Multiaddr>)> = self
-            .swarm
+        for (peer, addrs) in self.members_in_table() {
+            self.overlay.hear(peer, addrs);
+        }
+    }
+
+    /// The members in Kademlia's routing table, with their addresses there.
+    fn members_in_table(&mut self) -> Vec<(PeerId, Vec<Multiaddr>)> {
+        self.swarm
             .behaviour_mut()
             .kad
             .kbuckets()
@@ -228,10 +243,7 @@ impl EventLoop {
                     })
                     .collect::<Vec<_>>()
             })
-            .collect();
-        for (peer, addrs) in in_table {
-            self.overlay.hear(peer, addrs);
-        }
+            .collect()
     }
 
     /// Every [`KAD_REFRESH`]: looks the swarm up again (see [`EventLoop::look_up_swarm`]).
@@ -325,25 +337,26 @@ impl EventLoop {
     /// bucket `i` has every member of bucket `i` closer to it than any other member, so the
     /// lookup ends among them after a few contacts, where Kademlia's would meet twenty.
     /// Returns how many lookups were started.
-    fn look_up_buckets(&mut self) -> usize {
+    pub(super) fn look_up_buckets(&mut self) -> usize {
         let me = kad::KBucketKey::from(self.inner.peer_id);
-        let in_table: Vec<PeerId> = self
-            .swarm
-            .behaviour_mut()
-            .kad
-            .kbuckets()
-            .flat_map(|b| b.iter().map(|e| *e.node.key.preimage()).collect::<Vec<_>>())
-            .collect();
+        let in_table = self.members_in_table().into_iter().map(|(peer, _)| peer);
         let members: Vec<PeerId> = self.overlay.known.keys().copied().chain(in_table).collect();
         let Some(closest) = members.iter().map(|p| super::overlay::bucket(&me, p)).min() else {
             return 0;
         };
         let mut started = 0;
         for index in (closest + 1)..=MAX_BUCKET {
-            let target = (0..TARGET_TRIES)
-                .map(|_| PeerId::random())
-                .chain(members.iter().copied())
-                .find(|p| super::overlay::bucket(&me, p) == index);
+            // A member of the bucket is a target in it; random ids (a hash each) only for a
+            // bucket without one known.
+            let target = members
+                .iter()
+                .copied()
+                .find(|p| super::overlay::bucket(&me, p) == index)
+                .or_else(|| {
+                    (0..TARGET_TRIES)
+                        .map(|_| PeerId::random())
+                        .find(|p| super::overlay::bucket(&me, p) == index)
+                });
             if let Some(target) = target {
                 self.swarm
                     .behaviour_mut()
@@ -358,11 +371,11 @@ impl EventLoop {
 
 /// Members a narrow lookup asks for (see [`EventLoop::look_up_buckets`] and
 /// [`EventLoop::reach`]).
-const BUCKET_LOOKUP_RESULTS: std::num::NonZeroUsize =
+pub(super) const BUCKET_LOOKUP_RESULTS: std::num::NonZeroUsize =
     std::num::NonZeroUsize::new(super::overlay::PER_BUCKET + 1).expect("PER_BUCKET + 1 > 0");
 /// The farthest bucket (a 256-bit distance).
 const MAX_BUCKET: u32 = 255;
-/// Random ids tried for a target in a bucket before a known member of it stands in: bucket
+/// Random ids tried for a target in a bucket where no member is known: bucket
 /// `255 - j` holds one id in `2^(j+1)`, so 2048 tries find one in each of the eight farthest
 /// buckets (those of a swarm of a few hundred members) all but once in thousands of times.
 const TARGET_TRIES: usize = 2048;

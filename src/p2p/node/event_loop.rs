@@ -47,6 +47,8 @@ pub(super) struct EventLoop {
     pub(super) bootstrapped: bool,
     /// Bootstraps being cut short after their first lookup (see [`EventLoop::on_bootstrap_step`]).
     pub(super) cut_bootstraps: HashSet<kad::QueryId>,
+    /// Joining a bounded overlay from a member's list (see [`super::join`]).
+    pub(super) join: Join,
 }
 
 impl EventLoop {
@@ -54,7 +56,10 @@ impl EventLoop {
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.swarm.select_next_some() => {
+                    self.on_swarm_event(event);
+                    self.cut_bootstraps_while_listed();
+                }
                 command = self.commands.recv() => match command {
                     Some(Command::Shutdown(done)) => {
                         let _ = done.send(());
@@ -77,6 +82,9 @@ impl EventLoop {
                 reply,
             } => {
                 self.touch(&peer);
+                if !self.swarm.is_connected(&peer) {
+                    tracing::debug!("a request to {peer} dials it (not connected)");
+                }
                 let id = self
                     .swarm
                     .behaviour_mut()
@@ -155,6 +163,7 @@ impl EventLoop {
         self.rebootstrap_when_due();
         self.refresh_routing_when_due();
         self.look_after_overlay();
+        self.refresh_members_when_due();
     }
 
     /// Notes an exchange with `peer` (an overlay closes idle connections only).
@@ -512,6 +521,14 @@ impl EventLoop {
                     }
                     None => self.respond(channel, Response::Denied),
                 },
+                Request::Members { limit } => {
+                    let response = if self.inner.state().verified(&peer) {
+                        self.answer_members(peer, limit)
+                    } else {
+                        Response::Denied
+                    };
+                    self.respond(channel, response);
+                }
             },
             Event::Message {
                 peer,
@@ -526,6 +543,8 @@ impl EventLoop {
                     if let Some(next) = self.on_hello_answer(peer, step, response) {
                         self.send_hello_step(peer, next);
                     }
+                } else if let Some((asked, why)) = self.join.take(&request_id) {
+                    self.on_members_answer(asked, why, Some(response));
                 } else if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
@@ -538,6 +557,9 @@ impl EventLoop {
             } => {
                 if let Some(reply) = self.pending_requests.remove(&request_id) {
                     let _ = reply.send(Err(error.to_string()));
+                } else if let Some((asked, why)) = self.join.take(&request_id) {
+                    tracing::debug!("asking {asked} for its members failed: {error}");
+                    self.on_members_answer(asked, why, None);
                 } else if self.hellos.started.remove(&request_id).is_some() {
                     tracing::debug!("hello to {peer} failed: {error}");
                     // The hello rode a connection closed under it (a relayed one superseded

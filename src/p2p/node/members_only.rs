@@ -246,6 +246,16 @@ impl<B: NetworkBehaviour> NetworkBehaviour for MembersOnly<B> {
                 connection: CloseConnection::All,
             });
         }
-        self.inner.poll(cx)
+        let polled = self.inner.poll(cx);
+        if let Poll::Ready(ToSwarm::Dial { opts }) = &polled {
+            // Said here because the inner behaviour dials without telling the node why.
+            tracing::debug!(
+                "{} dials {}",
+                self.name,
+                opts.get_peer_id()
+                    .map_or_else(|| "an address".to_string(), |p| p.to_string())
+            );
+        }
+        polled
     }
 }

@@ -260,6 +260,7 @@ impl EventLoop {
             self.overlay_verified(peer);
             self.inner.member_verified.notify_waiters();
             self.maybe_reserve(*peer);
+            self.maybe_ask_for_members(peer);
         }
     }
 

@@ -31,6 +31,7 @@ mod connectivity;
 mod event_loop;
 mod gate;
 mod hub;
+mod join;
 mod members_only;
 mod membership;
 mod mirror;
@@ -46,6 +47,7 @@ pub use self::claims::Obtained;
 use self::claims::*;
 use self::connectivity::*;
 use self::event_loop::*;
+use self::join::Join;
 use self::overlay::Overlay;
 use self::pull::*;
 use self::reach::*;
@@ -430,6 +432,7 @@ impl Node {
             reaching: HashMap::new(),
             bootstrapped: false,
             cut_bootstraps: HashSet::new(),
+            join: Join::default(),
         };
         let task = tokio::spawn(event_loop.run());
         Ok(Node {

@@ -219,7 +219,20 @@ impl EventLoop {
         let me = kad::KBucketKey::from(self.inner.peer_id);
         let plan = {
             let state = self.inner.state();
-            plan(&me, &state, &self.overlay, now)
+            // The member a join's list came from is let go as soon as there are neighbours
+            // enough besides it: it is every joiner's entry point at once.
+            let others = state
+                .peers
+                .iter()
+                .filter(|(peer, p)| {
+                    p.verified && !p.connections.is_empty() && Some(**peer) != self.join.entry_point
+                })
+                .count();
+            let release = self.join.entry_point.filter(|_| others >= PER_BUCKET);
+            if release.is_some() {
+                self.join.entry_point = None;
+            }
+            plan(&me, &state, &self.overlay, release, now)
         };
         self.report_overlay(&plan, now);
         for (peer, addrs) in plan.dial {
@@ -309,15 +322,27 @@ pub(super) struct Plan {
 ///
 /// Each node answers for the connections it dialed and leaves those others dialed alone, so
 /// that one node's choice never undoes another's (which would have both dial again, and again).
-/// Of the members it dialed, it keeps the [`PER_BUCKET`] closest to itself in each bucket (the
-/// ones it dials first) and closes the rest once idle (most are left over from Kademlia's
-/// lookups). Closest, not longest-standing as Kademlia keeps: every node's Kademlia lookups
+/// It keeps a member it dialed while fewer than [`PER_BUCKET`] members of its bucket closer to
+/// itself stay connected, whoever dialed them, and closes the rest once idle: most are left
+/// over from Kademlia's lookups or from the full mesh the swarm was while it was small, and a
+/// member that others dialed, closer, serves routing as well. (Counting only the members it
+/// dialed, the first 32 members of a 200-member swarm kept the full mesh's connections among
+/// themselves on top of the newcomers', 57–77 each.) Closest, not longest-standing as Kademlia keeps: every node's Kademlia lookups
 /// meet the first members to join first, so keeping the oldest connections has every node
 /// keep the same few members, and those end up connected to everyone. The closest members
 /// differ from node to node. A bucket with fewer than [`PER_BUCKET`] members connected either
 /// way is dialed for. Only above [`MAX_CONNECTED`] are the youngest idle connections that
 /// others dialed closed too.
-fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Instant) -> Plan {
+///
+/// `release`: a member to close (if this node dialed it and the overlay does not keep it)
+/// however young and busy its connection: the entry point of a join.
+fn plan(
+    me: &kad::KBucketKey<PeerId>,
+    state: &State,
+    overlay: &Overlay,
+    release: Option<PeerId>,
+    now: Instant,
+) -> Plan {
     struct Neighbour {
         peer: PeerId,
         dialed: Vec<ConnectionId>,
@@ -354,6 +379,30 @@ fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Ins
             });
     }
     let connected: usize = by_bucket.values().map(Vec::len).sum();
+    // The entry point goes unless it is one of the members the overlay would pick in its
+    // bucket (the closest known there); the others it dialed wait until they are idle.
+    let release = release.filter(|entry| {
+        let in_bucket = bucket(me, entry);
+        let mut known: Vec<&PeerId> = overlay
+            .known
+            .keys()
+            .chain(
+                state
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.verified)
+                    .map(|(id, _)| id),
+            )
+            .filter(|p| bucket(me, p) == in_bucket)
+            .collect();
+        known.sort_by_key(|p| me.distance(&kad::KBucketKey::from(**p)));
+        known.dedup();
+        !known.iter().take(PER_BUCKET).any(|p| *p == entry)
+            && state
+                .peers
+                .get(entry)
+                .is_some_and(|p| !p.is_hub && p.is_direct())
+    });
 
     let mut plan = Plan::default();
     let mut dialed_kept = 0;
@@ -362,15 +411,19 @@ fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Ins
     for neighbours in by_bucket.values_mut() {
         neighbours.sort_by_key(|n| me.distance(&kad::KBucketKey::from(n.peer)));
         let mut kept = 0;
+        // Neighbours closer than this one that stay connected, whoever dialed them.
+        let mut closer = 0;
         for n in neighbours.iter() {
             if n.dialed.is_empty() {
                 if n.closable {
                     accepted_only.push((n.opened, n.peer, n.accepted.clone()));
                 }
+                closer += 1;
                 continue;
             }
-            if kept < PER_BUCKET || !n.closable {
+            if release != Some(n.peer) && (closer < PER_BUCKET || !n.closable) {
                 kept += 1;
+                closer += 1;
                 continue;
             }
             plan.close.extend(n.dialed.iter().map(|id| (n.peer, *id)));
@@ -557,7 +610,7 @@ mod tests {
             let age = Duration::from_secs(50 + i as u64 * 10);
             member(&mut state, *peer, i < 4, age, now);
         }
-        let plan = plan(&key, &state, &Overlay::default(), now);
+        let plan = plan(&key, &state, &Overlay::default(), None, now);
         let closed: Vec<PeerId> = plan.close.iter().map(|(p, _)| *p).collect();
         // The two closest it dialed stay, however young; the two farther ones it dialed go;
         // what others dialed is theirs.
@@ -569,11 +622,70 @@ mod tests {
 
         // Busy connections stay, whatever the count.
         state.peers.get_mut(&top[3]).unwrap().last_exchange = Some(now);
-        let plan = super::plan(&key, &state, &Overlay::default(), now);
+        let plan = super::plan(&key, &state, &Overlay::default(), None, now);
         assert_eq!(
             plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
             vec![top[2]]
         );
+    }
+
+    #[test]
+    fn a_member_it_dialed_goes_once_two_closer_members_of_its_bucket_are_connected() {
+        let me = PeerId::random();
+        let key = kad::KBucketKey::from(me);
+        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+            .filter(|p| bucket(&key, p) == 255)
+            .take(3)
+            .collect();
+        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut state = State::default();
+        // The farthest one this node dialed; the two closer ones dialed it.
+        member(&mut state, top[2], true, Duration::from_secs(60), now);
+        member(&mut state, top[0], false, Duration::from_secs(60), now);
+        let closed = |state: &State| {
+            plan(&key, state, &Overlay::default(), None, now)
+                .close
+                .iter()
+                .map(|(p, _)| *p)
+                .collect::<Vec<_>>()
+        };
+        // One closer member is not enough: it stays.
+        assert!(closed(&state).is_empty());
+        member(&mut state, top[1], false, Duration::from_secs(60), now);
+        assert_eq!(closed(&state), [top[2]]);
+    }
+
+    #[test]
+    fn a_joins_entry_point_is_let_go_at_once_unless_the_overlay_would_pick_it() {
+        let me = PeerId::random();
+        let key = kad::KBucketKey::from(me);
+        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+            .filter(|p| bucket(&key, p) == 255)
+            .take(4)
+            .collect();
+        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let now = Instant::now() + Duration::from_secs(3600);
+        let mut state = State::default();
+        let mut overlay = Overlay::default();
+        // The entry point is the farthest of four known members of its bucket; this node
+        // dialed it a moment ago and has just spoken with it.
+        let entry = top[3];
+        member(&mut state, entry, true, Duration::from_millis(100), now);
+        state.peers.get_mut(&entry).unwrap().last_exchange = Some(now);
+        for peer in &top {
+            overlay.hear(*peer, vec!["/ip4/127.0.0.1/tcp/2".parse().unwrap()]);
+        }
+        let closed = |plan: &Plan| plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>();
+        assert!(closed(&plan(&key, &state, &overlay, None, now)).is_empty());
+        assert_eq!(
+            closed(&plan(&key, &state, &overlay, Some(entry), now)),
+            [entry]
+        );
+        // The closest member of its bucket is one the overlay keeps: it stays.
+        let mut state = State::default();
+        member(&mut state, top[0], true, Duration::from_millis(100), now);
+        assert!(closed(&plan(&key, &state, &overlay, Some(top[0]), now)).is_empty());
     }
 
     #[test]
@@ -590,6 +702,7 @@ mod tests {
             &key,
             &State::default(),
             &overlay,
+            None,
             now + Duration::from_secs(1),
         );
         assert_eq!(plan.dial.len(), 1);
@@ -618,20 +731,20 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(1);
         // The closest member of the bucket first…
         assert_eq!(
-            dialed(plan(&key, &State::default(), &overlay, now)),
+            dialed(plan(&key, &State::default(), &overlay, None, now)),
             [crowded]
         );
         // …but not once it closed our connection: the other one instead, and the crowded one
         // again only after the backoff.
         overlay.closed_by_peer(&crowded, now);
         assert_eq!(
-            dialed(plan(&key, &State::default(), &overlay, now)),
+            dialed(plan(&key, &State::default(), &overlay, None, now)),
             [other]
         );
         overlay.closed_by_peer(&other, now);
         let later = now + CLOSED_BY_PEER_BACKOFF;
         assert_eq!(
-            dialed(plan(&key, &State::default(), &overlay, later)),
+            dialed(plan(&key, &State::default(), &overlay, None, later)),
             [crowded]
         );
     }
