@@ -115,12 +115,16 @@ impl EventLoop {
                     .collect(),
             )
         };
+        // A joiner that let the member it joined through go gives its list's members time.
+        let entry_let_go = self.join.holds_redials(now);
         for redial in &mut self.keep_connected {
             redial.hub |= hubs.contains(&redial.peer);
             if connected.contains(&redial.peer)
                 || redial.next_attempt > now
                 || banned.contains(&redial.peer)
-                || (bounded && !redial.hub && members >= super::overlay::PER_BUCKET)
+                || (bounded
+                    && !redial.hub
+                    && (members >= super::overlay::PER_BUCKET || entry_let_go))
             {
                 continue;
             }

@@ -219,20 +219,7 @@ impl EventLoop {
         let me = kad::KBucketKey::from(self.inner.peer_id);
         let plan = {
             let state = self.inner.state();
-            // The member a join's list came from is let go as soon as there are neighbours
-            // enough besides it: it is every joiner's entry point at once.
-            let others = state
-                .peers
-                .iter()
-                .filter(|(peer, p)| {
-                    p.verified && !p.connections.is_empty() && Some(**peer) != self.join.entry_point
-                })
-                .count();
-            let release = self.join.entry_point.filter(|_| others >= PER_BUCKET);
-            if release.is_some() {
-                self.join.entry_point = None;
-            }
-            plan(&me, &state, &self.overlay, release, now)
+            plan(&me, &state, &self.overlay, now)
         };
         self.report_overlay(&plan, now);
         for (peer, addrs) in plan.dial {
@@ -267,6 +254,13 @@ impl EventLoop {
             tracing::debug!("closing a connection to {peer}: the overlay does not need it");
             self.swarm.close_connection(id);
         }
+    }
+
+    /// A maintenance round now, whenever the last one was: a joiner that took a list dials
+    /// its neighbours at once.
+    pub(super) fn maintain_overlay_now(&mut self) {
+        self.overlay.last_maintenance = None;
+        self.look_after_overlay();
     }
 
     /// Every [`REPORT_EVERY`] in a bounded overlay, at debug: what the node is connected to, what its routing table
@@ -318,6 +312,32 @@ pub(super) struct Plan {
     pub(super) close: Vec<(PeerId, ConnectionId)>,
 }
 
+/// Whether `peer` is one of the [`PER_BUCKET`] members closest to this node in its bucket, of
+/// those known (connected and verified, or heard of): one the overlay keeps, or dials.
+pub(super) fn would_pick(
+    me: &kad::KBucketKey<PeerId>,
+    state: &State,
+    overlay: &Overlay,
+    peer: &PeerId,
+) -> bool {
+    let in_bucket = bucket(me, peer);
+    let mut known: Vec<&PeerId> = overlay
+        .known
+        .keys()
+        .chain(
+            state
+                .peers
+                .iter()
+                .filter(|(_, p)| p.verified)
+                .map(|(id, _)| id),
+        )
+        .filter(|p| bucket(me, p) == in_bucket)
+        .collect();
+    known.sort_by_key(|p| me.distance(&kad::KBucketKey::from(**p)));
+    known.dedup();
+    known.iter().take(PER_BUCKET).any(|p| *p == peer)
+}
+
 /// One round of maintenance, decided from what the loop knows.
 ///
 /// Each node answers for the connections it dialed and leaves those others dialed alone, so
@@ -333,16 +353,7 @@ pub(super) struct Plan {
 /// differ from node to node. A bucket with fewer than [`PER_BUCKET`] members connected either
 /// way is dialed for. Only above [`MAX_CONNECTED`] are the youngest idle connections that
 /// others dialed closed too.
-///
-/// `release`: a member to close (if this node dialed it and the overlay does not keep it)
-/// however young and busy its connection: the entry point of a join.
-fn plan(
-    me: &kad::KBucketKey<PeerId>,
-    state: &State,
-    overlay: &Overlay,
-    release: Option<PeerId>,
-    now: Instant,
-) -> Plan {
+fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Instant) -> Plan {
     struct Neighbour {
         peer: PeerId,
         dialed: Vec<ConnectionId>,
@@ -379,30 +390,6 @@ fn plan(
             });
     }
     let connected: usize = by_bucket.values().map(Vec::len).sum();
-    // The entry point goes unless it is one of the members the overlay would pick in its
-    // bucket (the closest known there); the others it dialed wait until they are idle.
-    let release = release.filter(|entry| {
-        let in_bucket = bucket(me, entry);
-        let mut known: Vec<&PeerId> = overlay
-            .known
-            .keys()
-            .chain(
-                state
-                    .peers
-                    .iter()
-                    .filter(|(_, p)| p.verified)
-                    .map(|(id, _)| id),
-            )
-            .filter(|p| bucket(me, p) == in_bucket)
-            .collect();
-        known.sort_by_key(|p| me.distance(&kad::KBucketKey::from(**p)));
-        known.dedup();
-        !known.iter().take(PER_BUCKET).any(|p| *p == entry)
-            && state
-                .peers
-                .get(entry)
-                .is_some_and(|p| !p.is_hub && p.is_direct())
-    });
 
     let mut plan = Plan::default();
     let mut dialed_kept = 0;
@@ -421,7 +408,7 @@ fn plan(
                 closer += 1;
                 continue;
             }
-            if release != Some(n.peer) && (closer < PER_BUCKET || !n.closable) {
+            if closer < PER_BUCKET || !n.closable {
                 kept += 1;
                 closer += 1;
                 continue;
@@ -610,7 +597,7 @@ mod tests {
             let age = Duration::from_secs(50 + i as u64 * 10);
             member(&mut state, *peer, i < 4, age, now);
         }
-        let plan = plan(&key, &state, &Overlay::default(), None, now);
+        let plan = plan(&key, &state, &Overlay::default(), now);
         let closed: Vec<PeerId> = plan.close.iter().map(|(p, _)| *p).collect();
         // The two closest it dialed stay, however young; the two farther ones it dialed go;
         // what others dialed is theirs.
@@ -622,7 +609,7 @@ mod tests {
 
         // Busy connections stay, whatever the count.
         state.peers.get_mut(&top[3]).unwrap().last_exchange = Some(now);
-        let plan = super::plan(&key, &state, &Overlay::default(), None, now);
+        let plan = super::plan(&key, &state, &Overlay::default(), now);
         assert_eq!(
             plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
             vec![top[2]]
@@ -644,7 +631,7 @@ mod tests {
         member(&mut state, top[2], true, Duration::from_secs(60), now);
         member(&mut state, top[0], false, Duration::from_secs(60), now);
         let closed = |state: &State| {
-            plan(&key, state, &Overlay::default(), None, now)
+            plan(&key, state, &Overlay::default(), now)
                 .close
                 .iter()
                 .map(|(p, _)| *p)
@@ -657,7 +644,7 @@ mod tests {
     }
 
     #[test]
-    fn a_joins_entry_point_is_let_go_at_once_unless_the_overlay_would_pick_it() {
+    fn the_overlay_picks_the_two_closest_known_members_of_a_bucket() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
         let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
@@ -668,24 +655,18 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(3600);
         let mut state = State::default();
         let mut overlay = Overlay::default();
-        // The entry point is the farthest of four known members of its bucket; this node
-        // dialed it a moment ago and has just spoken with it.
-        let entry = top[3];
-        member(&mut state, entry, true, Duration::from_millis(100), now);
-        state.peers.get_mut(&entry).unwrap().last_exchange = Some(now);
-        for peer in &top {
+        // The farthest is connected; the others are heard of only.
+        member(&mut state, top[3], true, Duration::from_secs(1), now);
+        for peer in &top[..3] {
             overlay.hear(*peer, vec!["/ip4/127.0.0.1/tcp/2".parse().unwrap()]);
         }
-        let closed = |plan: &Plan| plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>();
-        assert!(closed(&plan(&key, &state, &overlay, None, now)).is_empty());
-        assert_eq!(
-            closed(&plan(&key, &state, &overlay, Some(entry), now)),
-            [entry]
-        );
-        // The closest member of its bucket is one the overlay keeps: it stays.
-        let mut state = State::default();
-        member(&mut state, top[0], true, Duration::from_millis(100), now);
-        assert!(closed(&plan(&key, &state, &overlay, Some(top[0]), now)).is_empty());
+        let picked: Vec<bool> = top
+            .iter()
+            .map(|p| would_pick(&key, &state, &overlay, p))
+            .collect();
+        assert_eq!(picked, [true, true, false, false]);
+        // Alone in its bucket, it is picked.
+        assert!(would_pick(&key, &state, &Overlay::default(), &top[3]));
     }
 
     #[test]
@@ -702,7 +683,6 @@ mod tests {
             &key,
             &State::default(),
             &overlay,
-            None,
             now + Duration::from_secs(1),
         );
         assert_eq!(plan.dial.len(), 1);
@@ -731,20 +711,20 @@ mod tests {
         let now = Instant::now() + Duration::from_secs(1);
         // The closest member of the bucket first…
         assert_eq!(
-            dialed(plan(&key, &State::default(), &overlay, None, now)),
+            dialed(plan(&key, &State::default(), &overlay, now)),
             [crowded]
         );
         // …but not once it closed our connection: the other one instead, and the crowded one
         // again only after the backoff.
         overlay.closed_by_peer(&crowded, now);
         assert_eq!(
-            dialed(plan(&key, &State::default(), &overlay, None, now)),
+            dialed(plan(&key, &State::default(), &overlay, now)),
             [other]
         );
         overlay.closed_by_peer(&other, now);
         let later = now + CLOSED_BY_PEER_BACKOFF;
         assert_eq!(
-            dialed(plan(&key, &State::default(), &overlay, None, later)),
+            dialed(plan(&key, &State::default(), &overlay, later)),
             [crowded]
         );
     }
