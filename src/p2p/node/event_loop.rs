@@ -81,7 +81,7 @@ impl EventLoop {
                 request,
                 reply,
             } => {
-                self.touch(&peer);
+                self.exchange_began(&peer);
                 if !self.swarm.is_connected(&peer) {
                     tracing::debug!("a request to {peer} dials it (not connected)");
                 }
@@ -166,10 +166,19 @@ impl EventLoop {
         self.refresh_members_when_due();
     }
 
-    /// Notes an exchange with `peer` (an overlay closes idle connections only).
-    pub(super) fn touch(&mut self, peer: &PeerId) {
+    /// A request with `peer` began (sent or received): its connection is busy until it ends.
+    pub(super) fn exchange_began(&mut self, peer: &PeerId) {
         if let Some(p) = self.inner.state().peers.get_mut(peer) {
             p.last_exchange = Some(Instant::now());
+            p.in_flight = p.in_flight.saturating_add(1);
+        }
+    }
+
+    /// A request with `peer` ended (answered, or failed).
+    fn exchange_ended(&mut self, peer: &PeerId) {
+        if let Some(p) = self.inner.state().peers.get_mut(peer) {
+            p.last_exchange = Some(Instant::now());
+            p.in_flight = p.in_flight.saturating_sub(1);
         }
     }
 
@@ -182,6 +191,7 @@ impl EventLoop {
 
     /// Sends a step of a hello this node started and remembers its request.
     fn send_hello_step(&mut self, peer: PeerId, (request, step): (Request, Started)) {
+        self.exchange_began(&peer);
         let id = self
             .swarm
             .behaviour_mut()
@@ -458,8 +468,16 @@ impl EventLoop {
 
     pub(super) fn on_exchange(&mut self, event: request_response::Event<Request, Response>) {
         use request_response::{Event, Message};
-        if let Event::Message { peer, .. } = &event {
-            self.touch(peer);
+        match &event {
+            Event::Message {
+                peer,
+                message: Message::Request { .. },
+                ..
+            } => self.exchange_began(peer),
+            Event::Message { peer, .. }
+            | Event::OutboundFailure { peer, .. }
+            | Event::InboundFailure { peer, .. }
+            | Event::ResponseSent { peer, .. } => self.exchange_ended(peer),
         }
         match event {
             Event::Message {
@@ -742,6 +760,7 @@ impl EventLoop {
         };
         for peer in neighbours {
             bump(&self.inner.counters.have_notices_sent);
+            self.exchange_began(&peer);
             // Fire and forget: the answer (`Noted`) matches no pending request and is dropped.
             self.swarm.behaviour_mut().exchange.send_request(
                 &peer,

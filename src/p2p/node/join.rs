@@ -132,6 +132,7 @@ impl EventLoop {
     /// Sends `peer` a request for its list.
     fn ask_for_members(&mut self, peer: PeerId, ask: Ask) {
         let limit = (self.full_mesh * 4).clamp(MIN_LIST, MAX_MEMBERS_LISTED);
+        self.exchange_began(&peer);
         let id = self.swarm.behaviour_mut().exchange.send_request(
             &peer,
             Request::Members {

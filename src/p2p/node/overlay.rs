@@ -26,8 +26,14 @@ const MAX_NEIGHBOURS: usize = 32;
 /// Verified members connected at once, others' choices included, before the youngest idle
 /// connections others dialed are closed too.
 const MAX_CONNECTED: usize = 64;
-/// How long a connection must have been without an exchange before it may be closed.
+/// How long a connection must have been without an exchange before it may be closed, when its
+/// count says a request is under way (a request ends within 10 s, answered or failed: this
+/// also bounds what a count that went wrong can hold).
 const IDLE_BEFORE_CLOSE: Duration = Duration::from_secs(10);
+/// How long a connection that carries no request must have been quiet before it may be closed.
+/// (At 10 s, the first 32 members of a 200-member swarm kept their full-mesh connections
+/// through the newcomers' join wave: 61–69 connections each at its end.)
+const QUIET_BEFORE_CLOSE: Duration = Duration::from_secs(3);
 /// How long a connection must be open before it counts as settled enough to close.
 const YOUNGEST_CLOSED: Duration = Duration::from_secs(5);
 /// How often the overlay is looked after.
@@ -369,9 +375,10 @@ fn plan(me: &kad::KBucketKey<PeerId>, state: &State, overlay: &Overlay, now: Ins
             .map(|l| l.opened)
             .min()
             .unwrap_or(now);
-        let idle = p
-            .last_exchange
-            .is_none_or(|at| now.duration_since(at) >= IDLE_BEFORE_CLOSE);
+        let idle = p.last_exchange.is_none_or(|at| {
+            let quiet = now.duration_since(at);
+            quiet >= IDLE_BEFORE_CLOSE || (p.in_flight == 0 && quiet >= QUIET_BEFORE_CLOSE)
+        });
         let (dialed, accepted): (Vec<_>, Vec<_>) =
             p.connections.iter().partition(|(_, link)| link.dialed);
         by_bucket
@@ -607,13 +614,31 @@ mod tests {
             "{closed:?}"
         );
 
-        // Busy connections stay, whatever the count.
+        // Busy connections stay, whatever the count: one that just carried an exchange, and
+        // one with a request under way until it has been quiet for `IDLE_BEFORE_CLOSE`.
         state.peers.get_mut(&top[3]).unwrap().last_exchange = Some(now);
         let plan = super::plan(&key, &state, &Overlay::default(), now);
         assert_eq!(
             plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
             vec![top[2]]
         );
+        let busy = state.peers.get_mut(&top[3]).unwrap();
+        busy.last_exchange = Some(now - QUIET_BEFORE_CLOSE);
+        busy.in_flight = 1;
+        let closed = |state: &State, at: Instant| {
+            super::plan(&key, state, &Overlay::default(), at)
+                .close
+                .iter()
+                .map(|(p, _)| *p)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(closed(&state, now), vec![top[2]]);
+        // Quiet with nothing under way: it goes.
+        state.peers.get_mut(&top[3]).unwrap().in_flight = 0;
+        assert_eq!(closed(&state, now).len(), 2);
+        state.peers.get_mut(&top[3]).unwrap().in_flight = 1;
+        let later = now + IDLE_BEFORE_CLOSE - QUIET_BEFORE_CLOSE;
+        assert_eq!(closed(&state, later).len(), 2);
     }
 
     #[test]

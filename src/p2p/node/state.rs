@@ -25,6 +25,9 @@ pub(super) struct PeerState {
     pub(super) is_hub: bool,
     /// The last request or answer exchanged with it (an overlay closes idle connections only).
     pub(super) last_exchange: Option<std::time::Instant>,
+    /// Requests under way with it, either way (sent and not answered or failed; received and
+    /// not answered): a connection that carries one is not closed as quiet.
+    pub(super) in_flight: u32,
 }
 
 impl PeerState {
