@@ -91,7 +91,7 @@ pub enum Request {
     },
 }
 
-/// The most members a `Members` answer lists (about 100 bytes each).
+/// The most members a `Members` answer lists (a peer id and up to 4 addresses each).
 pub const MAX_MEMBERS_LISTED: usize = 2048;
 /// The most addresses a `Members` answer gives per member.
 pub const MAX_ADDRS_LISTED: usize = 4;

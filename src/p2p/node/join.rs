@@ -33,8 +33,8 @@ const MAX_ASKS: usize = 3;
 /// The fewest members a node asks to be listed (it asks for more when its full mesh is large,
 /// so that the list alone tells it the overlay is bounded).
 const MIN_LIST: usize = 256;
-/// How often one member's request for the list is answered (an answer costs a sort of the
-/// members known: a fraction of a millisecond for a few hundred).
+/// How often one member's request for the list is answered (an answer hashes and sorts every
+/// member known).
 const ANSWER_EVERY: Duration = Duration::from_secs(1);
 /// Members whose last request is remembered, at most.
 const MAX_REMEMBERED_ASKERS: usize = 4096;
@@ -76,8 +76,9 @@ pub(super) struct Join {
     answered: HashMap<PeerId, Instant>,
     /// When the list is next asked for again, and the interval after that.
     next_refresh: Option<(Instant, Duration)>,
-    /// The neighbour the last refresh asked (the next asks another, when there is one).
-    refreshed_from: Option<PeerId>,
+    /// The neighbour asked last for a refresh or a reach (the next ask goes to another one,
+    /// when there is one).
+    last_asked: Option<PeerId>,
     /// Until when the bootstrap peers are not dialed again: the member a join's list came from
     /// was let go, and the overlay is dialing the members the list named.
     redials_held_until: Option<Instant>,
@@ -109,8 +110,8 @@ impl EventLoop {
             return;
         }
         let nearest = join.ask_next == Some(*peer);
-        let first = !join.listed
-            && !join.cuts_bootstraps()
+        // No list taken, and none asked for to join.
+        let first = !join.cuts_bootstraps()
             && self
                 .inner
                 .state()
@@ -197,7 +198,7 @@ impl EventLoop {
         };
         // One at random: the closest to a random id.
         let pivot = kad::KBucketKey::from(PeerId::random());
-        let last = self.join.refreshed_from;
+        let last = self.join.last_asked;
         let Some(peer) = neighbours
             .iter()
             .copied()
@@ -210,7 +211,7 @@ impl EventLoop {
             }
             return;
         };
-        self.join.refreshed_from = Some(peer);
+        self.join.last_asked = Some(peer);
         self.ask_for_members(peer, ask);
     }
 
@@ -294,8 +295,7 @@ impl EventLoop {
             if ask == Ask::Reach {
                 self.look_up_unlisted();
             }
-            let joining = !self.join.listed && !self.join.cuts_bootstraps();
-            if ask == Ask::Join && joining {
+            if ask == Ask::Join && !self.join.cuts_bootstraps() {
                 self.ask_another_or_look_up();
             }
             return;

@@ -587,96 +587,85 @@ mod tests {
         state.peers.insert(peer, p);
     }
 
+    /// `n` random members in this node's top bucket (half of all ids), closest first.
+    fn in_top_bucket(key: &kad::KBucketKey<PeerId>, n: usize) -> Vec<PeerId> {
+        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
+            .filter(|p| bucket(key, p) == 255)
+            .take(n)
+            .collect();
+        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        top
+    }
+
+    /// The members whose connections `plan` closes.
+    fn closed(plan: &Plan) -> Vec<PeerId> {
+        plan.close.iter().map(|(p, _)| *p).collect()
+    }
+
     #[test]
     fn a_node_closes_only_what_it_dialed_beyond_its_buckets_needs() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
         // Members in the top bucket (half of all ids), closest first: four this node dialed,
         // the farthest two of them the longest-standing; two others dialed.
-        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
-            .filter(|p| bucket(&key, p) == 255)
-            .take(6)
-            .collect();
-        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let top = in_top_bucket(&key, 6);
         let now = Instant::now() + Duration::from_secs(3600);
         let mut state = State::default();
         for (i, peer) in top.iter().enumerate() {
             let age = Duration::from_secs(50 + i as u64 * 10);
             member(&mut state, *peer, i < 4, age, now);
         }
-        let plan = plan(&key, &state, &Overlay::default(), now);
-        let closed: Vec<PeerId> = plan.close.iter().map(|(p, _)| *p).collect();
+        let closed_at =
+            |state: &State, at: Instant| closed(&plan(&key, state, &Overlay::default(), at));
+        let first = closed_at(&state, now);
         // The two closest it dialed stay, however young; the two farther ones it dialed go;
         // what others dialed is theirs.
-        assert_eq!(closed.len(), 2, "{closed:?}");
+        assert_eq!(first.len(), 2, "{first:?}");
         assert!(
-            closed.contains(&top[2]) && closed.contains(&top[3]),
-            "{closed:?}"
+            first.contains(&top[2]) && first.contains(&top[3]),
+            "{first:?}"
         );
 
         // Busy connections stay, whatever the count: one that just carried an exchange, and
         // one with a request under way until it has been quiet for `IDLE_BEFORE_CLOSE`.
         state.peers.get_mut(&top[3]).unwrap().last_exchange = Some(now);
-        let plan = super::plan(&key, &state, &Overlay::default(), now);
-        assert_eq!(
-            plan.close.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
-            vec![top[2]]
-        );
+        assert_eq!(closed_at(&state, now), vec![top[2]]);
         let busy = state.peers.get_mut(&top[3]).unwrap();
         busy.last_exchange = Some(now - QUIET_BEFORE_CLOSE);
         busy.in_flight = 1;
-        let closed = |state: &State, at: Instant| {
-            super::plan(&key, state, &Overlay::default(), at)
-                .close
-                .iter()
-                .map(|(p, _)| *p)
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(closed(&state, now), vec![top[2]]);
+        assert_eq!(closed_at(&state, now), vec![top[2]]);
         // Quiet with nothing under way: it goes.
         state.peers.get_mut(&top[3]).unwrap().in_flight = 0;
-        assert_eq!(closed(&state, now).len(), 2);
+        assert_eq!(closed_at(&state, now).len(), 2);
         state.peers.get_mut(&top[3]).unwrap().in_flight = 1;
         let later = now + IDLE_BEFORE_CLOSE - QUIET_BEFORE_CLOSE;
-        assert_eq!(closed(&state, later).len(), 2);
+        assert_eq!(closed_at(&state, later).len(), 2);
     }
 
     #[test]
     fn a_member_it_dialed_goes_once_two_closer_members_of_its_bucket_are_connected() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
-        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
-            .filter(|p| bucket(&key, p) == 255)
-            .take(3)
-            .collect();
-        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let top = in_top_bucket(&key, 3);
         let now = Instant::now() + Duration::from_secs(3600);
         let mut state = State::default();
         // The farthest one this node dialed; the two closer ones dialed it.
         member(&mut state, top[2], true, Duration::from_secs(60), now);
         member(&mut state, top[0], false, Duration::from_secs(60), now);
-        let closed = |state: &State| {
-            plan(&key, state, &Overlay::default(), now)
-                .close
-                .iter()
-                .map(|(p, _)| *p)
-                .collect::<Vec<_>>()
-        };
         // One closer member is not enough: it stays.
-        assert!(closed(&state).is_empty());
+        assert!(closed(&plan(&key, &state, &Overlay::default(), now)).is_empty());
         member(&mut state, top[1], false, Duration::from_secs(60), now);
-        assert_eq!(closed(&state), [top[2]]);
+        assert_eq!(
+            closed(&plan(&key, &state, &Overlay::default(), now)),
+            [top[2]]
+        );
     }
 
     #[test]
     fn the_overlay_picks_the_two_closest_known_members_of_a_bucket() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
-        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
-            .filter(|p| bucket(&key, p) == 255)
-            .take(4)
-            .collect();
-        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let top = in_top_bucket(&key, 4);
         let now = Instant::now() + Duration::from_secs(3600);
         let mut state = State::default();
         let mut overlay = Overlay::default();
@@ -723,11 +712,7 @@ mod tests {
     fn a_member_that_closed_our_connection_is_not_dialed_again_for_its_bucket() {
         let me = PeerId::random();
         let key = kad::KBucketKey::from(me);
-        let mut top: Vec<PeerId> = std::iter::repeat_with(PeerId::random)
-            .filter(|p| bucket(&key, p) == 255)
-            .take(2)
-            .collect();
-        top.sort_by_key(|p| key.distance(&kad::KBucketKey::from(*p)));
+        let top = in_top_bucket(&key, 2);
         let (crowded, other) = (top[0], top[1]);
         let mut overlay = Overlay::default();
         for peer in [crowded, other] {
