@@ -88,6 +88,7 @@ fn world() -> &'static World {
                 api,
                 http,
                 header_timeout: Duration::from_millis(200),
+                placement: None,
             })
         });
         World {
@@ -129,6 +130,8 @@ fuzz_target!(|data: &[u8]| {
             Arc::clone(&world.shared),
             graceful.watcher(),
             drain_seen,
+            tokio::time::Instant::now(),
+            Vec::new(),
         );
         let exchange = async {
             let _ = client.write_all(&request).await;

@@ -30,6 +30,7 @@ use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use super::api::Api;
@@ -39,6 +40,8 @@ use super::hot::{self, Ticket};
 const MAX_HEAD: usize = 64 << 10;
 /// Answers in a row on one connection before the thread's other connections get a turn.
 const ANSWERS_BEFORE_YIELD: u32 = 16;
+/// Answers on one connection between two checks of the CPU its client sends from.
+const ANSWERS_BEFORE_PLACEMENT_CHECK: u32 = 64;
 /// Most header lines read here; more are hyper's to handle.
 const MAX_HEADERS: usize = 32;
 
@@ -52,17 +55,31 @@ pub struct Shared {
     pub http: hyper::server::conn::http1::Builder,
     /// Time a connection has to send a whole request head.
     pub header_timeout: Duration,
+    /// Says when a connection's client sends from another worker's CPU; `None` when
+    /// connections stay where they are.
+    pub placement: Option<Arc<dyn Placement>>,
+}
+
+/// Which worker a connection belongs to (see `super::workers`).
+pub trait Placement: Send + Sync {
+    /// Whether the client of `socket` sends from a CPU another worker is for, which has room.
+    fn belongs_elsewhere(&self, socket: &TcpStream) -> bool;
 }
 
 /// Serves one connection until it closes, fails, idles past the header timeout, or the server
-/// drains (`stop` turns true).
+/// drains (`stop` turns true), or its client has moved to another CPU (see [`Shared::placement`]).
+/// `read` is what was already read from it; its first request head is timed from `since`.
 pub async fn serve<S: Stream>(
     mut stream: S,
     shared: Arc<Shared>,
     watcher: Watcher,
     mut stop: watch::Receiver<bool>,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    since: tokio::time::Instant,
+    read: Vec<u8>,
+) -> Served<S> {
+    let mut first_since = Some(since);
+    let mut buf: Vec<u8> = read;
+    buf.reserve(4096);
     let mut answered = 0u32;
     loop {
         // A client that sends its next request as soon as it has an answer finds this loop
@@ -72,30 +89,43 @@ pub async fn serve<S: Stream>(
         if answered.is_multiple_of(ANSWERS_BEFORE_YIELD) {
             tokio::task::yield_now().await;
         }
-        let deadline = tokio::time::Instant::now() + shared.header_timeout;
+        if answered.is_multiple_of(ANSWERS_BEFORE_PLACEMENT_CHECK)
+            && let (Some(placement), Some(socket)) = (&shared.placement, stream.socket())
+            && placement.belongs_elsewhere(socket)
+        {
+            return Served::Moves {
+                stream,
+                read: buf,
+                watcher,
+            };
+        }
+        let since = first_since.take().unwrap_or_else(tokio::time::Instant::now);
+        let deadline = since + shared.header_timeout;
         let head = loop {
             match Head::parse(&buf) {
                 Parsed::Complete(head) => break head,
                 Parsed::Partial if buf.len() < MAX_HEAD => {}
                 Parsed::Partial | Parsed::Other => {
-                    return hand_off(stream, buf, &shared, watcher).await;
+                    hand_off(stream, buf, &shared, watcher).await;
+                    return Served::Ended;
                 }
             }
             if *stop.borrow() {
-                return;
+                return Served::Ended;
             }
             buf.reserve(4096);
             tokio::select! {
                 read = tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)) => match read {
                     Ok(Ok(n)) if n > 0 => {}
                     // Closed, failed, or no whole head in time.
-                    _ => return,
+                    _ => return Served::Ended,
                 },
-                _ = stop.changed() => return,
+                _ = stop.changed() => return Served::Ended,
             }
         };
         if !head.is_plain_get(&buf) {
-            return hand_off(stream, buf, &shared, watcher).await;
+            hand_off(stream, buf, &shared, watcher).await;
+            return Served::Ended;
         }
         let fingerprint = hot::fingerprint(head.target(&buf), head.headers(&buf));
         let now = SystemTime::now();
@@ -111,12 +141,13 @@ pub async fn serve<S: Stream>(
                 IoSlice::new(kept.body()),
             ];
             if write_all_vectored(&mut stream, &mut slices).await.is_err() {
-                return;
+                return Served::Ended;
             }
             continue;
         }
         let Some(request) = head.to_request(&buf) else {
-            return hand_off(stream, buf, &shared, watcher).await;
+            hand_off(stream, buf, &shared, watcher).await;
+            return Served::Ended;
         };
         buf.drain(..head.len);
         let Ok(mut response) = TowerToHyperService::new(shared.router.clone())
@@ -127,15 +158,42 @@ pub async fn serve<S: Stream>(
             .await
             .is_err()
         {
-            return;
+            return Served::Ended;
         }
     }
 }
 
-/// What a connection runs over: a TCP stream here, an in-memory pipe in the fuzz target.
-pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+/// How serving a connection ended.
+pub enum Served<S> {
+    /// It closed, failed, timed out, went to hyper or drained.
+    Ended,
+    /// Its client sends from another CPU now, whose worker is to serve it: the stream, what was
+    /// read from it and not answered yet, and its place in the drain.
+    Moves {
+        /// The connection.
+        stream: S,
+        /// Bytes read and not answered yet.
+        read: Vec<u8>,
+        /// Its place in the graceful drain.
+        watcher: Watcher,
+    },
+}
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+/// What a connection runs over: a TCP stream here, an in-memory pipe in the fuzz target.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// The socket under the stream, when there is one.
+    fn socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl Stream for TcpStream {
+    fn socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
+impl Stream for tokio::io::DuplexStream {}
 
 /// Where a request head ends and what it holds, as offsets into the read buffer.
 struct Head {

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod remote;
 mod server;
 pub mod state;
+mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The local API's accept loop: HTTP/1.1 on loopback with a connection limit and a
 //! header-read timeout, drained gracefully on shutdown. Accepted connections are served by a
-//! few threads of their own, each with a single-threaded runtime ([`Workers`]); each
+//! few threads of their own, each with a single-threaded runtime ([`super::workers`]); each
 //! connection's requests are read by [`super::conn`], which answers plain `GET`s itself and hands
 //! anything else to hyper.
 //!
@@ -15,8 +15,13 @@ use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::conn::Served;
+
+use super::workers::{Workers, incoming_cpu};
 
 /// The answer to a connection past the limit, written without waiting.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 61\r\n\r\n{\"message\":\"the peercache daemon is at its connection limit\"}";
@@ -100,14 +105,17 @@ pub async fn serve(
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
+    let workers = Arc::new(Workers::start());
     let shared = Arc::new(super::conn::Shared {
         api,
         router,
         http,
         header_timeout: limits.header_timeout,
+        placement: workers
+            .places_by_cpu()
+            .then(|| Arc::clone(&workers) as Arc<dyn super::conn::Placement>),
     });
     let (draining, drain_seen) = tokio::sync::watch::channel(false);
-    let mut workers = Workers::start(Workers::count());
     tokio::pin!(stop);
     loop {
         let accepted = tokio::select! {
@@ -133,21 +141,31 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let Ok(stream) = stream.into_std() else {
-            continue;
+        let connection = Connection {
+            shared: Arc::clone(&shared),
+            watcher: graceful.watcher(),
+            drain_seen: drain_seen.clone(),
+            permit,
         };
-        let shared = Arc::clone(&shared);
-        let watcher = graceful.watcher();
-        let drain_seen = drain_seen.clone();
-        workers.run(Box::pin(async move {
-            // Registered with the worker's own reactor (this runs there): its readiness wakes
-            // that thread alone.
-            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-                return;
+        let workers = Arc::clone(&workers);
+        let accepted_at = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            // The worker is chosen once the first bytes are in: the CPU that sent them is the
+            // one the client runs on now (at accept, only its handshake had come, from
+            // wherever it connected). The header timeout runs from the accept.
+            let mut drain_seen = connection.drain_seen.clone();
+            let first = tokio::select! {
+                first = tokio::time::timeout_at(
+                    accepted_at + connection.shared.header_timeout,
+                    stream.readable(),
+                ) => first,
+                _ = drain_seen.changed() => return,
             };
-            super::conn::serve(stream, shared, watcher, drain_seen).await;
-            drop(permit);
-        }));
+            if matches!(first, Ok(Ok(()))) {
+                let cpu = incoming_cpu(&stream);
+                hand_to_worker(&workers, stream, cpu, Vec::new(), accepted_at, connection);
+            }
+        });
     }
     drop(listener);
     let _ = draining.send(true);
@@ -159,70 +177,74 @@ pub async fn serve(
     drop(workers);
 }
 
-/// A connection's work, run on the worker that serves it.
-type Job = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-
-/// Threads with a single-threaded runtime each, which serve the API's connections: a
-/// connection stays on one thread, so its readiness, its handler and its answer never wake
-/// another thread. On the daemon's shared multi-threaded runtime the hand-offs between its
-/// workers cost hot hits about a tenth of their throughput (docs/performance-hot-hits.md);
-/// nginx's worker processes do not pay them either.
-struct Workers {
-    queues: Vec<tokio::sync::mpsc::UnboundedSender<Job>>,
-    next: usize,
+/// What goes with a connection from worker to worker.
+struct Connection {
+    shared: Arc<super::conn::Shared>,
+    watcher: Watcher,
+    drain_seen: tokio::sync::watch::Receiver<bool>,
+    permit: OwnedSemaphorePermit,
 }
 
-impl Workers {
-    /// One worker a core, at most four (the API serves one job's steps, not a fleet).
-    fn count() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get().min(4))
-    }
-
-    /// `count` worker threads, named `peercache-api-N`; the ones that cannot start are left
-    /// out, and with none, connections are served on the caller's runtime.
-    fn start(count: usize) -> Workers {
-        let mut queues = Vec::with_capacity(count);
-        for n in 0..count {
-            match Self::start_one(n) {
-                Ok(queue) => queues.push(queue),
-                Err(e) => tracing::warn!("local API: worker {n} cannot start: {e}"),
+/// Hands `stream` (with `read`, the bytes read from it and not answered yet) to the worker for
+/// `cpu`, its client's, and serves it there until it ends or moves on again.
+fn hand_to_worker(
+    workers: &Arc<Workers>,
+    stream: tokio::net::TcpStream,
+    cpu: Option<usize>,
+    read: Vec<u8>,
+    since: tokio::time::Instant,
+    connection: Connection,
+) {
+    let Ok(stream) = stream.into_std() else {
+        return;
+    };
+    let next = Arc::clone(workers);
+    workers.run(cpu, move |serving| {
+        Box::pin(async move {
+            // Registered with the worker's own reactor (this runs there): its readiness wakes
+            // that thread alone.
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
+            let Connection {
+                shared,
+                watcher,
+                drain_seen,
+                permit,
+            } = connection;
+            let served = super::conn::serve(
+                stream,
+                Arc::clone(&shared),
+                watcher,
+                drain_seen.clone(),
+                since,
+                read,
+            )
+            .await;
+            drop(serving);
+            if let Served::Moves {
+                stream,
+                read,
+                watcher,
+            } = served
+            {
+                let connection = Connection {
+                    shared,
+                    watcher,
+                    drain_seen,
+                    permit,
+                };
+                let cpu = incoming_cpu(&stream);
+                if let Some(cpu) = cpu {
+                    tracing::debug!(
+                        "local API: a connection moved to the worker on CPU {cpu}, where its client sends from now"
+                    );
+                }
+                let since = tokio::time::Instant::now();
+                hand_to_worker(&next, stream, cpu, read, since, connection);
             }
-        }
-        Workers { queues, next: 0 }
-    }
-
-    fn start_one(n: usize) -> std::io::Result<tokio::sync::mpsc::UnboundedSender<Job>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (queue, mut jobs) = tokio::sync::mpsc::unbounded_channel::<Job>();
-        std::thread::Builder::new()
-            .name(format!("peercache-api-{n}"))
-            .spawn(move || {
-                // Ends when the server drops its queues; the connections still open then are
-                // dropped with the runtime.
-                runtime.block_on(async move {
-                    while let Some(job) = jobs.recv().await {
-                        tokio::spawn(job);
-                    }
-                });
-            })?;
-        Ok(queue)
-    }
-
-    /// Hands `job` to the next worker in turn.
-    fn run(&mut self, job: Job) {
-        if self.queues.is_empty() {
-            tokio::spawn(job);
-            return;
-        }
-        let queue = &self.queues[self.next % self.queues.len()];
-        self.next = self.next.wrapping_add(1);
-        if let Err(unsent) = queue.send(job) {
-            // That worker's thread is gone (it cannot panic: the binary aborts): serve here.
-            tokio::spawn(unsent.0);
-        }
-    }
+        })
+    });
 }
 
 /// Answers a connection past the limit with a 503 and closes it. What the client already sent

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod keepalive;
 pub mod netns;
 pub mod swarm;
 
