@@ -14,13 +14,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::rt::TokioTimer;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::conn::Served;
-
 use super::workers::{Workers, incoming_cpu};
 
 /// The answer to a connection past the limit, written without waiting.

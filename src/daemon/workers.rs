@@ -87,11 +87,7 @@ impl Workers {
             tokio::spawn(job(serving));
             return;
         }
-        let live: Vec<usize> = self
-            .workers
-            .iter()
-            .map(|w| w.live.load(Ordering::Relaxed))
-            .collect();
+        let live = self.live();
         let cpus: Vec<Option<usize>> = self.workers.iter().map(|w| w.cpu).collect();
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
         let worker = &self.workers[place(cpu, &cpus, &live, turn)];
@@ -105,6 +101,14 @@ impl Workers {
 }
 
 impl Workers {
+    /// The connections each worker serves now.
+    fn live(&self) -> Vec<usize> {
+        self.workers
+            .iter()
+            .map(|w| w.live.load(Ordering::Relaxed))
+            .collect()
+    }
+
     /// Whether the workers are pinned to CPUs, so that connections go by their client's CPU.
     pub fn places_by_cpu(&self) -> bool {
         self.workers.iter().any(|w| w.cpu.is_some())
@@ -119,11 +123,7 @@ impl super::conn::Placement for Workers {
         let Some(cpu) = incoming_cpu(socket) else {
             return false;
         };
-        let live: Vec<usize> = self
-            .workers
-            .iter()
-            .map(|w| w.live.load(Ordering::Relaxed))
-            .collect();
+        let live = self.live();
         let least = live.iter().copied().min().unwrap_or(0);
         // Strictly within the slack: with this connection, it is still within it.
         self.workers
